@@ -1,0 +1,82 @@
+"""The `mw` command line: thin adapters over the library, one error rendering at the top."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import import_module
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="mw",
+    help="modelworks: a GitOps model factory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module registers its commands on `app`; imports stay lazy inside the commands
+# so that `mw plan` starts fast.
+COMMAND_MODULES = ["core"]
+
+
+def emit_json(payload: Any) -> None:
+    """Write one JSON document to stdout (the `--json` contract)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+_registered = False
+
+
+def _register_all() -> None:
+    global _registered
+    if not _registered:
+        for name in COMMAND_MODULES:
+            import_module(f"modelworks.cli.{name}").register(app)
+        _registered = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, render ModelworksError as one red line and its exit code."""
+    from modelworks.errors import ModelworksError
+
+    _register_all()
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args or os.environ.get("MW_VERBOSE") == "1"
+    args = [a for a in args if a != "--verbose"]
+    try:
+        rv = app(args=args, prog_name="mw", standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except ModelworksError as exc:
+        _fail(str(exc), exc.exit_code, verbose)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, verbose)
+    except Exception as exc:  # click's own usage errors come through here too
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            _fail("aborted", 1, verbose)
+        _fail(
+            f"unexpected error: {type(exc).__name__}: {exc} "
+            "(this is a bug in modelworks; run with --verbose and report it)",
+            70,
+            verbose,
+        )
+
+
+def _fail(message: str, code: int, verbose: bool) -> None:
+    from modelworks._console import err_console
+
+    if verbose:
+        err_console.print_exception()
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -1,0 +1,211 @@
+"""The workspace: modelworks.yaml, where each part lives, and every setting with its default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelworks.errors import ConfigError
+
+CONFIG_FILE = "modelworks.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Paths(_Section):
+    models: str = Field("models", description="Folder of model specs (or a git repo path).")
+    pipelines: str = Field("pipelines", description="Folder of training pipelines.")
+    data: str = Field("data", description="Folder of datasets and their .dvc pointer files.")
+    deploy: str = Field(".", description="Deploy repository: '.' is the workspace itself.")
+
+
+class RegistrySettings(_Section):
+    url: str | None = Field(None, description="SQLAlchemy URL; default SQLite under state_dir.")
+
+
+class ExecutorSettings(_Section):
+    kind: Literal["local", "ray"] = Field("local", description="Where training jobs run.")
+    workers: int = Field(0, ge=0, description="Worker processes; 0 means one per core.")
+    timeout: float = Field(3600.0, gt=0, description="Seconds before a stuck job is killed.")
+    retries: int = Field(2, ge=0, description="Retries of a failed job, with backoff.")
+
+
+class RaySettings(_Section):
+    address: str | None = Field(None, description="Ray cluster address; absent starts a local one.")
+
+
+class DataSettings(_Section):
+    cache: str = Field(".mw/cache", description="DVC-layout content cache.")
+    remote: str | None = Field(None, description="A DVC remote that is a local folder.")
+    watch: list[str] = Field(default_factory=list, description="Folders whose new files are versioned.")
+
+
+class OCISettings(_Section):
+    store: str = Field(".mw/oci", description="Local OCI image layout store.")
+    registry: str | None = Field(None, description="host[:port] of an OCI registry to push to.")
+    namespace: str = Field("modelworks", description="Repository namespace in the registry.")
+    insecure: bool = Field(False, description="Use plain HTTP for the registry.")
+    base_image: str | None = Field(None, description="Base image for ModelCars (needs ln, sleep).")
+
+
+class Environment(_Section):
+    auto_deploy: bool = Field(False, description="Versions that pass their gates deploy here.")
+    approvals: int = Field(1, ge=0, description="Approvals a promotion here needs.")
+
+
+def _default_envs() -> dict[str, Environment]:
+    return {
+        "test": Environment(auto_deploy=True, approvals=0),
+        "prod": Environment(auto_deploy=False, approvals=1),
+    }
+
+
+class ServingSettings(_Section):
+    sample_rate: float = Field(0.1, ge=0, le=1, description="Share of requests logged.")
+    max_memory: str = Field("1GiB", description="Memory budget of loaded models.")
+    poll_interval: float = Field(10.0, gt=0, description="Seconds between Git re-reads.")
+    port: int = Field(8080, description="Default port of `mw serve`.")
+
+
+class SigningSettings(_Section):
+    private_key: str = Field(".mw/keys/signing-key.pem", description="EC private key (PEM).")
+    public_key: str = Field("keys/signing-key.pub.pem", description="Public key, committed.")
+
+
+class ScanSettings(_Section):
+    severity: Literal["low", "medium", "high", "critical"] = Field(
+        "medium", description="Findings at or above this block a version."
+    )
+
+
+class ControllerSettings(_Section):
+    poll_interval: float = Field(30.0, gt=0, description="Seconds between repository fetches.")
+    webhook_secret: str | None = Field(None, description="HMAC secret of POST /hooks/git.")
+    port: int = Field(8700, description="Port of the controller's HTTP endpoints.")
+
+
+class Settings(_Section):
+    """Everything modelworks.yaml can say; every field has a working default."""
+
+    version: int = 1
+    name: str = "modelworks"
+    state_dir: str = Field(".mw", description="Local state (git-ignored).")
+    paths: Paths = Field(default_factory=Paths)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    oci: OCISettings = Field(default_factory=OCISettings)
+    environments: dict[str, Environment] = Field(default_factory=_default_envs)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+    scan: ScanSettings = Field(default_factory=ScanSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# Environment variables that override the file: name -> (section, field).
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "MW_REGISTRY_URL": ("registry", "url"),
+    "MW_EXECUTOR": ("executor", "kind"),
+    "MW_WORKERS": ("executor", "workers"),
+    "MW_RAY_ADDRESS": ("ray", "address"),
+    "MW_OCI_REGISTRY": ("oci", "registry"),
+    "MW_DATA_REMOTE": ("data", "remote"),
+    "MW_WEBHOOK_SECRET": ("controller", "webhook_secret"),
+}
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    return f"{path}: field '{field}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_settings(path: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read modelworks.yaml (missing means all defaults) and apply MW_* overrides."""
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw = loaded or {}
+    env = os.environ if environ is None else environ
+    for var, (section, field) in ENV_OVERRIDES.items():
+        if env.get(var):
+            raw.setdefault(section, {})[field] = env[var]
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None
+
+
+@dataclass
+class Workspace:
+    """A workspace root with its settings; paths are resolved against the root."""
+
+    root: Path
+    settings: Settings
+
+    @classmethod
+    def load(cls, root: Path | str | None = None) -> Workspace:
+        """Find the workspace at or above `root` (default: the current folder) and load it."""
+        start = Path(root or os.getcwd()).resolve()
+        for candidate in (start, *start.parents):
+            if (candidate / CONFIG_FILE).exists():
+                return cls(candidate, load_settings(candidate / CONFIG_FILE))
+        raise ConfigError(
+            f"no {CONFIG_FILE} found in {start} or its parents; run `mw init {start}` first"
+        )
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path against the workspace root."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @cached_property
+    def state_dir(self) -> Path:
+        return self.path(self.settings.state_dir)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path(self.settings.paths.models)
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.path(self.settings.paths.pipelines)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.settings.paths.data)
+
+    @property
+    def deploy_repo(self) -> Path:
+        return self.path(self.settings.paths.deploy)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path(self.settings.data.cache)
+
+    @property
+    def oci_dir(self) -> Path:
+        return self.path(self.settings.oci.store)
+
+    @property
+    def registry_url(self) -> str:
+        return self.settings.registry.url or f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def workers(self) -> int:
+        return self.settings.executor.workers or (os.cpu_count() or 1)
