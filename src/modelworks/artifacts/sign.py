@@ -1,0 +1,128 @@
+"""Sign and verify model folders with OpenSSF model signing (EC P-256 keys, no network).
+
+The signature is a Sigstore bundle written to ``<model_dir>/model.sig``. It covers every
+file in the folder except itself; git metadata files are covered too, so nothing in the
+folder can change unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from modelworks.errors import ArtifactError, ConfigError, VerificationError
+
+SIGNATURE_FILE = "model.sig"
+
+
+def generate_keypair(private_key: Path, public_key: Path) -> None:
+    """Write a new EC P-256 key pair as PEM (private key mode 0600); never overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    for path in (private_key, public_key):
+        if Path(path).exists():
+            raise ConfigError(f"{path}: key file already exists; refusing to overwrite it")
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    Path(private_key).parent.mkdir(parents=True, exist_ok=True)
+    Path(public_key).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private_pem)
+    Path(public_key).write_bytes(public_pem)
+
+
+def sign_dir(model_dir: Path, private_key: Path) -> Path:
+    """Sign every file in `model_dir`; return the path of the written model.sig."""
+    from model_signing import signing
+
+    model_dir = _model_dir(model_dir)
+    _check_key(private_key, "private")
+    signature = model_dir / SIGNATURE_FILE
+    try:
+        config = signing.Config().use_elliptic_key_signer(private_key=private_key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{private_key}: not a usable EC private key ({exc})") from exc
+    try:
+        config.set_hashing_config(_hashing()).sign(model_dir, signature)
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{model_dir}: could not sign the model ({exc})") from exc
+    return signature
+
+
+def verify_dir(model_dir: Path, public_key: Path) -> None:
+    """Raise VerificationError unless model.sig matches `model_dir` and `public_key`."""
+    from cryptography.exceptions import InvalidSignature
+    from model_signing import verifying
+
+    model_dir = _model_dir(model_dir)
+    _check_key(public_key, "public")
+    signature = model_dir / SIGNATURE_FILE
+    if not signature.is_file():
+        raise VerificationError(f"{model_dir}: no signature ({SIGNATURE_FILE} is missing)")
+    try:
+        config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{public_key}: not a usable EC public key ({exc})") from exc
+    try:
+        config.set_hashing_config(_hashing()).verify(model_dir, signature)
+    except ValueError as exc:
+        raise VerificationError(_explain(model_dir, public_key, str(exc))) from exc
+    except InvalidSignature as exc:
+        raise VerificationError(
+            f"{signature}: the signature is invalid (the signed manifest was altered "
+            f"or not signed by the key in {public_key})"
+        ) from exc
+    except Exception as exc:  # a garbled bundle fails deep inside the parsers
+        raise VerificationError(
+            f"{signature}: signature file is corrupt or not a model signing bundle "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _hashing():  # type: ignore[no-untyped-def]
+    from model_signing import hashing
+
+    return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+
+
+def _model_dir(model_dir: Path) -> Path:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise VerificationError(f"{model_dir}: model folder does not exist")
+    return model_dir
+
+
+def _check_key(path: Path, kind: str) -> None:
+    try:
+        Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {kind} key ({exc.strerror})") from exc
+
+
+def _explain(model_dir: Path, public_key: Path, message: str) -> str:
+    if message.startswith("Key mismatch"):
+        return f"{model_dir}: signed with another key, not the one in {public_key}"
+    if not message.startswith("Signature mismatch"):
+        return (
+            f"{model_dir / SIGNATURE_FILE}: signature file is corrupt or not a model signing "
+            f"bundle ({message})"
+        )
+    # The library reports a repr'd list of strings; pull the file names back out.
+    changed = re.findall(r"Hash mismatch for \\?'(.+?)\\?':", message)
+    extra = re.findall(r"Extra files found in model \\?'.*?\\?': (.*?)['\"](?:,|\])", message)
+    missing = re.findall(r"Missing files in model \\?'.*?\\?': (.*?)['\"](?:,|\])", message)
+    parts = [f"changed: {', '.join(changed)}"] if changed else []
+    parts += [f"added: {extra[0]}"] if extra else []
+    parts += [f"removed: {missing[0]}"] if missing else []
+    detail = "; ".join(parts) or message
+    return f"{model_dir}: model files do not match the signature ({detail})"
