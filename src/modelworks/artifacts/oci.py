@@ -395,8 +395,11 @@ class OCIStore:
             raise NotFoundError(f"image '{repo}:{tag}' not found: no repository {repo!r}.{hint}")
         tags = self.tags(repo)
         if tag not in tags:
+            known = ", ".join(sorted(tags)[:10]) or "none"
             hint = did_you_mean(tag, set(tags))
-            raise NotFoundError(f"image '{repo}:{tag}' not found in {self.layout(repo)}.{hint}")
+            raise NotFoundError(
+                f"image '{repo}:{tag}' not found in {self.layout(repo)} (tags: {known}).{hint}"
+            )
         return ImageRef(repo=repo, tag=tag, digest=tags[tag], layout=self.layout(repo))
 
     # -- reading -------------------------------------------------------------
