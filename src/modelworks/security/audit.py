@@ -83,7 +83,7 @@ def verify_chain(
     rows = list(rows)
     problems = _order_problems(rows) + _gap_problems(rows, start_seq, anchors or {})
     by_seq = {row.get("seq"): row for row in rows}
-    edited = [_seq(row) for row in rows if not _self_consistent(row)]
+    edited = {_seq(row) for row in rows if not _self_consistent(row)}
     problems += [
         ChainProblem(s, "edited", f"row {s} does not match its stored hash") for s in edited
     ]
