@@ -1,0 +1,298 @@
+"""`mw serve`: the Open Inference Protocol (KServe v2 REST) app over the model server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import modelworks
+from modelworks.errors import ModelworksError, ServingError
+from modelworks.serving.cache import parse_size
+from modelworks.serving.predlog import PredictionSampler
+from modelworks.serving.protocol import (
+    InferenceRequestError,
+    decode_input,
+    dumps,
+    encode_output,
+    parse_request,
+)
+from modelworks.serving.server import ModelServer
+
+if TYPE_CHECKING:
+    from modelworks.serving.runtimes import LoadedModel
+    from modelworks.workspace import Workspace
+
+log = logging.getLogger("modelworks.serving")
+JSON = "application/json"
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(dumps(payload), status_code=status, media_type=JSON)
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+def _specs(model: LoadedModel) -> dict[str, dict[str, Any]]:
+    cached = model.extra.get("input_specs")
+    if cached is None:
+        cached = {str(s["name"]): s for s in model.metadata.get("inputs", []) if "name" in s}
+        model.extra["input_specs"] = cached
+    return cached
+
+
+def _features(req: dict[str, Any], model: LoadedModel) -> np.ndarray:
+    specs = _specs(model)
+    inputs = req["inputs"]
+    if len(inputs) != 1 or (specs and len(specs) != 1):
+        raise InferenceRequestError(
+            f"model {model.name} takes {max(len(specs), 1)} input tensor(s) "
+            f"({', '.join(specs) or 'any name'}), the request has {len(inputs)}"
+        )
+    return decode_input(inputs[0], specs)
+
+
+def _predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(model.predict(x))
+    except (ValueError, TypeError) as exc:
+        raise InferenceRequestError(
+            f"model {model.name} version {model.version} cannot predict on this input: {exc}"
+        ) from None
+
+
+def _outputs(req: dict[str, Any], model: LoadedModel, y: np.ndarray) -> list[dict[str, Any]]:
+    declared = model.metadata.get("outputs") or [{"name": "output-0"}]
+    name = str(declared[0].get("name", "output-0"))
+    wanted = req.get("outputs")
+    if wanted:
+        names = [o.get("name") if isinstance(o, dict) else o for o in wanted]
+        unknown = [n for n in names if n != name]
+        if unknown:
+            raise InferenceRequestError(
+                f"unknown output(s) {', '.join(map(str, unknown))}; the model's output is {name}"
+            )
+    return [encode_output(name, y)]
+
+
+class ServingApp:
+    """The request handlers, bound to one ModelServer."""
+
+    def __init__(self, server: ModelServer, sampler: PredictionSampler | None) -> None:
+        self.server = server
+        self.sampler = sampler
+
+    async def infer(self, request: Request) -> Response:
+        """POST /v2/models/{name}[/versions/{version}]/infer."""
+        start = time.perf_counter()
+        name = request.path_params["name"]
+        label = name if name in self.server.entries else ""
+        try:
+            model = await self.server.resolve(name, request.path_params.get("version"))
+            req = parse_request(await request.body())
+            x = _features(req, model)
+            y = _predict(model, x)
+            payload: dict[str, Any] = {
+                "model_name": name,
+                "model_version": model.version,
+                "outputs": _outputs(req, model, y),
+            }
+        except ModelworksError as exc:
+            self.server.metrics.error(label, exc.status)
+            return _error(str(exc), exc.status)
+        if "id" in req:
+            payload["id"] = req["id"]
+        if self.sampler is not None:
+            self.sampler.offer(model, x, y)
+        response = _json(payload)
+        self.server.metrics.observe(name, time.perf_counter() - start)
+        return response
+
+    async def model_ready(self, request: Request) -> Response:
+        """GET /v2/models/{name}[/versions/{version}]/ready: 200 when it can infer, else 503."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        status = await self.server.status(name)
+        if version is not None and version not in (status.get("version"), None):
+            status = {**status, "ready": False, "error": f"version {version} is not being served"}
+        return _json(status, 200 if status["ready"] else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        """GET /v2/models/{name}[/versions/{version}]: name, versions, platform, tensors."""
+        meta = await self.server.metadata(
+            request.path_params["name"], request.path_params.get("version")
+        )
+        return _json(meta)
+
+    async def models(self, request: Request) -> Response:
+        """GET /v2/models: every deployed model with its desired and loaded state."""
+        loaded = set(self.server.cache.digests())
+        rows = [
+            {
+                "name": e.name,
+                "version": e.desired.version,
+                "runtime": e.desired.runtime,
+                "loaded": e.desired.artifact_digest in loaded,
+                "error": str(self.server.failed[e.desired.artifact_digest])
+                if e.desired.artifact_digest in self.server.failed else None,
+            }
+            for e in sorted(self.server.entries.values(), key=lambda e: e.name)
+        ]
+        return _json({"env": self.server.env, "commit": self.server.commit, "models": rows})
+
+    async def server_metadata(self, request: Request) -> Response:
+        """GET /v2: server name, version, extensions."""
+        return _json({"name": "modelworks", "version": modelworks.__version__, "extensions": []})
+
+    async def live(self, request: Request) -> Response:
+        """GET /v2/health/live."""
+        return _json({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        """GET /v2/health/ready: 503 while a deployed model has no loadable version."""
+        ok, broken = self.server.ready()
+        body: dict[str, Any] = {"ready": ok, "models": len(self.server.entries)}
+        if broken:
+            body["failed"] = broken
+        return _json(body, 200 if ok else 503)
+
+    async def reconcile(self, request: Request) -> Response:
+        """POST /admin/reconcile: re-read Git now; JSON of what changed."""
+        retry = request.query_params.get("retry", "").lower() in ("1", "true", "yes")
+        result = await self.server.reconcile(retry_failed=retry)
+        return _json(result.to_json(), 200 if result.error is None else 500)
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: Prometheus exposition."""
+        self.server._update_gauges()
+        return Response(self.server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _routes(h: ServingApp) -> list[Route]:
+    m = "/v2/models/{name:path}"
+    return [
+        Route("/v2/health/live", h.live, methods=["GET"]),
+        Route("/v2/health/ready", h.ready, methods=["GET"]),
+        Route("/v2", h.server_metadata, methods=["GET"]),
+        Route("/v2/", h.server_metadata, methods=["GET"]),
+        Route("/v2/models", h.models, methods=["GET"]),
+        Route(m + "/versions/{version}/infer", h.infer, methods=["POST"]),
+        Route(m + "/infer", h.infer, methods=["POST"]),
+        Route(m + "/versions/{version}/ready", h.model_ready, methods=["GET"]),
+        Route(m + "/ready", h.model_ready, methods=["GET"]),
+        Route(m + "/versions/{version}", h.model_metadata, methods=["GET"]),
+        Route(m, h.model_metadata, methods=["GET"]),
+        Route("/admin/reconcile", h.reconcile, methods=["POST"]),
+        Route("/metrics", h.metrics, methods=["GET"]),
+    ]
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ModelworksError):
+        return _error(str(exc), exc.status)
+    if isinstance(exc, HTTPException):
+        return _error(f"{request.method} {request.url.path}: {exc.detail}", exc.status_code)
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
+
+
+async def _poll(server: ModelServer, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await server.reconcile()
+        except Exception:  # the loop must outlive any one bad reconcile
+            log.exception("background reconcile failed")
+
+
+def create_app(
+    ws: Workspace,
+    env: str,
+    *,
+    ref: str = "HEAD",
+    max_memory: int | None = None,
+    sample_rate: float | None = None,
+    poll_interval: float | None = None,
+    reconcile_in_background: bool = True,
+    allow_pickle: bool = False,
+) -> Starlette:
+    """Build the inference app for `env`; reads Git once now, then polls in the background."""
+    settings = ws.settings.serving
+    budget = max_memory if max_memory is not None else parse_size(settings.max_memory)
+    rate = settings.sample_rate if sample_rate is None else sample_rate
+    interval = settings.poll_interval if poll_interval is None else poll_interval
+    if env not in ws.settings.environments:
+        raise ServingError(
+            f"environment '{env}' is not in modelworks.yaml (environments: "
+            f"{', '.join(ws.settings.environments)})"
+        )
+    server = ModelServer(ws, env, ref=ref, max_memory=budget, allow_pickle=allow_pickle)
+    first = server.reconcile_now()
+    log.info("serving %d model(s) of %s at %s", len(server.entries), env, (first.commit or "")[:12])
+    sampler = PredictionSampler.create(ws.state_dir / "predictions" / env, rate)
+    handlers = ServingApp(server, sampler)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        poller = asyncio.ensure_future(_poll(server, interval)) if reconcile_in_background else None
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await server.close()
+            if sampler is not None:
+                sampler.close()
+
+    app = Starlette(
+        routes=_routes(handlers),
+        exception_handlers={
+            ModelworksError: _on_error, HTTPException: _on_error, Exception: _on_error
+        },
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    app.state.sampler = sampler
+    return app
+
+
+def run_server(
+    ws: Workspace,
+    env: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    ref: str = "HEAD",
+    max_memory: int | None = None,
+) -> None:
+    """Serve `env` with uvicorn until SIGINT/SIGTERM (uvicorn stops gracefully on both)."""
+    import uvicorn
+
+    _setup_logging()
+    app = create_app(ws, env, ref=ref, max_memory=max_memory)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("modelworks.serving")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+__all__ = ["create_app", "parse_size", "run_server"]

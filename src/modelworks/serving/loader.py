@@ -1,0 +1,82 @@
+"""Deploy config -> loaded model: extract the verified artifact, check its signature, load it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelworks.errors import ArtifactError, ServingError
+from modelworks.serving.cache import cache_dir_for
+from modelworks.serving.runtimes import LoadedModel, load_model, read_metadata
+
+if TYPE_CHECKING:
+    from modelworks.gitops.deploy import DeployConfig
+    from modelworks.workspace import Workspace
+
+log = logging.getLogger("modelworks.serving")
+
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+class ModelLoader:
+    """Loads models by digest from the workspace's OCI store (blocking: run it in a thread)."""
+
+    def __init__(self, ws: Workspace, *, allow_pickle: bool = False) -> None:
+        self.ws = ws
+        self.cache_root = ws.state_dir / "serving-cache"
+        self.allow_pickle = allow_pickle
+        self.public_key = ws.path(ws.settings.signing.public_key)
+        self._store: Any = None
+        self._warned_unsigned = False
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            oci = _optional("modelworks.artifacts.oci")
+            if oci is None:
+                raise ServingError("the OCI store module (modelworks.artifacts.oci) is missing")
+            self._store = oci.OCIStore(self.ws.oci_dir)
+        return self._store
+
+    def materialize(self, digest: str) -> Path:
+        """The folder holding the digest's model files, extracted (verified) on first use."""
+        dest = cache_dir_for(self.cache_root, digest)
+        if dest.is_dir():  # extraction renames a complete folder into place
+            return dest
+        try:
+            return Path(self.store.extract(digest, dest, exist_ok=True))
+        except ArtifactError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"cannot extract artifact {digest}: {exc}") from None
+
+    def verify_signature(self, model_dir: Path) -> None:
+        """Check the folder's signature when signing is set up; say once when it is not."""
+        sign = _optional("modelworks.artifacts.sign")
+        if sign is None or not self.public_key.is_file():
+            if not self._warned_unsigned:
+                why = "no signing module" if sign is None else f"no public key at {self.public_key}"
+                log.warning("signature verification is off (%s): models load unverified", why)
+                self._warned_unsigned = True
+            return
+        sign.verify_dir(model_dir, self.public_key)
+
+    def metadata(self, cfg: DeployConfig) -> dict[str, Any]:
+        """metadata.json of a deployed artifact, without loading the model."""
+        return read_metadata(self.materialize(cfg.artifact_digest))
+
+    def load(self, cfg: DeployConfig) -> LoadedModel:
+        """Extract, verify and load the model a deploy config names."""
+        model_dir = self.materialize(cfg.artifact_digest)
+        self.verify_signature(model_dir)
+        return load_model(
+            model_dir, name=cfg.name, version=cfg.version, digest=cfg.artifact_digest,
+            runtime=cfg.runtime, allow_pickle=self.allow_pickle,
+        )

@@ -1,0 +1,163 @@
+"""Open Inference Protocol (KServe v2) tensors: JSON request inputs to numpy and back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from modelworks.errors import ServingError, did_you_mean
+
+try:
+    import orjson
+
+    def loads(data: bytes) -> Any:
+        return orjson.loads(data)
+
+    def dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+except ImportError:  # pragma: no cover - orjson is optional
+    import json
+
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+    def dumps(obj: Any) -> bytes:
+        return json.dumps(obj, default=_json_default).encode()
+
+
+def _json_default(obj: Any) -> Any:  # pragma: no cover - only without orjson
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
+
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_NUMERIC = {k for k in DTYPES if k != "BYTES"}
+
+
+class InferenceRequestError(ServingError):
+    """The request body does not follow the protocol or does not fit the model."""
+
+
+def datatype_of(arr: np.ndarray) -> str:
+    """The protocol datatype name of a numpy array."""
+    kind = arr.dtype.kind
+    if kind in "OUS":
+        return "BYTES"
+    if kind == "b":
+        return "BOOL"
+    prefix = {"f": "FP", "i": "INT", "u": "UINT"}.get(kind)
+    if prefix is None:
+        raise ServingError(f"model returned an array of unsupported dtype {arr.dtype}")
+    return f"{prefix}{arr.dtype.itemsize * 8}"
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """Parse an inference request body; raise a clear error on bad JSON or a wrong shape."""
+    try:
+        req = loads(body)
+    except ValueError as exc:
+        raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise InferenceRequestError("request body must be a JSON object with an 'inputs' list")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InferenceRequestError("request field 'inputs' must be a non-empty list of tensors")
+    if "id" in req and not isinstance(req["id"], str):
+        raise InferenceRequestError(f"request field 'id' must be a string, got {req['id']!r}")
+    return req
+
+
+def _fmt(shape: list[int] | tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _check_fields(tensor: Any) -> tuple[str, list[int], str, Any]:
+    if not isinstance(tensor, dict):
+        raise InferenceRequestError("each entry of 'inputs' must be an object")
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise InferenceRequestError(
+            f"input {tensor.get('name', '?')!r} lacks field(s) {', '.join(missing)}"
+        )
+    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise InferenceRequestError(
+            f"{name}: 'shape' must be a list of non-negative integers, got {shape!r}"
+        )
+    if datatype not in DTYPES:
+        raise InferenceRequestError(
+            f"{name}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
+        )
+    return str(name), shape, datatype, tensor["data"]
+
+
+def _check_against(name: str, shape: list[int], datatype: str, spec: dict[str, Any]) -> None:
+    expected = spec.get("shape")
+    if expected is not None and (
+        len(expected) != len(shape)
+        or any(e not in (-1, None) and e != s for e, s in zip(expected, shape, strict=False))
+    ):
+        raise InferenceRequestError(
+            f"{name} has shape {_fmt(shape)}, model expects "
+            f"{_fmt([-1 if e is None else e for e in expected])}"
+        )
+    want = spec.get("datatype")
+    if want and want != datatype and (datatype not in _NUMERIC or want not in _NUMERIC):
+        raise InferenceRequestError(f"{name} has datatype {datatype}, model expects {want}")
+
+
+def decode_input(tensor: Any, specs: dict[str, dict[str, Any]]) -> np.ndarray:
+    """One request input as a numpy array of the model's dtype and the declared shape."""
+    name, shape, datatype, data = _check_fields(tensor)
+    if specs and name not in specs:
+        raise InferenceRequestError(
+            f"unknown input '{name}'; the model's inputs are {', '.join(sorted(specs))}."
+            + did_you_mean(name, set(specs))
+        )
+    spec = specs.get(name, {})
+    _check_against(name, shape, datatype, spec)
+    want = spec.get("datatype")
+    dtype = DTYPES[want] if want in _NUMERIC and datatype in _NUMERIC else DTYPES[datatype]
+    try:
+        arr = np.array(data, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise InferenceRequestError(f"{name}: data is not {datatype}: {exc}") from None
+    if arr.size != math.prod(shape):
+        raise InferenceRequestError(
+            f"{name} has {arr.size} values, shape {_fmt(shape)} needs {math.prod(shape)}"
+        )
+    return arr.reshape(shape)
+
+
+def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
+    """A response output tensor (flat data) for a numpy array."""
+    datatype = datatype_of(arr)
+    flat = arr.ravel()
+    data: Any = flat.tolist() if datatype == "BYTES" else np.ascontiguousarray(flat)
+    if datatype == "BYTES":
+        data = [d.decode() if isinstance(d, bytes) else str(d) for d in data]
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize == 2:
+        data = flat.astype(np.float32)
+    return {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data}

@@ -1,0 +1,96 @@
+"""Desired state from the deploy repo: what changed between Git and the models the server knows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelworks import _git
+from modelworks.errors import GitError, ModelworksError
+from modelworks.gitops.deploy import DeployConfig, read_env
+
+
+@dataclass
+class ModelEntry:
+    """One deployed model: the version Git wants, and the last version that loaded."""
+
+    name: str
+    desired: DeployConfig
+    good: DeployConfig | None = None
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile changed; the JSON answer of POST /admin/reconcile."""
+
+    commit: str | None = None
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[dict[str, str]] = field(default_factory=list)
+    unchanged: int = 0
+    loaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        return {
+            "commit": self.commit, "added": self.added, "removed": self.removed,
+            "changed": self.changed, "unchanged": self.unchanged, "loaded": self.loaded,
+            "failed": self.failed, "error": self.error,
+        }
+
+
+def resolve_ref(repo: Path, ref: str) -> str:
+    """The commit `ref` names now (a branch is re-resolved on every call)."""
+    sha = _git.head(repo, ref)
+    if sha is None:
+        raise GitError(f"deploy repo {repo}: ref '{ref}' does not name a commit")
+    return sha
+
+
+def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
+    """The env's deploy configs at `commit`, with a clear error on a bad config."""
+    try:
+        return read_env(repo, env, commit)
+    except ModelworksError:
+        raise
+    except Exception as exc:  # pydantic/yaml errors from a hand-edited config
+        raise GitError(
+            f"deploy repo {repo}: cannot read deploy/{env}/ at {commit[:12]}: {exc}"
+        ) from None
+
+
+def apply_desired(
+    entries: dict[str, ModelEntry], configs: dict[str, DeployConfig], result: ReconcileResult
+) -> list[tuple[ModelEntry, DeployConfig]]:
+    """Update `entries` in place to match `configs`; return (entry, previous config) per change."""
+    for name in [n for n in entries if n not in configs]:
+        del entries[name]
+        result.removed.append(name)
+    changes: list[tuple[ModelEntry, DeployConfig]] = []
+    for name, cfg in configs.items():
+        entry = entries.get(name)
+        if entry is None:
+            entries[name] = ModelEntry(name, cfg)
+            result.added.append(name)
+        elif (entry.desired.artifact_digest, entry.desired.runtime) != (
+            cfg.artifact_digest, cfg.runtime
+        ):
+            changes.append((entry, entry.desired))
+            result.changed.append(
+                {"name": name, "from": entry.desired.version, "to": cfg.version}
+            )
+            entry.desired = cfg
+        else:
+            entry.desired = cfg
+            result.unchanged += 1
+    return changes
+
+
+def referenced_digests(entries: dict[str, ModelEntry]) -> set[str]:
+    """Digests some entry still wants or still falls back to."""
+    refs = {e.desired.artifact_digest for e in entries.values()}
+    refs.update(e.good.artifact_digest for e in entries.values() if e.good is not None)
+    return refs
