@@ -4,7 +4,10 @@ against the real CRD schemas (tests/schemas) and field by field."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from modelworks import _git
 from modelworks.errors import DeployError
 from modelworks.gitops.deploy import DeployConfig, deploy
 from modelworks.gitops.export import (
+    applicationset,
     export_argocd,
     export_kserve,
     k8s_name,
@@ -267,3 +271,86 @@ def test_k8s_name_long_names_stay_unique_and_short() -> None:
     assert label_value("y" * 100) == "y" * 63
     with pytest.raises(DeployError, match="no letters or digits"):
         k8s_name("///")
+
+
+# Argo CD renders each string of a Go-template ApplicationSet with text/template, the sprig
+# functions (less env, expandenv, getHostByName) and missingkey=error; this does the same.
+GO_RENDER = """package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"text/template"
+
+	"github.com/Masterminds/sprig"
+)
+
+func main() {
+	var in struct {
+		Templates map[string]string        `json:"templates"`
+		Params    []map[string]interface{} `json:"params"`
+	}
+	if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil {
+		panic(err)
+	}
+	fm := sprig.TxtFuncMap()
+	for _, k := range []string{"env", "expandenv", "getHostByName"} {
+		delete(fm, k)
+	}
+	out := []map[string]string{}
+	for _, p := range in.Params {
+		row := map[string]string{}
+		for k, src := range in.Templates {
+			t := template.Must(template.New(k).Option("missingkey=error").Funcs(fm).Parse(src))
+			var b bytes.Buffer
+			if err := t.Execute(&b, p); err != nil {
+				panic(err)
+			}
+			row[k] = b.String()
+		}
+		out = append(out, row)
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+"""
+GOPATH = Path("/usr/share/gocode")  # Debian's golang-github-masterminds-sprig-dev
+
+
+def _template_strings(doc: Any, path: str = "") -> dict[str, str]:
+    if isinstance(doc, dict):
+        return {k: v for key, value in doc.items()
+                for k, v in _template_strings(value, f"{path}.{key}").items()}
+    if isinstance(doc, list):
+        return {k: v for i, value in enumerate(doc)
+                for k, v in _template_strings(value, f"{path}[{i}]").items()}
+    return {path: doc} if isinstance(doc, str) and "{{" in doc else {}
+
+
+@pytest.mark.skipif(
+    shutil.which("go") is None or not (GOPATH / "src/github.com/Masterminds/sprig").is_dir(),
+    reason="needs Go and sprig (apt-get install golang-go golang-github-masterminds-sprig-dev)",
+)
+def test_argocd_go_templates_render_like_argocd(repo: Path, tmp_path: Path) -> None:
+    (tmp_path / "render.go").write_text(GO_RENDER)
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH),
+           "GOCACHE": str(tmp_path / "gocache")}
+    subprocess.run(["go", "build", "-o", "render", "render.go"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True)
+    templates = _template_strings(applicationset("test", repo_url=REPO_URL)["spec"]["template"])
+    names = ["iris", "digits", "team-a/churn"]
+    params = []
+    for name in names:
+        rel = f"deploy/test/{name}"
+        params.append({**yaml.safe_load((repo / rel / "config.yaml").read_text()),
+                       "path": {"path": rel, "basename": rel.rsplit("/", 1)[-1]}})
+    proc = subprocess.run([str(tmp_path / "render")], input=json.dumps(
+        {"templates": templates, "params": params}), capture_output=True, text=True, check=True)
+    rows = json.loads(proc.stdout)
+    for name, row in zip(names, rows, strict=True):
+        assert row[".metadata.name"] == f"{k8s_name(name)}-test"
+        assert row[".metadata.labels.modelworks.dev/model"] == label_value(name)
+        assert row[".spec.source.path"] == "charts/modelcar"
+        assert row[".spec.source.helm.parameters[0].value"] == name
+        assert row[".spec.source.helm.parameters[5].value"] == DIGEST
+    assert rows[2][".metadata.labels.modelworks.dev/tenant"] == "team-a"
