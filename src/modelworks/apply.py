@@ -1,0 +1,331 @@
+"""Apply: run the plan — train, gate, package, register — then deploy to auto-deploy envs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+from sqlalchemy import select, update
+
+from modelworks import _git
+from modelworks.data.sources import DataResolver
+from modelworks.errors import LockError, ModelworksError
+from modelworks.gitops import deploy as gdeploy
+from modelworks.pipelines.catalog import snapshot
+from modelworks.plan import ModelPlan, Plan, plan
+from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
+from modelworks.runs.executor import Executor, make_executor
+
+if TYPE_CHECKING:
+    from modelworks.registry.store import Store
+    from modelworks.workspace import Workspace
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ApplyResult:
+    trained: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    gated: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    deployed: list[dict[str, Any]] = field(default_factory=list)
+    commit: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trained": self.trained, "failed": self.failed, "gated": self.gated,
+            "skipped": self.skipped, "errors": self.errors, "deployed": self.deployed,
+            "commit": self.commit, "seconds": round(self.seconds, 3),
+            "summary": {k: len(getattr(self, k)) for k in
+                        ("trained", "failed", "gated", "skipped", "errors", "deployed")},
+        }
+
+
+def workspace_lock(ws: Workspace, wait: float) -> FileLock:
+    """The lock that lets one apply at a time change a workspace."""
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(ws.state_dir / "apply.lock"))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise LockError(
+            f"another `mw apply` holds {ws.state_dir / 'apply.lock'}; wait for it to finish "
+            "or run with --wait SECONDS"
+        ) from None
+    return lock
+
+
+def _interrupted(store: Store) -> int:
+    """Fail runs left running by a process that died (we hold the lock, so none is alive)."""
+    with store.session() as s:
+        res = s.execute(
+            update(Run).where(Run.status.in_(("running", "queued")))
+            .values(status="failed", error="interrupted: the process running it stopped",
+                    finished_at=datetime.now(UTC))
+        )
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> None:
+    """Snapshot and record each pipeline version the first time it is used."""
+    seen: set[tuple[str, str]] = set()
+    with store.session() as s:
+        for mp in changes:
+            p = mp.pipeline
+            assert p is not None
+            if p.recorded or (p.name, p.version) in seen:
+                continue
+            seen.add((p.name, p.version))
+            snap = snapshot(p.source, p.hash, ws.state_dir / "pipelines")
+            s.add(PipelineVersion(name=p.name, version=p.version, hash=p.hash, snapshot=str(snap)))
+
+
+def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict[str, int]:
+    with store.session() as s:
+        ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        for mp in models:
+            if mp.loaded is None or mp.loaded.spec is None:
+                continue
+            spec = mp.spec
+            if spec.name not in ids:
+                row = Model(name=spec.name, tenant=spec.tenant, spec_path=_rel(ws, mp.loaded.path),
+                            pipeline=spec.pipeline, labels=spec.labels)
+                s.add(row)
+                s.flush()
+                ids[spec.name] = row.id
+    return ids
+
+
+def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[str, dict[str, float]]:
+    """Metrics of the versions deployed in test, for no-regression gates."""
+    wanted = {mp.name for mp in changes if mp.spec.gates.no_regression}
+    if not wanted:
+        return {}
+    deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
+    pairs = {(n, deployed[n].version) for n in wanted if n in deployed}
+    out: dict[str, dict[str, float]] = {}
+    with store.session() as s:
+        rows = s.execute(select(Model.name, ModelVersion.version, ModelVersion.metrics).join(ModelVersion)
+                         .where(Model.name.in_([p[0] for p in pairs])))
+        for name, version, metrics in rows:
+            if (name, version) in pairs:
+                out[name] = metrics
+    return out
+
+
+def _jobs(ws: Workspace, store: Store, changes: list[ModelPlan], ids: dict[str, int], trigger: str) -> list[dict[str, Any]]:
+    data = DataResolver(ws)
+    baselines = _baselines(ws, store, changes)
+    commit = _git.head(ws.root) if _git.is_repo(ws.root) else None
+    work_dir = ws.state_dir / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    with store.session() as s:
+        runs = [Run(model_id=ids[mp.name], fingerprint=mp.fingerprint, version=mp.version,
+                    status="running", trigger=trigger, attempts=1, started_at=datetime.now(UTC))
+                for mp in changes]
+        s.add_all(runs)
+        s.flush()
+        for mp, run in zip(changes, runs, strict=True):
+            spec, pipe = mp.spec, mp.pipeline
+            assert pipe is not None and mp.version is not None
+            ref = data.resolve(spec)
+            log_path = ws.state_dir / "logs" / spec.name / f"{run.id}.log"
+            run.log_path = str(log_path)
+            jobs.append({
+                "run_id": run.id, "model": spec.name, "version": mp.version,
+                "fingerprint": mp.fingerprint, "runtime": spec.runtime, "tenant": spec.tenant,
+                "hyperparameters": spec.hyperparameters, "gates": spec.gates.model_dump(),
+                "baseline": baselines.get(spec.name),
+                "pipeline": {"name": pipe.name, "version": pipe.version, "hash": pipe.hash,
+                             "source": str(ws.state_dir / "pipelines" / pipe.hash)},
+                "data": {"kind": ref.kind, "hash": ref.hash, "dataset": ref.dataset,
+                         "files": [str(f) for f in ref.files],
+                         "names": _names(ref.kind, ref.dataset, ref.files)},
+                "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
+                "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path) if mp.loaded else None,
+            })
+    return jobs
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    try:
+        return path.relative_to(ws.root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _names(kind: str, dataset: str, files: tuple[Path, ...]) -> list[str]:
+    if kind == "dvc":
+        return [os.path.basename(dataset)]
+    return [f.name if i == 0 else f"{i}-{f.name}" for i, f in enumerate(files)]
+
+
+class _Recorder:
+    """Writes results to the registry in batches, so thousands of tiny runs stay cheap."""
+
+    def __init__(self, store: Store, ids: dict[str, int], plans: dict[str, ModelPlan],
+                 jobs: list[dict[str, Any]], result: ApplyResult) -> None:
+        self.store, self.ids, self.plans, self.result = store, ids, plans, result
+        self.jobs = {j["run_id"]: j for j in jobs}
+        self.buffer: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.buffer.append(r)
+        if len(self.buffer) >= 200 or time.monotonic() - self.last > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        now = datetime.now(UTC)
+        with self.store.session() as s:
+            for r in self.buffer:
+                self._one(s, r, now)
+        self.buffer.clear()
+        self.last = time.monotonic()
+
+    def _one(self, s: Any, r: dict[str, Any], now: datetime) -> None:
+        status = r["status"]
+        run = s.get(Run, r["run_id"])
+        run.status, run.error, run.finished_at = status, r.get("error"), now
+        run.duration, run.train_seconds, run.worker = r.get("duration"), r.get("train_seconds"), str(r.get("pid", ""))
+        name = r["model"]
+        if status == "failed":
+            self.result.failed.append({"name": name, "version": run.version, "error": r.get("error")})
+            return
+        inputs = self.plans[name].inputs
+        job = self.jobs[run.id]
+        lineage = {
+            "spec_path": job["spec_path"], "spec_commit": job["spec_commit"],
+            "pipeline": job["pipeline"]["name"], "pipeline_version": job["pipeline"]["version"],
+            "pipeline_hash": job["pipeline"]["hash"], "dataset": job["data"]["dataset"],
+            "data_hash": job["data"]["hash"], "run_id": run.id,
+        }
+        s.add(ModelVersion(
+            model_id=self.ids[name], version=run.version, fingerprint=run.fingerprint,
+            status="registered" if status == "succeeded" else status, reason=r.get("error"),
+            inputs=inputs, metrics=r.get("metrics", {}), gates=r.get("gates", {}), lineage=lineage,
+            artifact_digest=r.get("digest"), artifact_ref=r.get("ref"), oci_layout=r.get("layout"),
+            run_id=run.id,
+        ))
+        entry = {"name": name, "version": run.version, "metrics": r.get("metrics", {})}
+        if status == "succeeded":
+            self.result.trained.append({**entry, "digest": r.get("digest")})
+        else:
+            self.result.gated.append({**entry, "reasons": r.get("gates", {}).get("failures", [])})
+
+
+def deploy_config(ws: Workspace, name: str, tenant: str, runtime: str, version: str,
+                  fingerprint: str, digest: str, layout: str) -> gdeploy.DeployConfig:
+    """The deploy/<env>/<model>/config.yaml content for a registered version."""
+    oci = ws.settings.oci
+    if oci.registry:
+        repo = f"{oci.registry}/{oci.namespace}/{name}"
+        uri = f"oci://{repo}:{version}"
+    else:
+        repo = name
+        rel = os.path.relpath(layout, ws.deploy_repo) if os.path.isabs(layout) else layout
+        uri = f"oci:{rel}:{version}"
+    return gdeploy.DeployConfig(
+        name=name, image_repository=repo, image_namespace=oci.namespace, version=version,
+        runtime=runtime, artifact_digest=digest, artifact_uri=uri, fingerprint=fingerprint,
+        tenant=tenant,
+    )
+
+
+def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Put each model's current registered version into the auto-deploy environments."""
+    envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
+    fps = {m.fingerprint: m for m in p.models if m.fingerprint}
+    if not envs or not fps:
+        return [], None
+    with store.session() as s:
+        rows = s.execute(
+            select(Model.id, ModelVersion).join(ModelVersion)
+            .where(ModelVersion.status == "registered", ModelVersion.fingerprint.in_(list(fps)))
+        ).all()
+    deployed, paths = [], []
+    for env in envs:
+        current = gdeploy.read_worktree_env(ws.deploy_repo, env)
+        configs = []
+        for model_id, v in rows:
+            mp = fps[v.fingerprint]
+            spec = mp.spec
+            if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
+                continue
+            cfg = deploy_config(ws, spec.name, spec.tenant, spec.runtime, v.version, v.fingerprint,
+                                v.artifact_digest or "", v.oci_layout or "")
+            if current.get(spec.name) != cfg:
+                configs.append((model_id, cfg))
+        paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c in configs])
+        deployed += [{"name": c.name, "env": env, "version": c.version, "model_id": mid} for mid, c in configs]
+    if not paths:
+        return [], None
+    lines = "\n".join(f"- {d['env']}: {d['name']} {d['version']}" for d in deployed[:200])
+    commit = _git.commit(ws.deploy_repo, paths, f"deploy: {len(deployed)} model version(s)\n\n{lines}\n", author=actor)
+    with store.session() as s:
+        for d in deployed:
+            s.add(Deployment(model_id=d.pop("model_id"), env=d["env"], version=d["version"],
+                             commit=commit, kind="deploy", actor=actor))
+    return deployed, commit
+
+
+def apply(
+    ws: Workspace,
+    store: Store,
+    *,
+    names: list[str] | None = None,
+    executor: Executor | None = None,
+    actor: str = "modelworks",
+    trigger: str = "manual",
+    wait: float = 0,
+    on_start: Callable[[int], None] | None = None,
+    on_result: ProgressFn | None = None,
+) -> ApplyResult:
+    """Train what the plan says changed, register it, and deploy to auto-deploy envs."""
+    started = time.perf_counter()
+    lock = workspace_lock(ws, wait)
+    try:
+        _interrupted(store)
+        p = plan(ws, store, names)
+        result = ApplyResult()
+        result.skipped = [m.name for m in p.models if m.action == "unchanged"]
+        result.errors = [{"name": m.name, "error": "; ".join(m.reasons)} for m in p.models if m.action == "error"]
+        changes = p.changes
+        if changes:
+            _record_pipelines(ws, store, changes)
+            ids = _ensure_models(ws, store, changes)
+            jobs = _jobs(ws, store, changes, ids, trigger)
+            recorder = _Recorder(store, ids, {m.name: m for m in changes}, jobs, result)
+            ex = executor or make_executor(ws.settings.executor.kind, ws.workers)
+            if on_start:
+                on_start(len(jobs))
+            for r in ex.run(jobs):
+                recorder.add(r)
+                if on_result:
+                    on_result(r)
+            recorder.flush()
+        else:
+            _ensure_models(ws, store, p.models)
+        result.deployed, result.commit = deploy_auto(ws, store, p, actor)
+        result.seconds = time.perf_counter() - started
+        return result
+    except ModelworksError:
+        raise
+    finally:
+        lock.release()

@@ -1,0 +1,66 @@
+"""Writing a trained model's files for its runtime, with the metadata the server reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelworks.errors import PipelineError
+
+MODEL_FILES = {"sklearn": "model.skops", "onnx": "model.onnx"}
+_DTYPES = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL", "O": "BYTES", "U": "BYTES"}
+
+
+def datatype(arr: np.ndarray) -> str:
+    """The Open Inference Protocol datatype of a numpy array."""
+    if arr.dtype == np.float32:
+        return "FP32"
+    if arr.dtype == np.int32:
+        return "INT32"
+    return _DTYPES.get(arr.dtype.kind, "BYTES")
+
+
+def _sample(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
+    if isinstance(data, dict) and "X_train" in data:
+        X = data["X_train"]
+        names = data.get("feature_names")
+        if names is None and hasattr(X, "columns"):
+            names = [str(c) for c in X.columns]
+        return np.asarray(X), list(names) if names is not None else None
+    return None, None
+
+
+def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, Any]:
+    """Save `model` in its runtime's format into out_dir; return metadata.json's content."""
+    X, names = _sample(data)
+    if runtime == "sklearn":
+        import skops.io as sio
+
+        sio.dump(model, out_dir / MODEL_FILES["sklearn"])
+        in_dtype = "FP64"
+    elif runtime == "onnx":
+        if X is None:
+            raise PipelineError("runtime onnx needs prepare() to return a dict with 'X_train'")
+        try:
+            from skl2onnx import to_onnx
+        except ImportError:
+            raise PipelineError("runtime onnx is not installed (pip install 'modelworks[onnx]')") from None
+        onx = to_onnx(model, X[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+        (out_dir / MODEL_FILES["onnx"]).write_bytes(onx.SerializeToString())
+        in_dtype = "FP32"
+    else:
+        raise PipelineError(f"runtime {runtime} is not installed in the line (supported: sklearn, onnx)")
+    meta: dict[str, Any] = {"runtime": runtime, "model_file": MODEL_FILES[runtime]}
+    if X is not None:
+        y = np.asarray(model.predict(X[:2]))
+        meta["inputs"] = [{"name": "input-0", "datatype": in_dtype, "shape": [-1, int(X.shape[1])]}]
+        meta["outputs"] = [{"name": "output-0", "datatype": datatype(y), "shape": [-1]}]
+        meta["feature_names"] = names or [f"f{i}" for i in range(X.shape[1])]
+    return meta
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))

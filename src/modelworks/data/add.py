@@ -1,0 +1,79 @@
+"""`mw data add`: version a data file DVC-style and bump the specs that use it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelworks import _git
+from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
+from modelworks.errors import DataError
+from modelworks.spec import _read_raw, dump_spec, spec_files
+from modelworks.workspace import Workspace
+
+
+@dataclass
+class DataVersion:
+    dataset: str
+    md5: str
+    size: int
+    pointer: Path
+    previous: str | None
+    bumped: list[str] = field(default_factory=list)
+    commit: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"dataset": self.dataset, "md5": self.md5, "size": self.size,
+                "pointer": str(self.pointer), "previous": self.previous,
+                "bumped_specs": self.bumped, "commit": self.commit}
+
+
+def _bump_specs(ws: Workspace, dataset: str, md5: str) -> list[Path]:
+    """Set data_source.dvc_hash of every spec that reads `dataset` from this workspace."""
+    bumped = []
+    for path in spec_files(ws.models_dir):
+        try:
+            raw = _read_raw(path)
+        except Exception:
+            continue  # a broken spec is reported by plan, not here
+        ds = raw.get("data_source")
+        if not isinstance(ds, dict) or ds.get("type") != "dvc" or ds.get("dataset") != dataset:
+            continue
+        if ds.get("repo_url") not in (None, "", ".") or ds.get("dvc_hash") == md5:
+            continue
+        ds["dvc_hash"] = md5
+        dump_spec(raw, path)
+        bumped.append(path)
+    return bumped
+
+
+def add(ws: Workspace, path: Path, *, update_specs: bool = True, commit: bool = True,
+        actor: str | None = None) -> DataVersion:
+    """Hash a data file into the cache, write its .dvc pointer, bump specs, commit."""
+    target = path if path.is_absolute() else Path(os.getcwd()) / path
+    target = target.resolve()
+    if not target.is_file():
+        raise DataError(f"{path}: not a file (mw data add versions one data file at a time)")
+    try:
+        dataset = target.relative_to(ws.root).as_posix()
+    except ValueError:
+        raise DataError(f"{path}: must be inside the workspace {ws.root}") from None
+    pointer = target.with_name(target.name + ".dvc")
+    previous = read_pointer(pointer).md5 if pointer.exists() else None
+    md5 = file_md5(target)
+    size = target.stat().st_size
+    store(ws.cache_dir, target, md5)
+    write_pointer(pointer, md5, size, target.name)
+    gitignore = gitignore_add(target.parent, target.name)
+    version = DataVersion(dataset, md5, size, pointer, previous)
+    bumped = _bump_specs(ws, dataset, md5) if update_specs else []
+    version.bumped = [str(p.relative_to(ws.root)) for p in bumped]
+    if commit and _git.is_repo(ws.root):
+        paths = [pointer, gitignore, *bumped]
+        rel = [p.relative_to(ws.root) for p in paths]
+        msg = f"data: {dataset} {(previous or 'new')[:8]} -> {md5[:8]}"
+        if bumped:
+            msg += f"\n\nbumps {len(bumped)} spec(s):\n" + "\n".join(f"- {p}" for p in version.bumped)
+        version.commit = _git.commit(ws.root, rel, msg, author=actor)
+    return version

@@ -1,0 +1,131 @@
+"""Resolve a spec's data source to a content hash and, for training, to the content itself."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelworks import _git
+from modelworks.data.dvc import cache_path, read_pointer, store
+from modelworks.data.hashing import HashCache, tree_hash
+from modelworks.errors import DataError
+from modelworks.spec import ModelSpec
+from modelworks.workspace import Workspace
+
+URL_PREFIXES = ("http://", "https://", "git@", "ssh://", "file://", "git://")
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A resolved data version: its hash, and the file(s) holding the content."""
+
+    kind: str
+    hash: str
+    dataset: str
+    files: tuple[Path, ...] = ()
+
+
+@dataclass
+class DataResolver:
+    """Resolves data sources for many specs, doing each repo, pointer and hash once."""
+
+    ws: Workspace
+    hashes: HashCache = field(init=False)
+    _repos: dict[str, Path] = field(default_factory=dict)
+    _pointers: dict[Path, str] = field(default_factory=dict)
+    _found: dict[str, Path] = field(default_factory=dict)
+    _local: dict[str, tuple[str, list[Path]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hashes = HashCache(self.ws.state_dir / "hashcache.json")
+
+    def repo_root(self, repo_url: str | None) -> Path:
+        """The local folder of a data repo: the workspace, a local path, or a clone of a URL."""
+        key = repo_url or ""
+        if key in self._repos:
+            return self._repos[key]
+        if not repo_url or repo_url in (".", str(self.ws.root)):
+            root = self.ws.root
+        elif repo_url.startswith(URL_PREFIXES):
+            root = self._clone(repo_url)
+        else:
+            root = self.ws.path(repo_url)
+            if not root.is_dir():
+                raise DataError(f"data repo {repo_url!r} is not a folder ({root})")
+        self._repos[key] = root
+        return root
+
+    def _clone(self, url: str) -> Path:
+        dest = self.ws.state_dir / "repos" / hashlib.sha1(url.encode()).hexdigest()[:16]
+        if (dest / ".git").exists():
+            _git.git(dest, "fetch", "-q", "--depth", "1", "origin", check=False)
+            _git.git(dest, "reset", "-q", "--hard", "FETCH_HEAD", check=False)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _git.git(dest.parent, "clone", "-q", "--depth", "1", url, str(dest))
+        return dest
+
+    def pointer_hash(self, repo: Path, dataset: str) -> str:
+        pointer = repo / f"{dataset}.dvc"
+        if pointer not in self._pointers:
+            self._pointers[pointer] = read_pointer(pointer).md5
+        return self._pointers[pointer]
+
+    def version(self, spec: ModelSpec) -> str:
+        """The data hash that goes into the fingerprint (no content is read for dvc)."""
+        ds = spec.data_source
+        if ds.type == "dvc":
+            if ds.dvc_hash:
+                return ds.dvc_hash
+            return self.pointer_hash(self.repo_root(ds.repo_url), str(ds.dataset))
+        if ds.type == "local":
+            return self._local_tree(str(ds.path or ds.dataset))[0]
+        raise DataError(
+            f"data source type 's3' (bucket {ds.bucket!r}) needs an S3 store and none is "
+            "configured in modelworks.yaml"
+        )
+
+    def _local_tree(self, pattern: str) -> tuple[str, list[Path]]:
+        if pattern not in self._local:
+            self._local[pattern] = tree_hash(self.ws.root, pattern, self.hashes)
+        return self._local[pattern]
+
+    def caches(self, repo: Path) -> list[Path]:
+        """Cache folders searched for content, nearest first."""
+        found = [self.ws.cache_dir]
+        if self.ws.settings.data.remote:
+            found.append(self.ws.path(self.ws.settings.data.remote))
+        found += [repo / ".dvc" / "cache", repo / ".mw" / "cache"]
+        return found
+
+    def locate(self, md5: str, repo: Path) -> Path | None:
+        """The cached content with this md5 (copied into the workspace cache if found elsewhere)."""
+        if md5 in self._found:
+            return self._found[md5]
+        for i, cache in enumerate(self.caches(repo)):
+            candidate = cache_path(cache, md5)
+            if candidate.exists():
+                hit = candidate if i == 0 else store(self.ws.cache_dir, candidate, md5)
+                self._found[md5] = hit
+                return hit
+        return None
+
+    def resolve(self, spec: ModelSpec) -> DataRef:
+        """Version and content of a spec's data; DataError when the content is not available."""
+        ds = spec.data_source
+        digest = self.version(spec)
+        if ds.type == "local":
+            return DataRef("local", digest, str(ds.path or ds.dataset), tuple(self._local_tree(str(ds.path or ds.dataset))[1]))
+        repo = self.repo_root(ds.repo_url)
+        hit = self.locate(digest, repo)
+        if hit is None:
+            where = ", ".join(str(c) for c in self.caches(repo) if c.exists()) or str(self.ws.cache_dir)
+            raise DataError(
+                f"data hash {digest} of dataset {ds.dataset!r} is not in the cache ({where}); "
+                f"run `mw data add {ds.dataset}` or configure data.remote"
+            )
+        return DataRef("dvc", digest, str(ds.dataset), (hit,))
+
+    def save(self) -> None:
+        self.hashes.save()

@@ -1,0 +1,202 @@
+"""Plan: a pure diff of fingerprints in Git against versions in the registry.
+
+A model's fingerprint is sha256 over the canonical JSON of everything that decides the
+trained result:
+
+    {"line": "mw-line-1",                        <- the line's own format version
+     "spec": {data_source, hyperparameters,        <- training-relevant spec fields
+              pipeline, runtime},
+     "data_hash": "5c2145f3…",                     <- DVC md5 / local tree hash
+     "pipeline_version": "v1.23.0",
+     "pipeline_hash": "9f1c…"}                     <- content hash of the pipeline folder
+
+    fingerprint = sha256(canonical) = "f7844fe3d7a1…";  version = fingerprint[:10]
+
+For each spec the plan looks the fingerprint up among the model's registered versions:
+
+    no versions yet                -> create  ("new model")
+    fingerprint already registered -> unchanged
+    otherwise                      -> update, with the reasons read off a diff of the
+                                      latest version's inputs and the new ones:
+                                      "data 5c2145f3 -> e9a8…", "pipeline v1.23.0 -> v1.29.0",
+                                      "hyperparameter epochs 1 -> 5"
+    spec, data or pipeline broken  -> error, with the message; the rest is still planned
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from modelworks import LINE_FORMAT
+from modelworks.data.sources import DataResolver
+from modelworks.errors import ModelworksError
+from modelworks.pipelines.catalog import Catalog, PipelineRef
+from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
+from modelworks.spec import LoadedSpec, ModelSpec, load_specs
+
+if TYPE_CHECKING:
+    from modelworks.registry.store import Store
+    from modelworks.workspace import Workspace
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(inputs)).hexdigest()
+
+
+def version_id(fp: str) -> str:
+    """The short version id derived from a fingerprint (like the reference's f7844fe3d7)."""
+    return fp[:10]
+
+
+@dataclass
+class ModelPlan:
+    """What the plan says about one model."""
+
+    name: str
+    action: str
+    reasons: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+    version: str | None = None
+    loaded: LoadedSpec | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    pipeline: PipelineRef | None = None
+
+    @property
+    def spec(self) -> ModelSpec:
+        assert self.loaded is not None and self.loaded.spec is not None
+        return self.loaded.spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "action": self.action, "reasons": self.reasons,
+                "fingerprint": self.fingerprint, "version": self.version}
+
+
+@dataclass
+class Plan:
+    models: list[ModelPlan]
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(("create", "update", "unchanged", "error"), 0)
+        for m in self.models:
+            counts[m.action] += 1
+        return counts
+
+    @property
+    def changes(self) -> list[ModelPlan]:
+        return [m for m in self.models if m.action in ("create", "update")]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": [m.to_dict() for m in self.models], "summary": self.summary}
+
+
+def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Why a model retrains: each input that differs, old -> new."""
+    reasons = []
+    if old.get("data_hash") != new.get("data_hash"):
+        reasons.append(f"data {str(old.get('data_hash'))[:8]} -> {str(new.get('data_hash'))[:8]}")
+    if old.get("pipeline_version") != new.get("pipeline_version"):
+        reasons.append(f"pipeline {old.get('pipeline_version')} -> {new.get('pipeline_version')}")
+    elif old.get("pipeline_hash") != new.get("pipeline_hash"):
+        reasons.append(f"pipeline hash {str(old.get('pipeline_hash'))[:8]} -> {str(new.get('pipeline_hash'))[:8]}")
+    os_, ns = old.get("spec", {}), new.get("spec", {})
+    oh, nh = os_.get("hyperparameters", {}), ns.get("hyperparameters", {})
+    for key in sorted(set(oh) | set(nh)):
+        if oh.get(key) != nh.get(key):
+            reasons.append(f"hyperparameter {key} {json.dumps(oh.get(key))} -> {json.dumps(nh.get(key))}")
+    for key in ("runtime", "pipeline", "data_source"):
+        if os_.get(key) != ns.get(key):
+            reasons.append(f"{key} {json.dumps(os_.get(key))} -> {json.dumps(ns.get(key))}")
+    if old.get("line") != new.get("line"):
+        reasons.append(f"line format {old.get('line')} -> {new.get('line')}")
+    return reasons or ["inputs changed"]
+
+
+@dataclass
+class RegistryView:
+    """What the plan needs from the registry, read in a few bulk queries."""
+
+    fingerprints: dict[str, set[str]]
+    latest_inputs: dict[str, dict[str, Any]]
+    last_failure: dict[str, tuple[str, str]]
+    pipelines: dict[tuple[str, str], tuple[str, str]]
+
+    @classmethod
+    def read(cls, store: Store) -> RegistryView:
+        with store.session() as s:
+            fps: dict[str, set[str]] = {}
+            for name, fp in s.execute(select(Model.name, ModelVersion.fingerprint).join(ModelVersion)):
+                fps.setdefault(name, set()).add(fp)
+            latest = select(func.max(ModelVersion.id)).group_by(ModelVersion.model_id)
+            inputs = dict(s.execute(
+                select(Model.name, ModelVersion.inputs).join(ModelVersion).where(ModelVersion.id.in_(latest))
+            ).tuples().all())
+            last_run = select(func.max(Run.id)).group_by(Run.model_id)
+            failures = {
+                name: (fp, err or "")
+                for name, fp, err in s.execute(
+                    select(Model.name, Run.fingerprint, Run.error).join(Run)
+                    .where(Run.id.in_(last_run), Run.status == "failed")
+                )
+            }
+            pipes = {
+                (p.name, p.version): (p.hash, p.snapshot) for p in s.scalars(select(PipelineVersion))
+            }
+        return cls(fps, inputs, failures, pipes)
+
+
+def model_inputs(spec: ModelSpec, data_hash: str, pipe: PipelineRef) -> dict[str, Any]:
+    return {
+        "line": LINE_FORMAT, "spec": spec.training_inputs(), "data_hash": data_hash,
+        "pipeline_version": pipe.version, "pipeline_hash": pipe.hash,
+    }
+
+
+def plan_one(item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: Catalog) -> ModelPlan:
+    """Plan a single loaded spec against the registry view."""
+    if item.spec is None:
+        return ModelPlan(item.name, "error", [item.error or "invalid spec"], loaded=item)
+    spec = item.spec
+    try:
+        pipe = catalog.resolve(spec.pipeline, spec.version_label())
+        data_hash = data.version(spec)
+        data.resolve(spec)
+    except ModelworksError as exc:
+        return ModelPlan(spec.name, "error", [f"{item.path}: {exc}"], loaded=item)
+    inputs = model_inputs(spec, data_hash, pipe)
+    fp = fingerprint(inputs)
+    mp = ModelPlan(spec.name, "unchanged", [], fp, version_id(fp), item, inputs, pipe)
+    known = view.fingerprints.get(spec.name)
+    if known and fp in known:
+        return mp
+    failed = view.last_failure.get(spec.name)
+    if not known:
+        mp.action, mp.reasons = "create", ["new model"]
+    else:
+        mp.action, mp.reasons = "update", explain(view.latest_inputs.get(spec.name, {}), inputs)
+    if failed and failed[0] == fp:
+        mp.reasons.append(f"retry: the last run failed: {failed[1][:200]}")
+    return mp
+
+
+def plan(ws: Workspace, store: Store, names: list[str] | None = None) -> Plan:
+    """Compute the plan for the workspace (or only the named models)."""
+    view = RegistryView.read(store)
+    catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
+    data = DataResolver(ws)
+    loaded = load_specs(ws.models_dir)
+    if names:
+        wanted = set(names)
+        loaded = [item for item in loaded if item.name in wanted]
+    models = [plan_one(item, view, data, catalog) for item in loaded]
+    data.save()
+    return Plan(models)

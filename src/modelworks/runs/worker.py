@@ -1,0 +1,125 @@
+"""One training job, as a worker process runs it: steps, gates, model files, ModelCar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelworks import LINE_FORMAT
+from modelworks.artifacts.modelfiles import save_model, write_json
+from modelworks.errors import ModelworksError
+from modelworks.gates import check, summary
+from modelworks.pipelines.steps import call, load_module, run_steps
+from modelworks.spec import Gates
+
+ANNOTATION_PREFIX = "dev.modelworks"
+
+
+def annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[str, str]:
+    """Lineage and metrics as manifest annotations (reverse-DNS keys)."""
+    p, d = job["pipeline"], job["data"]
+    notes = {
+        "org.opencontainers.image.title": job["model"],
+        "org.opencontainers.image.version": job["version"],
+        "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        f"{ANNOTATION_PREFIX}.model": job["model"],
+        f"{ANNOTATION_PREFIX}.tenant": job.get("tenant", "default"),
+        f"{ANNOTATION_PREFIX}.fingerprint": job["fingerprint"],
+        f"{ANNOTATION_PREFIX}.runtime": job["runtime"],
+        f"{ANNOTATION_PREFIX}.pipeline.name": p["name"],
+        f"{ANNOTATION_PREFIX}.pipeline.version": p["version"],
+        f"{ANNOTATION_PREFIX}.pipeline.hash": p["hash"],
+        f"{ANNOTATION_PREFIX}.data.dataset": d["dataset"],
+        f"{ANNOTATION_PREFIX}.data.hash": d["hash"],
+        f"{ANNOTATION_PREFIX}.spec.commit": job.get("spec_commit") or "",
+        f"{ANNOTATION_PREFIX}.spec.path": job.get("spec_path") or "",
+        f"{ANNOTATION_PREFIX}.line": LINE_FORMAT,
+    }
+    for name, value in metrics.items():
+        notes[f"{ANNOTATION_PREFIX}.metrics.{name}"] = f"{value:.6g}"
+    return notes
+
+
+def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    files = [Path(f) for f in job["data"]["files"]]
+    links = []
+    for f, name in zip(files, job["data"]["names"], strict=True):
+        link = workdir / "input" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(f, link)
+        links.append(link)
+    out = workdir / "models"
+    out.mkdir()
+    params = dict(job["hyperparameters"])
+    return {
+        "data_path": links[0], "data_paths": links, "params": params,
+        "hyperparameters": params, "output_dir": out, "seed": int(job["fingerprint"][:8], 16),
+    }
+
+
+def _package(job: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    from modelworks.artifacts.oci import OCIStore
+
+    out: Path = ctx["output_dir"]
+    if ctx["custom_save"] is not None:
+        call(ctx["custom_save"], ctx)
+        meta = {"runtime": job["runtime"], "model_file": job.get("model_file", "")}
+    else:
+        meta = save_model(job["runtime"], ctx["model"], out, ctx["data"])
+    meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
+    write_json(out / "metadata.json", meta)
+    write_json(out / "metrics.json", ctx["metrics"])
+    image = OCIStore(Path(job["oci_dir"])).write_image(
+        job["model"], job["version"], out, annotations(job, ctx["metrics"])
+    )
+    return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout)}
+
+
+def execute(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job to a result dict; never raises (errors are part of the result)."""
+    started = time.perf_counter()
+    log_path = Path(job["log_path"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{job['version']}-", dir=job["work_dir"]))
+    result: dict[str, Any] = {"run_id": job["run_id"], "model": job["model"], "pid": os.getpid()}
+    logger = logging.getLogger(f"mw.run.{job['run_id']}")
+    logger.propagate = False
+    with log_path.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            logger.info("training %s version %s (pipeline %s %s)", job["model"], job["version"],
+                        job["pipeline"]["name"], job["pipeline"]["version"])
+            module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
+            ctx = run_steps(module, _inputs(job, workdir), logger)
+            result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
+            failures = check(Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline"))
+            result["gates"] = summary(failures, job.get("baseline"))
+            logger.info("metrics %s", ctx["metrics"])
+            if failures:
+                result.update(status="gated", error="; ".join(failures))
+                logger.warning("gated: %s", result["error"])
+            else:
+                result.update(_package(job, ctx), status="succeeded")
+                logger.info("packaged %s", result["digest"])
+        except ModelworksError as exc:
+            result.update(status="failed", error=str(exc))
+            logger.error("%s", exc)
+        except Exception as exc:
+            result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            logger.error("%s", traceback.format_exc())
+        finally:
+            logger.removeHandler(handler)
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["duration"] = time.perf_counter() - started
+    return result

@@ -1,0 +1,234 @@
+"""Model specs: the reference system's format verbatim, short aliases, and our extensions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelworks.errors import SpecError, did_you_mean
+
+SPEC_SUFFIXES = (".json", ".yaml", ".yml")
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class DataSource(_Strict):
+    """Where a model's training data comes from."""
+
+    type: Literal["dvc", "s3", "local"]
+    dataset: str | None = None
+    repo_url: str | None = None
+    dvc_hash: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    pattern: str | None = None
+
+
+class Gates(_Strict):
+    """Metric thresholds a version must pass before it is deployed."""
+
+    min: dict[str, float] = Field(default_factory=dict)
+    max: dict[str, float] = Field(default_factory=dict)
+    no_regression: bool | list[str] = False
+    tolerance: float = Field(0.0, ge=0)
+
+
+class DeploySettings(_Strict):
+    environments: list[str] = Field(default_factory=lambda: ["test"])
+    auto_deploy: bool = True
+
+
+class Monitoring(_Strict):
+    metric: Literal["psi"] = "psi"
+    threshold: float = Field(0.2, gt=0)
+    min_samples: int = Field(100, ge=1)
+    action: Literal["alert", "retrain"] = "alert"
+
+
+class ModelSpec(_Strict):
+    """One model of the fleet, as declared in models/<name>.json or .yaml."""
+
+    model_name: str = Field(pattern=NAME_PATTERN, validation_alias=AliasChoices("model_name", "name"))
+    data_source: DataSource
+    pipeline: str = Field(validation_alias=AliasChoices("kubeflow_pipeline", "pipeline"))
+    pipeline_version: str = Field(
+        validation_alias=AliasChoices("kubeflow_pipeline_version", "pipeline_version")
+    )
+    runtime: str = Field(
+        "sklearn", validation_alias=AliasChoices("runtime_name", "runtime")
+    )
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("model_hyperparameters", "hyperparameters"),
+    )
+    tenant: str = Field("default", pattern=NAME_PATTERN)
+    gates: Gates = Field(default_factory=Gates)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
+    schedule: str | None = None
+    monitoring: Monitoring | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in RUNTIMES:
+            raise ValueError(f"unknown runtime {value!r}; expected one of {', '.join(RUNTIMES)}")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @property
+    def name(self) -> str:
+        return self.model_name
+
+    def version_label(self) -> str:
+        """The pipeline version with the reference system's '<pipeline>-' prefix removed."""
+        prefix = f"{self.pipeline}-"
+        v = self.pipeline_version
+        return v[len(prefix):] if v.startswith(prefix) else v
+
+    def training_inputs(self) -> dict[str, Any]:
+        """The spec fields that decide the trained result (part of the fingerprint)."""
+        ds = self.data_source
+        return {
+            "data_source": {"type": ds.type, "dataset": ds.dataset, "path": ds.path},
+            "hyperparameters": self.hyperparameters,
+            "pipeline": self.pipeline,
+            "runtime": self.runtime,
+        }
+
+
+RUNTIMES = ("sklearn", "onnx", "xgboost", "lightgbm")
+ALLOWED_FIELDS = {
+    "model_name", "name", "data_source", "kubeflow_pipeline", "pipeline",
+    "kubeflow_pipeline_version", "pipeline_version", "runtime_name", "runtime",
+    "model_hyperparameters", "hyperparameters", "tenant", "gates", "deploy", "schedule",
+    "monitoring", "labels",
+}
+
+
+@dataclass
+class LoadedSpec:
+    """A spec file and either its parsed spec or the error that stopped it."""
+
+    path: Path
+    spec: ModelSpec | None = None
+    error: str | None = None
+    raw: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        if self.spec is not None:
+            return self.spec.model_name
+        raw_name = (self.raw or {}).get("model_name") or (self.raw or {}).get("name")
+        return str(raw_name) if raw_name else self.path.stem
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
+    text = path.read_bytes()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), f"not valid JSON: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), f"expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> SpecError:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or None
+    if err["type"] == "extra_forbidden":
+        hint = did_you_mean(loc[-1], ALLOWED_FIELDS) if len(loc) == 1 else ""
+        return SpecError(str(path), f"unknown field.{hint}", field)
+    if err["type"] == "missing":
+        return SpecError(str(path), "is required but missing", field)
+    got = err.get("input")
+    shown = json.dumps(got, default=str)[:80] if not isinstance(got, dict) else "a mapping"
+    return SpecError(str(path), f"{err['msg']} (got {shown})", field)
+
+
+def parse_spec(path: Path, raw: dict[str, Any]) -> ModelSpec:
+    """Validate one raw spec; SpecError names the file and the field."""
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(path, raw, exc) from None
+    ds = spec.data_source
+    if ds.type == "dvc" and not ds.dataset:
+        raise SpecError(str(path), "a dvc data source needs 'dataset'", "data_source.dataset")
+    if ds.type == "local" and not (ds.path or ds.dataset):
+        raise SpecError(str(path), "a local data source needs 'path'", "data_source.path")
+    if ds.type == "s3" and not ds.bucket:
+        raise SpecError(str(path), "an s3 data source needs 'bucket'", "data_source.bucket")
+    return spec
+
+
+def load_spec(path: Path) -> LoadedSpec:
+    """Read and validate one spec file; errors are kept on the result, not raised."""
+    raw = None
+    try:
+        raw = _read_raw(path)
+        return LoadedSpec(path, parse_spec(path, raw), raw=raw)
+    except SpecError as exc:
+        return LoadedSpec(path, error=str(exc), raw=raw)
+    except OSError as exc:
+        return LoadedSpec(path, error=f"{path}: cannot read: {exc.strerror}", raw=raw)
+
+
+def spec_files(models_dir: Path) -> list[Path]:
+    """All spec files under models_dir (tenant sub-folders allowed), sorted."""
+    if not models_dir.exists():
+        return []
+    return sorted(p for p in models_dir.rglob("*") if p.suffix in SPEC_SUFFIXES and p.is_file())
+
+
+def load_specs(models_dir: Path, files: Iterable[Path] | None = None) -> list[LoadedSpec]:
+    """Load every spec; a bad spec becomes an error entry and never stops the rest."""
+    loaded = [load_spec(p) for p in (files if files is not None else spec_files(models_dir))]
+    by_name: dict[str, list[LoadedSpec]] = {}
+    for item in loaded:
+        if item.spec is not None:
+            by_name.setdefault(item.spec.model_name, []).append(item)
+    for name, items in by_name.items():
+        if len(items) > 1:
+            paths = ", ".join(str(i.path) for i in items)
+            for item in items:
+                item.error = f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
+                item.spec = None
+    return loaded
+
+
+def dump_spec(raw: dict[str, Any], path: Path) -> None:
+    """Write a raw spec back in its own format (used when the line bumps a data hash)."""
+    if path.suffix == ".json":
+        text = json.dumps(raw, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(raw, sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
