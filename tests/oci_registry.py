@@ -11,16 +11,28 @@ Use the context manager directly, or the fixtures after importing them into a te
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
+import json
+import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USERNAME = "mw-user"
@@ -34,10 +46,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(storage: Path, port: int, htpasswd: Path | None) -> str:
+def _config(storage: Path, port: int, htpasswd: Path | None, token: TokenServer | None) -> str:
     auth = ""
     if htpasswd is not None:
         auth = f"auth:\n  htpasswd:\n    realm: modelworks-test\n    path: {htpasswd}\n"
+    if token is not None:
+        auth = (
+            f"auth:\n  token:\n    realm: {token.realm}\n    service: {token.service}\n"
+            f"    issuer: {token.issuer}\n    rootcertbundle: {token.cert_path}\n"
+        )
     return (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
@@ -70,8 +87,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def run_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[str]:
-    """Run docker-registry with storage in workdir; yield "127.0.0.1:PORT"; stop it after."""
+def run_registry(
+    workdir: Path, htpasswd: Path | None = None, token: TokenServer | None = None
+) -> Iterator[str]:
+    """Run docker-registry with storage in workdir; yield "127.0.0.1:PORT"; stop it after.
+
+    With htpasswd it asks for basic auth; with token it asks for bearer tokens from that server.
+    """
     if not Path(REGISTRY_BIN).exists():
         pytest.skip(f"{REGISTRY_BIN} not installed (apt-get install docker-registry)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +101,7 @@ def run_registry(workdir: Path, htpasswd: Path | None = None) -> Iterator[str]:
     for _attempt in range(3):  # the free port can be taken between probe and bind
         port = free_port()
         config = workdir / "config.yml"
-        config.write_text(_config(workdir / "storage", port, htpasswd))
+        config.write_text(_config(workdir / "storage", port, htpasswd, token))
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [REGISTRY_BIN, "serve", str(config)], stdout=out, stderr=subprocess.STDOUT
@@ -111,6 +133,106 @@ def make_htpasswd(path: Path, username: str = USERNAME, password: str = PASSWORD
     return path
 
 
+class TokenServer:
+    """A Docker token-auth server on 127.0.0.1: RS256 JWTs for USERNAME/PASSWORD only.
+
+    It signs with a throwaway self-signed certificate (sent in the token's x5c header) that
+    docker-registry trusts through ``rootcertbundle``; it records every request it answers.
+    """
+
+    service = "mw-test-registry"
+    issuer = "mw-test-issuer"
+
+    def __init__(self, workdir: Path) -> None:
+        self.cert_path = workdir / "token-cert.pem"
+        self.key_pem, cert_der = _self_signed(self.cert_path)
+        self.x5c = base64.b64encode(cert_der).decode()
+        self.requests: list[dict[str, list[str]]] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> TokenServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    def issue(self, scopes: list[str], subject: str) -> str:
+        """A signed token granting the actions named in scopes."""
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
+        return jwt.encode(claims, self.key_pem, algorithm="RS256", headers={"x5c": [self.x5c]})
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                server.requests.append(query)
+                expected = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != f"Basic {expected}":
+                    self._reply(401, {"details": "incorrect username or password"})
+                    return
+                token = server.issue(query.get("scope", []), USERNAME)
+                self._reply(200, {"token": token, "expires_in": 300})
+
+            def _reply(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _self_signed(cert_path: Path) -> tuple[bytes, bytes]:
+    """Write a self-signed CA certificate; return (private key PEM, certificate DER)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mw-test-token-issuer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.DER)
+
+
 @pytest.fixture
 def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh, open docker-registry for one test: yields "127.0.0.1:PORT"."""
@@ -125,3 +247,13 @@ def oci_registry_basic_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     htpasswd = make_htpasswd(workdir / "htpasswd")
     with run_registry(workdir, htpasswd=htpasswd) as address:
         yield address
+
+
+@pytest.fixture
+def oci_registry_token_auth(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, TokenServer]]:
+    """A docker-registry that wants bearer tokens from a TokenServer: yields (address, server)."""
+    workdir = tmp_path_factory.mktemp("registry-token")
+    with TokenServer(workdir) as tokens, run_registry(workdir, token=tokens) as address:
+        yield address, tokens

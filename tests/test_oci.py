@@ -209,7 +209,7 @@ def test_read_file_reads_one_file(store: OCIStore, model_dir: Path) -> None:
 
     assert json.loads(store.read_file(ref.digest, "metrics.json")) == {"accuracy": 0.97}
     assert store.read_file(ref.digest, "profile/reference.json").startswith(b'{"f0"')
-    with pytest.raises(NotFoundError, match="no file models/missing.json"):
+    with pytest.raises(NotFoundError, match=r"no file models/missing\.json"):
         store.read_file(ref.digest, "missing.json")
 
 

@@ -132,7 +132,7 @@ class _Session:
             self._authenticate(resp, what)
             resp = self._send(method, url, headers, body, what)
             if resp.status_code == 401:
-                raise self.fail(what, _oci_errors(resp), " (the registry rejected the credentials)")
+                raise self.fail(what, _oci_errors(resp), self._credentials_hint())
         if resp.status_code not in ok:
             hint = " (access denied for these credentials)" if resp.status_code == 403 else ""
             raise self.fail(what, _oci_errors(resp), hint)
@@ -166,12 +166,16 @@ class _Session:
         elif scheme == "basic" and self.auth and self.auth.has_basic:
             self.header = _basic_header(self.auth)
         else:
-            raise self.fail(
-                what,
-                _oci_errors(resp),
+            raise self.fail(what, _oci_errors(resp), self._credentials_hint())
+
+    def _credentials_hint(self) -> str:
+        if self.auth is None:
+            return (
                 " (the registry needs credentials: set MW_OCI_USERNAME and MW_OCI_PASSWORD,"
-                " or MW_OCI_TOKEN)",
+                " or MW_OCI_TOKEN)"
             )
+        who = f"user {self.auth.username!r}" if self.auth.username else "the token"
+        return f" (the registry rejected the credentials of {who})"
 
     def _fetch_token(self, params: dict[str, str], what: str) -> str:
         scopes = {f"repository:{self.repository}:pull,push"}
@@ -190,7 +194,10 @@ class _Session:
         except httpx.TransportError as exc:
             raise self.fail(what, f"cannot reach token service {params['realm']} ({exc})") from None
         if resp.status_code != 200:
-            raise self.fail(what, f"token service {params['realm']} answered {_oci_errors(resp)}")
+            hint = self._credentials_hint() if resp.status_code in (401, 403) else ""
+            raise self.fail(
+                what, f"token service {params['realm']} answered {_oci_errors(resp)}", hint
+            )
         try:
             data: dict[str, Any] = resp.json()
             return str(data.get("token") or data["access_token"])
