@@ -152,6 +152,18 @@ def test_argocd_output_is_deterministic(repo: Path, tmp_path: Path) -> None:
     assert a == b
 
 
+def test_argocd_warns_about_a_missing_chart(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"])
+    assert "chart 'charts/modelcar'" in capsys.readouterr().out
+    (repo / "charts/modelcar").mkdir(parents=True)
+    (repo / "charts/modelcar/Chart.yaml").write_text("apiVersion: v2\nname: modelcar\n")
+    _git.commit(repo, ["charts"], "add the chart")
+    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"])
+    assert "chart" not in capsys.readouterr().out
+
+
 def test_argocd_rejects_bad_env_name(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="environment 'Prod_EU' cannot be used"):
         export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["Prod_EU"])
@@ -200,6 +212,16 @@ def test_kserve_without_registry_is_a_clear_error(repo: Path, tmp_path: Path) ->
     with pytest.raises(DeployError, match=r"KServe needs an OCI registry.*oci\.registry"):
         export_kserve(repo, "test", tmp_path / "out", registry=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_kserve_rejects_bad_registry_and_reference(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    _git.init(root)
+    deploy(root, "test", [config("Iris", "sklearn")], "deploy")
+    with pytest.raises(DeployError, match=r"must be host\[:port\], got 'https://r.io'"):
+        export_kserve(root, "test", tmp_path / "out", registry="https://r.io")
+    with pytest.raises(DeployError, match=r"OCI reference models/Iris:f7844fe3d7, which is not"):
+        export_kserve(root, "test", tmp_path / "out", registry="r.io", namespace="models")
 
 
 def test_kserve_uses_an_artifact_uri_that_names_a_registry(tmp_path: Path) -> None:

@@ -273,6 +273,7 @@ def test_local_forge_persists_and_checks_transitions(tmp_path: Path) -> None:
     assert again.merge("1", message="ok").state == "merged"  # retry is harmless
     assert again.close("2", comment="not now").state == "closed"
     assert again.details("2")["comments"] == ["not now"]
+    assert again.details("1")["merge_message"] == "ok"
     with pytest.raises(DeployError, match="request 2 is closed; only an open request can be m"):
         again.merge("2", message="m")
     with pytest.raises(DeployError, match="request 1 is merged; only an open request can be c"):

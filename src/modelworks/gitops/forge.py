@@ -116,7 +116,9 @@ class LocalForge:
             self._save(data)
         return ForgeRequest(id=rid, url=None, state="open")
 
-    def _transition(self, request_id: str, target: State, comment: str | None) -> ForgeRequest:
+    def _transition(
+        self, request_id: str, target: State, comment: str | None, message: str | None = None
+    ) -> ForgeRequest:
         with self._locked():
             data = self._load()
             rec = self._record(data, request_id)
@@ -126,13 +128,15 @@ class LocalForge:
                 )
             if comment:
                 rec["comments"].append(comment)
+            if message and rec["state"] == "open":
+                rec["merge_message"] = message
             rec["state"] = target
             self._save(data)
         return self._request(request_id, rec)
 
     def merge(self, request_id: str, *, message: str) -> ForgeRequest:
         """Mark an open request merged (the promotion code merges the branch)."""
-        return self._transition(request_id, "merged", None)
+        return self._transition(request_id, "merged", None, message)
 
     def close(self, request_id: str, *, comment: str | None = None) -> ForgeRequest:
         """Mark an open request closed, keeping the comment."""
