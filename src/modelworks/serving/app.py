@@ -124,7 +124,7 @@ class ServingApp:
         """GET /v2/models/{name}[/versions/{version}]/ready: 200 when it can infer, else 503."""
         name, version = request.path_params["name"], request.path_params.get("version")
         status = await self.server.status(name)
-        if version is not None and version not in (status.get("version"), None):
+        if version is not None and status["ready"] and version != status.get("version"):
             status = {**status, "ready": False, "error": f"version {version} is not being served"}
         return _json(status, 200 if status["ready"] else 503)
 

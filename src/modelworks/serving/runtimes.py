@@ -170,6 +170,11 @@ def load_model(
     """Load the model in `model_dir` with `runtime` (the one the deploy config names)."""
     check_installed(runtime)
     meta = read_metadata(model_dir)
+    if meta.get("runtime", runtime) != runtime:
+        raise ServingError(
+            f"{model_dir}/metadata.json says runtime '{meta['runtime']}' but the deploy config "
+            f"says '{runtime}'"
+        )
     path = model_dir / str(meta["model_file"])
     if not path.is_file() or path.parent != model_dir:
         raise ServingError(f"{model_dir}: model_file '{meta['model_file']}' is not in the folder")

@@ -1,0 +1,285 @@
+"""Benchmark `mw serve`: N deployed models, random model per request, against a bare ceiling.
+
+    python benchmarks/bench_serving.py --models 1000 --seconds 10 --concurrency 8 --json out.json
+
+Builds a workspace with N tiny skops models (real OCI store, real git deploy repo), starts the
+inference server with uvicorn in a subprocess on 127.0.0.1, and drives it from this process over
+loopback (httpx, asyncio). The ceiling is a bare Starlette endpoint in another subprocess that
+parses the same JSON and calls predict on one already-loaded model. Reports throughput, p50/p99
+latency, the ratio to the ceiling, and the cold-load time per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_FEATURES = 4
+
+
+# -- workspace ----------------------------------------------------------------------------------
+
+
+def build_fleet(root: Path, n: int) -> list[str]:
+    """A git workspace with n tiny sklearn models deployed to `test`; return their names."""
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    from modelworks import _git
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.gitops.deploy import DeployConfig, deploy
+
+    _git.init(root)
+    (root / ".gitignore").write_text(".mw/\n")
+    _git.commit(root, [".gitignore"], "init")
+    store = OCIStore(root / ".mw" / "oci")
+    rng = np.random.default_rng(0)
+    configs, names = [], []
+    for i in range(n):
+        name = f"m{i:05d}"
+        x = rng.normal(size=(40, N_FEATURES))
+        y = (x @ rng.normal(size=N_FEATURES) > 0).astype(int)
+        folder = root.parent / "build" / name
+        folder.mkdir(parents=True)
+        sio.dump(LogisticRegression().fit(x, y), folder / "model.skops")
+        meta = {"name": name, "version": "1", "runtime": "sklearn", "model_file": "model.skops",
+                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, N_FEATURES]}],
+                "outputs": [{"name": "output-0", "datatype": "INT64", "shape": [-1]}],
+                "feature_names": [f"f{j}" for j in range(N_FEATURES)], "task": "classification"}
+        (folder / "metadata.json").write_text(json.dumps(meta))
+        ref = store.write_image(f"bench/{name}", "1", folder, {})
+        configs.append(DeployConfig(
+            name=name, image_repository=f"bench/{name}", image_namespace="bench", version="1",
+            runtime="sklearn", artifact_digest=ref.digest,
+            artifact_uri=f"oci://bench/{name}@{ref.digest}",
+        ))
+        names.append(name)
+    deploy(root, "test", configs, f"deploy {n} models")
+    return names
+
+
+# -- servers (run as subprocesses) ------------------------------------------------------------
+
+
+def serve_mw(root: Path, port: int) -> None:
+    """The real server: create_app over the workspace, uvicorn, one worker."""
+    import uvicorn
+
+    from modelworks.serving import create_app
+    from modelworks.workspace import Settings, Workspace
+
+    app = create_app(Workspace(root, Settings()), "test", sample_rate=0.0, poll_interval=30)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_bare(root: Path, port: int) -> None:
+    """The ceiling: parse JSON, one numpy conversion, predict on a loaded model, answer JSON."""
+    import orjson
+    import skops.io as sio
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    path = root.parent / "build" / "m00000" / "model.skops"
+    model = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+    async def infer(request: Request) -> Response:
+        req = orjson.loads(await request.body())
+        tensor = req["inputs"][0]
+        x = np.array(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
+        y = model.predict(x)
+        out = {"model_name": request.path_params["name"], "outputs": [
+            {"name": "output-0", "shape": list(y.shape), "datatype": "INT64", "data": y}]}
+        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
+
+    app = Starlette(routes=[Route("/v2/models/{name:path}/infer", infer, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(kind: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server subprocess and wait until it answers."""
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, f"--serve-{kind}", str(root), "--port", str(port)]
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{base}/v2/health/live", timeout=1)
+            return proc, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"{kind} server did not start")
+
+
+# -- load generator -----------------------------------------------------------------------------
+
+
+def body(rng: random.Random) -> bytes:
+    row = [round(rng.uniform(-2, 2), 3) for _ in range(N_FEATURES)]
+    return json.dumps({"inputs": [{"name": "input-0", "shape": [1, N_FEATURES],
+                                   "datatype": "FP64", "data": row}]}).encode()
+
+
+async def _drive(base: str, names: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(seed: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            name = rng.choice(names)
+            t0 = time.perf_counter()
+            r = await http.post(f"/v2/models/{name}/infer", content=body(rng),
+                                headers={"content-type": "application/json"})
+            latencies.append(time.perf_counter() - t0)
+            errors += r.status_code != 200
+
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+        start_t = time.perf_counter()
+        await asyncio.gather(*(worker(i, http) for i in range(concurrency)))
+        elapsed = time.perf_counter() - start_t
+    lat = np.array(latencies) * 1000
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+            "rps": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3)}
+
+
+def cold_pass(base: str, names: list[str]) -> dict[str, Any]:
+    """Hit every model once, in order (each first request loads it); then read load metrics."""
+    import httpx
+
+    rng = random.Random(1)
+    lat = []
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for name in names:
+            t0 = time.perf_counter()
+            r = http.post(f"/v2/models/{name}/infer", content=body(rng))
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise SystemExit(f"cold request to {name} failed: {r.status_code} {r.text}")
+        metrics = http.get("/metrics").text
+    total = _metric(metrics, r'mw_serving_model_load_seconds_sum\{runtime="sklearn"\}')
+    count = _metric(metrics, r'mw_serving_model_load_seconds_count\{runtime="sklearn"\}')
+    ms = np.array(lat) * 1000
+    return {"models": len(names), "first_request_p50_ms": round(float(np.median(ms)), 2),
+            "first_request_p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "load_ms_mean": round(total / count * 1000, 2) if count else None,
+            "loaded_models": _metric(metrics, r"mw_serving_loaded_models")}
+
+
+def _metric(text: str, pattern: str) -> float:
+    match = re.search(rf"^{pattern} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, serve, measure; return the result document."""
+    tmp = Path(tempfile.mkdtemp(prefix="mw-bench-serving-"))
+    try:
+        t0 = time.perf_counter()
+        names = build_fleet(tmp / "ws", args.models)
+        build_s = time.perf_counter() - t0
+        mw, mw_base = start("mw", tmp / "ws")
+        bare, bare_base = start("bare", tmp / "ws")
+        try:
+            cold = cold_pass(mw_base, names)
+            if args.warmup:  # warm connections, allocators and code paths of both servers
+                for base in (mw_base, bare_base):
+                    asyncio.run(_drive(base, names, min(2.0, args.seconds), args.concurrency))
+            served = asyncio.run(_drive(mw_base, names, args.seconds, args.concurrency))
+            ceiling = asyncio.run(_drive(bare_base, names, args.seconds, args.concurrency))
+        finally:
+            for proc in (mw, bare):
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "benchmark": "serving", "models": args.models, "concurrency": args.concurrency,
+        "seconds": args.seconds, "cpus": os.cpu_count(), "build_seconds": round(build_s, 1),
+        "mw_serve": served, "bare_starlette": ceiling,
+        "ratio_rps": round(served["rps"] / ceiling["rps"], 3),
+        "ratio_p50": round(served["p50_ms"] / ceiling["p50_ms"], 3),
+        "cold": cold,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """A plain-text table of the result."""
+    rows = [("", "rps", "p50 ms", "p99 ms", "errors")]
+    for key in ("mw_serve", "bare_starlette"):
+        r = result[key]
+        rows.append((key, str(r["rps"]), str(r["p50_ms"]), str(r["p99_ms"]), str(r["errors"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    cold = result["cold"]
+    lines += [
+        f"ratio mw/bare: throughput {result['ratio_rps']}, p50 latency {result['ratio_p50']}",
+        f"cold: {cold['models']} models, load {cold['load_ms_mean']} ms/model (mean), first "
+        f"request p50 {cold['first_request_p50_ms']} ms, p99 {cold['first_request_p99_ms']} ms",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--serve-mw", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_mw:
+        return serve_mw(args.serve_mw, args.port)
+    if args.serve_bare:
+        return serve_bare(args.serve_bare, args.port)
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return None
+
+
+if __name__ == "__main__":
+    main()
