@@ -339,6 +339,10 @@ def test_leftover_temp_files_are_ignored(store: OCIStore, model_dir: Path) -> No
     assert store.repos() == ["churn"]
     assert len(blob_files(store)) == 4  # shared layer and config, two manifests
     store.verify(second.digest)
+    assert store.clean_temp(older_than=3600) == 0  # a live writer's temp files are kept
+    assert store.clean_temp(older_than=0) == 2
+    assert not (store.blobs_dir / ".tmp-crashed").exists()
+    assert store.tags("churn") == {"v1": first.digest, "v2": second.digest}
 
 
 def test_a_model_folder_with_a_socket_or_missing_folder_is_refused(

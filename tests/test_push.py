@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,6 +72,20 @@ def test_push_then_skopeo_reads_it_and_a_second_push_uploads_nothing(
     assert (again.uploaded, again.skipped) == (0, 2)
     assert (retag.uploaded, retag.skipped) == (0, 2)
     assert skopeo_inspect(f"{oci_registry}/ns/churn:latest")["Digest"] == image.digest
+
+
+@pytest.mark.integration
+def test_push_streams_a_large_layer(store: OCIStore, tmp_path: Path, oci_registry: str) -> None:
+    model = tmp_path / "big"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(os.urandom(9 << 20))  # above the in-memory limit
+    image = store.write_image("big", "v1", model, {})
+
+    result = push(store, image, oci_registry, "ns/big", "v1", insecure=True)
+
+    raw = skopeo_inspect(result.uri, "--raw")
+    assert raw["layers"] == store.manifest(image.digest)["layers"]
+    assert skopeo_inspect(result.uri)["Digest"] == image.digest
 
 
 @pytest.mark.integration

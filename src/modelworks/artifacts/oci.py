@@ -21,6 +21,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +403,17 @@ class OCIStore:
             )
         return ImageRef(repo=repo, tag=tag, digest=tags[tag], layout=self.layout(repo))
 
+    def clean_temp(self, older_than: float = 3600.0) -> int:
+        """Remove temp files that crashed writers left behind; return how many were removed."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for folder in [self.blobs_dir, *(self.layout(r) for r in self.repos())]:
+            for path in folder.glob(f"{_TMP_PREFIX}*") if folder.is_dir() else []:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     # -- reading -------------------------------------------------------------
 
     def manifest(self, digest: str) -> dict[str, Any]:
@@ -465,16 +477,22 @@ class OCIStore:
         return found
 
     def extract(self, digest: str, dest: Path, *, exist_ok: bool = False) -> Path:
-        """Verify the image, then extract models/* into dest atomically; return dest."""
+        """Verify the image, then extract models/* into dest atomically; return dest.
+
+        The layer is hashed while it is unpacked into a temp folder next to dest, and the
+        folder is renamed to dest only when the digest matches (one read of the layer).
+        With exist_ok an existing dest (e.g. another process's extraction) is returned as is.
+        """
         dest = Path(dest)
         if dest.exists():
             if exist_ok:
                 return dest
             raise ArtifactError(f"cannot extract {digest} into {dest}: it already exists")
-        self.verify(digest)
-        _, layer = self._model_layer(digest)
+        manifest, layer = self._model_layer(digest)
+        self._verify_descriptor(manifest["config"], f"config of manifest {digest}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=dest.parent))
+        tmp.chmod(0o755)
         try:
             with self._open_layer(layer, digest) as (tar, reader):
                 _extract_members(tar, tmp)
@@ -493,10 +511,10 @@ class OCIStore:
     @staticmethod
     def _check_read(reader: _HashingReader, layer: dict[str, Any], digest: str) -> None:
         actual = reader.drain()
-        if actual != layer["digest"]:
+        if actual != layer["digest"] or reader.size != layer.get("size", reader.size):
             raise VerificationError(
                 f"blob {layer['digest']} (layer of manifest {digest}) is corrupt: "
-                f"content hashes to {actual}"
+                f"content hashes to {actual} ({reader.size} bytes, expected {layer.get('size')})"
             )
 
 
@@ -545,6 +563,8 @@ def _extract_members(tar: tarfile.TarFile, dest: Path) -> None:
         raise ArtifactError(f"cannot read image layer as tar: {exc}") from None
     except FileExistsError as exc:
         raise ArtifactError(f"refusing duplicate tar entry {exc.filename}") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot extract image layer into {dest}: {exc}") from None
 
 
 def build_manifest(
