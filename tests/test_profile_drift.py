@@ -38,6 +38,7 @@ def test_numeric_profile_has_quantile_bins(train: np.ndarray) -> None:
     assert feature["std"] == pytest.approx(2.0, abs=0.15)
     assert feature["min"] == feature["edges"][0] == float(train[:, 0].min())
     assert len(feature["sample"]) == 500
+    assert build_profile(train, sample=0)["features"][0]["sample"] == []
     assert feature["sample"] == sorted(feature["sample"])
 
 
@@ -138,6 +139,23 @@ def test_few_samples_is_not_drift(train: np.ndarray) -> None:
     report = drift_report(build_profile(train), _fresh(42) + 10.0)
     assert report == DriftReport(0.0, False, 42, [], 0.2, "only 42 samples, need 100")
     assert json.loads(json.dumps(report.to_dict()))["reason"] == "only 42 samples, need 100"
+
+
+def test_empty_log_is_too_few_samples(train: np.ndarray) -> None:
+    report = drift_report(build_profile(train), np.zeros((0, 0)))
+    assert report.reason == "only 0 samples, need 100"
+    assert not report.drifted
+
+
+def test_dataframe_columns_are_matched_by_name() -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"x": rng.normal(size=300), "plan": rng.choice(["a", "b"], 300)})
+    profile = build_profile(frame)
+    assert [f["kind"] for f in profile["features"]] == ["numeric", "categorical"]
+    report = drift_report(profile, frame[["plan", "x"]])
+    assert [f.name for f in report.features] == ["x", "plan"]
+    assert report.score < 0.01
 
 
 def test_wrong_column_count_is_a_data_error(train: np.ndarray) -> None:

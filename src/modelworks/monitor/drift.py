@@ -87,8 +87,9 @@ def drift_report(
 ) -> DriftReport:
     """Compare served inputs X (rows x features, in the profile's order) with a profile."""
     features = _profile_features(profile)
-    columns = _columns_for(features, X)
-    n = len(columns[0]) if columns else int(np.shape(X)[0])
+    n = len(X)
+    # An empty log reads back as a 0 x 0 array: that is too few samples, not a shape error.
+    columns = _columns_for(features, X) if n else []
     if n < min_samples:
         reason = f"only {n} samples, need {min_samples}"
         return DriftReport(0.0, False, n, [], psi_threshold, reason)

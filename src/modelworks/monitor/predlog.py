@@ -164,6 +164,7 @@ class _Writer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._checked_names: set[tuple[str, ...]] = set()
+        self._dirs: dict[str, str] = {}
 
     def append(
         self,
@@ -173,6 +174,8 @@ class _Writer:
         outputs: Any,
         names: list[str] | None,
     ) -> None:
+        if model not in self._dirs:
+            self._dirs[model] = model_dir(model)
         x, y = _check_arrays(model, inputs, outputs)
         key = tuple(names) if names is not None else None
         if key is not None and (key not in self._checked_names or len(key) != x.shape[1]):
@@ -210,7 +213,7 @@ class _Writer:
         self.flush()
 
     def _start_thread(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mw-predlog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mw-predlog-flush", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -223,6 +226,8 @@ class _Writer:
                 self.flush()
             except ModelworksError as exc:
                 log.warning("%s", exc)
+            except Exception:  # the flushing thread must outlive any one bad batch
+                log.exception("prediction log flush failed under %s", self.root)
 
     def _write_all(self, chunks: list[tuple[Any, ...]]) -> None:
         groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
@@ -233,7 +238,8 @@ class _Writer:
             try:
                 _write_file(self.root, group)
             except (OSError, pa.ArrowException, ValueError, TypeError) as exc:
-                self.dropped += sum(len(c[3]) for c in group)
+                with self._lock:
+                    self.dropped += sum(len(c[3]) for c in group)
                 errors.append(f"cannot write the prediction log of '{group[0][0]}': {exc}")
         if errors:
             raise DataError("; ".join(errors))

@@ -156,7 +156,7 @@ def _numeric(
         out.update(_discrete_bins(x, jumps))
     else:
         out.update(_quantile_bins(x, bins))
-    out["missing"] = float(1.0 - n / len(col))
+    out["missing"] = (len(col) - n) / len(col)
     mean = float(x.mean())
     out["mean"] = mean
     centered = x - mean
@@ -199,8 +199,8 @@ def _quantile_bins(x: np.ndarray, bins: int) -> dict[str, Any]:
 
 def _stratified(x: np.ndarray, sample: int, rng: np.random.Generator) -> np.ndarray:
     n = len(x)
-    if n <= sample:
-        return x
+    if n <= sample or sample == 0:
+        return x[:sample]
     bounds = (np.arange(sample + 1) * n) // sample
     picks = bounds[:-1] + np.floor(rng.random(sample) * np.diff(bounds)).astype(np.intp)
     return x[picks]
