@@ -438,6 +438,28 @@ def test_bad_ref_and_env_are_clear(fleet: Fleet) -> None:
         create_app(fleet.ws, "staging")
 
 
+def test_sampled_predictions_are_logged(fleet: Fleet) -> None:
+    from modelworks.monitor.predlog import read_log
+
+    app = create_app(fleet.ws, ENV, reconcile_in_background=False, sample_rate=1.0)
+    with AppClient(app) as c:
+        for rows in (X[:3], X[10:12]):
+            assert infer(c, "acme/churn", rows).status_code == 200
+        assert infer(c, "iris", X[:1, :2]).status_code == 400  # failed requests are not logged
+    logged, names, info = read_log(fleet.ws.state_dir / "predictions" / ENV, "acme/churn")
+    assert np.allclose(logged, np.vstack([X[:3], X[10:12]]))
+    assert names == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    assert info["rows"] == 5
+    assert info["versions"] == ["1"]
+    assert not (fleet.ws.state_dir / "predictions" / ENV / "iris").exists()
+
+
+def test_sample_rate_zero_logs_nothing(client: AppClient, fleet: Fleet) -> None:
+    assert infer(client, "iris", X[:3]).status_code == 200
+    assert client.app.state.sampler is None
+    assert not (fleet.ws.state_dir / "predictions").exists()
+
+
 # -- runtimes ---------------------------------------------------------------------------------
 
 

@@ -115,7 +115,7 @@ class ServingApp:
         if "id" in req:
             payload["id"] = req["id"]
         if self.sampler is not None:
-            self.sampler.offer(model, x, y)
+            self.sampler.offer(name, model.version, x, y, model.metadata.get("feature_names"))
         response = _json(payload)
         self.server.metrics.observe(name, time.perf_counter() - start)
         return response

@@ -1,37 +1,27 @@
-"""A sample of served inputs and outputs, written to the prediction log off the request path."""
+"""A random sample of served inputs and outputs, handed to the monitoring prediction log."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import queue
 import random
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from modelworks.serving.runtimes import LoadedModel
+from modelworks.errors import ModelworksError
 
 log = logging.getLogger("modelworks.serving")
 
-_STOP = object()
-MAX_QUEUE = 10_000
-
 
 class PredictionSampler:
-    """Logs a random `rate` share of requests; a writer thread does the disk work."""
+    """Appends a random `rate` share of requests to a PredictionLog (it buffers; no disk here)."""
 
     def __init__(self, predlog: Any, rate: float) -> None:
         self.rate = rate
         self.log = predlog
-        self.dropped = 0
-        self._queue: queue.Queue[Any] = queue.Queue(MAX_QUEUE)
+        self.failures = 0
         self._random = random.random
-        self._thread = threading.Thread(target=self._run, name="mw-predlog", daemon=True)
-        self._thread.start()
 
     @classmethod
     def create(cls, root: Path, rate: float) -> PredictionSampler | None:
@@ -39,60 +29,33 @@ class PredictionSampler:
         if rate <= 0:
             return None
         try:
-            module = importlib.import_module("modelworks.monitor.predlog")
+            from modelworks.monitor.predlog import PredictionLog
         except ImportError:
             log.warning("prediction logging is off: modelworks.monitor.predlog is not installed")
             return None
-        return cls(module.PredictionLog(root), rate)
+        return cls(PredictionLog(root), rate)
 
-    def offer(self, model: LoadedModel, x: np.ndarray, y: np.ndarray) -> None:
-        """Queue this request for logging with probability `rate` (never blocks)."""
+    def offer(
+        self, name: str, version: str, x: np.ndarray, y: np.ndarray,
+        feature_names: list[str] | None,
+    ) -> None:
+        """Log this request with probability `rate`; a logging problem never fails the request."""
         if self._random() >= self.rate:
             return
         try:
-            item = (model.name, model.version, x, y, model.metadata.get("feature_names"))
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            if isinstance(item, _FlushMarker):
-                self._flush(item)
-                continue
-            name, version, x, y, features = item
-            try:
-                self.log.append(name, version, x, y, feature_names=features)
-            except Exception:  # a logging failure must not stop serving
-                log.exception("prediction log append failed for %s", name)
-
-    def _flush(self, marker: _FlushMarker) -> None:
-        try:
-            self.log.flush()
-        except Exception:
-            log.exception("prediction log flush failed")
-        finally:
-            marker.done.set()
+            self.log.append(name, version, x, y, feature_names=feature_names)
+        except ModelworksError as exc:
+            self.failures += 1
+            if self.failures == 1:
+                log.warning("prediction log refused a row of %s: %s", name, exc)
 
     def flush(self) -> None:
-        """Wait until queued rows are appended, then flush the log."""
-        done = threading.Event()
-        self._queue.put(_FlushMarker(done))
-        done.wait(timeout=30)
+        """Write buffered rows now."""
+        self.log.flush()
 
     def close(self) -> None:
-        """Drain the queue, stop the writer and close the log."""
-        self._queue.put(_STOP)
-        self._thread.join(timeout=30)
+        """Write what is left and stop the log's writer."""
         try:
             self.log.close()
-        except Exception:
+        except ModelworksError:
             log.exception("closing the prediction log failed")
-
-
-class _FlushMarker:
-    def __init__(self, done: threading.Event) -> None:
-        self.done = done
