@@ -27,12 +27,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USERNAME = "mw-user"
@@ -144,6 +139,7 @@ class TokenServer:
     issuer = "mw-test-issuer"
 
     def __init__(self, workdir: Path) -> None:
+        pytest.importorskip("jwt", reason="the token server needs PyJWT")
         self.cert_path = workdir / "token-cert.pem"
         self.key_pem, cert_der = _self_signed(self.cert_path)
         self.x5c = base64.b64encode(cert_der).decode()
@@ -178,6 +174,7 @@ class TokenServer:
             "jti": secrets.token_hex(8),
             "access": access,
         }
+        jwt = pytest.importorskip("jwt", reason="the token server needs PyJWT")
         return jwt.encode(claims, self.key_pem, algorithm="RS256", headers={"x5c": [self.x5c]})
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -210,6 +207,12 @@ class TokenServer:
 
 def _self_signed(cert_path: Path) -> tuple[bytes, bytes]:
     """Write a self-signed CA certificate; return (private key PEM, certificate DER)."""
+    pytest.importorskip("cryptography", reason="the token server needs cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mw-test-token-issuer")])
     now = datetime.datetime.now(datetime.UTC)
