@@ -19,6 +19,7 @@ from modelworks.errors import LockError, ModelworksError
 from modelworks.gitops import deploy as gdeploy
 from modelworks.pipelines.catalog import snapshot
 from modelworks.plan import ModelPlan, Plan, plan
+from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
 from modelworks.runs.executor import Executor, make_executor
 
@@ -178,8 +179,8 @@ class _Recorder:
     """Writes results to the registry in batches, so thousands of tiny runs stay cheap."""
 
     def __init__(self, store: Store, ids: dict[str, int], plans: dict[str, ModelPlan],
-                 jobs: list[dict[str, Any]], result: ApplyResult) -> None:
-        self.store, self.ids, self.plans, self.result = store, ids, plans, result
+                 jobs: list[dict[str, Any]], result: ApplyResult, actor: str) -> None:
+        self.store, self.ids, self.plans, self.result, self.actor = store, ids, plans, result, actor
         self.jobs = {j["run_id"]: j for j in jobs}
         self.buffer: list[dict[str, Any]] = []
         self.last = time.monotonic()
@@ -193,9 +194,11 @@ class _Recorder:
         if not self.buffer:
             return
         now = datetime.now(UTC)
+        self.events: list[dict[str, Any]] = []
         with self.store.session() as s:
             for r in self.buffer:
                 self._one(s, r, now)
+        audit.record(self.store, self.events)
         self.buffer.clear()
         self.last = time.monotonic()
 
@@ -205,11 +208,13 @@ class _Recorder:
         run.status, run.error, run.finished_at = status, r.get("error"), now
         run.duration, run.train_seconds, run.worker = r.get("duration"), r.get("train_seconds"), str(r.get("pid", ""))
         name = r["model"]
+        job = self.jobs[run.id]
         if status == "failed":
             self.result.failed.append({"name": name, "version": run.version, "error": r.get("error")})
+            self.events.append(audit.event("run.failed", name, actor=self.actor, tenant=job["tenant"],
+                                           after={"version": run.version, "error": r.get("error")}))
             return
         inputs = self.plans[name].inputs
-        job = self.jobs[run.id]
         lineage = {
             "spec_path": job["spec_path"], "spec_commit": job["spec_commit"],
             "pipeline": job["pipeline"]["name"], "pipeline_version": job["pipeline"]["version"],
@@ -224,6 +229,10 @@ class _Recorder:
             run_id=run.id,
         ))
         entry = {"name": name, "version": run.version, "metrics": r.get("metrics", {})}
+        action = "version.registered" if status == "succeeded" else f"version.{status}"
+        self.events.append(audit.event(action, name, actor=self.actor, tenant=job["tenant"], after={
+            "version": run.version, "fingerprint": run.fingerprint, "digest": r.get("digest"),
+            "metrics": r.get("metrics", {}), "reason": r.get("error")}))
         if status == "succeeded":
             self.result.trained.append({**entry, "digest": r.get("digest")})
         else:
@@ -270,10 +279,12 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
                 continue
             cfg = deploy_config(ws, spec.name, spec.tenant, spec.runtime, v.version, v.fingerprint,
                                 v.artifact_digest or "", v.oci_layout or "")
-            if current.get(spec.name) != cfg:
-                configs.append((model_id, cfg))
-        paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c in configs])
-        deployed += [{"name": c.name, "env": env, "version": c.version, "model_id": mid} for mid, c in configs]
+            old = current.get(spec.name)
+            if old != cfg:
+                configs.append((model_id, cfg, old.version if old else None))
+        paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c, _ in configs])
+        deployed += [{"name": c.name, "env": env, "version": c.version, "previous": prev, "model_id": mid,
+                      "tenant": c.tenant} for mid, c, prev in configs]
     if not paths:
         return [], None
     lines = "\n".join(f"- {d['env']}: {d['name']} {d['version']}" for d in deployed[:200])
@@ -282,6 +293,10 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
         for d in deployed:
             s.add(Deployment(model_id=d.pop("model_id"), env=d["env"], version=d["version"],
                              commit=commit, kind="deploy", actor=actor))
+    audit.record(store, [audit.event(
+        "deployment", d["name"], actor=actor, tenant=d["tenant"],
+        before={"env": d["env"], "version": d["previous"]},
+        after={"env": d["env"], "version": d["version"], "commit": commit}) for d in deployed])
     return deployed, commit
 
 
@@ -311,7 +326,7 @@ def apply(
             _record_pipelines(ws, store, changes)
             ids = _ensure_models(ws, store, changes)
             jobs = _jobs(ws, store, changes, ids, trigger)
-            recorder = _Recorder(store, ids, {m.name: m for m in changes}, jobs, result)
+            recorder = _Recorder(store, ids, {m.name: m for m in changes}, jobs, result, actor)
             ex = executor or make_executor(ws.settings.executor.kind, ws.workers)
             if on_start:
                 on_start(len(jobs))

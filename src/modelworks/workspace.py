@@ -92,6 +92,14 @@ class ControllerSettings(_Section):
     port: int = Field(8700, description="Port of the controller's HTTP endpoints.")
 
 
+class ForgeSettings(_Section):
+    provider: Literal["local", "github"] = Field("local", description="Who hosts promotion requests.")
+    repo: str | None = Field(None, description="owner/name of the GitHub repository.")
+    token_env: str = Field("GITHUB_TOKEN", description="Environment variable holding the token.")
+    api_url: str = Field("https://api.github.com", description="GitHub API base URL.")
+    timeout: float = Field(10.0, gt=0, description="Seconds per forge request.")
+
+
 class Settings(_Section):
     """Everything modelworks.yaml can say; every field has a working default."""
 
@@ -109,6 +117,7 @@ class Settings(_Section):
     signing: SigningSettings = Field(default_factory=SigningSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    forge: ForgeSettings = Field(default_factory=ForgeSettings)
     tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 # Each module registers its commands on `app`; imports stay lazy inside the commands
 # so that `mw plan` starts fast.
-COMMAND_MODULES = ["core"]
+COMMAND_MODULES = ["core", "gitops", "serve", "supply", "monitor", "controller", "admin"]
 
 
 def emit_json(payload: Any) -> None:
@@ -34,8 +34,11 @@ _registered = False
 def _register_all() -> None:
     global _registered
     if not _registered:
+        from importlib.util import find_spec
+
         for name in COMMAND_MODULES:
-            import_module(f"modelworks.cli.{name}").register(app)
+            if find_spec(f"modelworks.cli.{name}") is not None:
+                import_module(f"modelworks.cli.{name}").register(app)
         _registered = True
 
 

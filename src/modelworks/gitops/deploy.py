@@ -54,7 +54,7 @@ def read_env(repo: Path, env: str, ref: str = "HEAD") -> dict[str, DeployConfig]
 def read_worktree_env(repo: Path, env: str) -> dict[str, DeployConfig]:
     """Every model in `env` as the work tree has it (uncommitted changes included)."""
     configs: dict[str, DeployConfig] = {}
-    for path in sorted((repo / DEPLOY_DIR / env).glob(f"*/{CONFIG_NAME}")):
+    for path in sorted((repo / DEPLOY_DIR / env).glob(f"**/{CONFIG_NAME}")):
         cfg = DeployConfig.model_validate(yaml.safe_load(path.read_text()))
         configs[cfg.name] = cfg
     return configs

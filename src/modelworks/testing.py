@@ -1,0 +1,116 @@
+"""Helpers to build real workspaces in tests: yours and ours (like starlette.testclient)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelworks import _git
+from modelworks.workspace import Workspace
+
+TINY_PIPELINE = '''\
+"""A tiny, fast classification pipeline for tests."""
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def prepare(data_path, params):
+    table = np.loadtxt(data_path, delimiter=",", skiprows=1, ndmin=2)
+    X, y = table[:, :-1], table[:, -1].astype(int)
+    cut = int(len(X) * 0.75)
+    return {"X_train": X[:cut], "y_train": y[:cut], "X_test": X[cut:], "y_test": y[cut:]}
+
+
+def train(data, params):
+    return LogisticRegression(C=params.get("C", 1.0), max_iter=200).fit(data["X_train"], data["y_train"])
+
+
+def evaluate(model, data):
+    return {"accuracy": float((model.predict(data["X_test"]) == data["y_test"]).mean())}
+'''
+
+
+def make_workspace(root: Path, **settings: Any) -> Workspace:
+    """A new workspace (git repo + modelworks.yaml) at root; `settings` are merged into the yaml."""
+    import yaml
+
+    from modelworks.init import init
+    from modelworks.workspace import CONFIG_FILE, load_settings
+
+    ws = init(root)
+    if settings:
+        cfg = yaml.safe_load((root / CONFIG_FILE).read_text())
+        for key, value in settings.items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key].update(value)
+            else:
+                cfg[key] = value
+        (root / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        _git.commit(root, [CONFIG_FILE], "test settings")
+        ws = Workspace(root, load_settings(root / CONFIG_FILE))
+    return ws
+
+
+def write_pipeline(ws: Workspace, name: str = "tiny", version: str = "v1", source: str = TINY_PIPELINE) -> Path:
+    """Write pipelines/<name>/{version,pipeline.py}."""
+    folder = ws.pipelines_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "version").write_text(version + "\n")
+    (folder / "pipeline.py").write_text(source)
+    return folder
+
+
+def write_dataset(ws: Workspace, rel: str, rows: int = 200, features: int = 4, seed: int = 0) -> Path:
+    """A separable two-class CSV (label last) at `rel` inside the workspace."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    path = ws.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ",".join([*(f"f{i}" for i in range(features)), "label"])
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%.6g")
+    return path
+
+
+def write_spec(ws: Workspace, name: str, dataset: str, *, pipeline: str = "tiny", version: str = "v1",
+               fmt: str = "json", **extra: Any) -> Path:
+    """A spec in the reference format (extra keys are merged in)."""
+    payload: dict[str, Any] = {
+        "data_source": {"type": "dvc", "dataset": dataset},
+        "model_name": name,
+        "kubeflow_pipeline": pipeline,
+        "kubeflow_pipeline_version": f"{pipeline}-{version}",
+        "runtime_name": "sklearn",
+        "model_hyperparameters": {},
+    }
+    payload.update(extra)
+    path = ws.models_dir / f"{name}.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "json":
+        path.write_text(json.dumps(payload, indent=2))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def small_fleet(ws: Workspace, models: int = 3, datasets: int = 2) -> list[str]:
+    """A pipeline, `datasets` versioned datasets and `models` specs over them; committed."""
+    from modelworks.data.add import add
+
+    write_pipeline(ws)
+    names = []
+    for d in range(datasets):
+        write_dataset(ws, f"data/set{d}/data.csv", seed=d)
+    for i in range(models):
+        name = f"model-{i}"
+        write_spec(ws, name, f"data/set{i % datasets}/data.csv", model_hyperparameters={"C": 1.0 + i})
+        names.append(name)
+    for d in range(datasets):
+        add(ws, ws.root / f"data/set{d}/data.csv", commit=False)
+    _git.commit(ws.root, ["models", "pipelines", "data"], "small fleet")
+    return names
