@@ -290,7 +290,10 @@ class OCIStore:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ArtifactError(f"cannot package {model_dir}: not a folder")
-        layer_digest, layer_size = self._put_model_layer(model_dir)
+        try:
+            layer_digest, layer_size = self._put_model_layer(model_dir)
+        except OSError as exc:
+            raise ArtifactError(f"cannot package {model_dir} as {repo}:{tag}: {exc}") from None
         config = self._config_bytes(layer_digest)
         config_digest = self.put_blob(config)
         manifest = build_manifest(
