@@ -157,12 +157,12 @@ def test_mixed_inputs_outputs_and_reserved_names(tmp_path: Path) -> None:
     inputs = np.array([[1.5, "gold", True], [2.5, None, False]], dtype=object)
     probs = np.array([[0.2, 0.8], [0.6, 0.4]])
     with PredictionLog(tmp_path, flush_seconds=60) as log:
-        log.append("m", "v1", inputs, probs, feature_names=["version", "plan", "vip"])
+        log.append("m", "v1", inputs, probs, feature_names=["version", "plan", "feature.version"])
     X, names, _ = read_log(tmp_path, "m")
-    assert names == ["version", "plan", "vip"]
+    assert names == ["version", "plan", "feature.version"]
     assert X.tolist() == [[1.5, "gold", True], [2.5, None, False]]
     table = pq.read_table(_parts(tmp_path)[0])
-    assert table.column_names[3] == "feature.version"
+    assert table.column_names[3:6] == ["feature0.feature.version", "plan", "feature.version"]
     assert table.column("output").to_pylist() == [[0.2, 0.8], [0.6, 0.4]]
 
 
@@ -172,6 +172,8 @@ def test_bad_appends_are_data_errors(tmp_path: Path) -> None:
             log.append("m", "v1", np.ones((3, 2)), np.zeros(2))
         with pytest.raises(DataError, match="2 feature names for 3 input columns"):
             log.append("m", "v1", np.ones((1, 3)), np.zeros(1), feature_names=["a", "b"])
+        with pytest.raises(DataError, match="non-empty strings"):
+            log.append("m", "v1", np.ones((1, 2)), np.zeros(1), feature_names=["a", 2])
         with pytest.raises(DataError, match="duplicate feature names"):
             log.append("m", "v1", np.ones((1, 2)), np.zeros(1), feature_names=["a", "a"])
     assert _parts(tmp_path) == []

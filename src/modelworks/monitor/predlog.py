@@ -7,7 +7,7 @@ Layout, one folder per model (the name percent-encoded, so "acme/churn" is
 
 Each file has the columns ts (timestamp, UTC), model, version, one column per
 feature (the feature names, or f0..fn; a name that clashes with ts, model,
-version or output is stored as "feature.<name>"), then output (a number or
+version or output is stored as "feature.<name>", made unique), then output (a number or
 string, or a fixed-size list for 2-D outputs). The feature names are also kept
 in the schema metadata, so readers take them from there and by position.
 
@@ -267,6 +267,11 @@ def _check_names(model: str, names: tuple[str, ...], width: int) -> None:
         raise DataError(
             f"prediction log of '{model}': {len(names)} feature names for {width} input columns"
         )
+    if not all(isinstance(name, str) and name for name in names):
+        raise DataError(
+            f"prediction log of '{model}': feature names must be non-empty strings, "
+            f"got {list(names)}"
+        )
     if len(set(names)) != len(names):
         raise DataError(f"prediction log of '{model}': duplicate feature names in {list(names)}")
 
@@ -305,16 +310,30 @@ def _to_table(group: list[tuple[Any, ...]]) -> pa.Table:
     width = x.shape[1]
     names = list(group[0][5] or [f"f{j}" for j in range(width)])
     ts = np.repeat(np.array([c[2] for c in group], dtype=np.int64), counts)
-    columns: dict[str, pa.Array] = {
-        "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "model": pa.array(np.repeat(np.array([c[0] for c in group], dtype=object), counts)),
-        "version": pa.array(np.repeat(np.array([c[1] for c in group], dtype=object), counts)),
-    }
-    for j, name in enumerate(names):
-        columns[f"feature.{name}" if name in RESERVED else name] = _to_arrow(x[:, j])
-    columns["output"] = _output_to_arrow(y)
-    table = pa.table(columns)
+    arrays = [
+        pa.array(ts, pa.timestamp("us", tz="UTC")),
+        pa.array(np.repeat(np.array([c[0] for c in group], dtype=object), counts)),
+        pa.array(np.repeat(np.array([c[1] for c in group], dtype=object), counts)),
+        *(_to_arrow(x[:, j]) for j in range(width)),
+        _output_to_arrow(y),
+    ]
+    table = pa.Table.from_arrays(arrays, names=[*RESERVED[:3], *_column_names(names), "output"])
     return table.replace_schema_metadata({META_KEY: json.dumps(names).encode()})
+
+
+def _column_names(names: list[str]) -> list[str]:
+    """Feature column names, renamed where they would clash with ts/model/version/output."""
+    taken = set(RESERVED) | set(names)
+    columns = []
+    for j, name in enumerate(names):
+        column = name
+        if name in RESERVED:
+            column = f"feature.{name}"
+            while column in taken:
+                column = f"feature{j}.{column}"
+            taken.add(column)
+        columns.append(column)
+    return columns
 
 
 def _to_arrow(col: np.ndarray) -> pa.Array:
