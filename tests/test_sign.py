@@ -138,3 +138,12 @@ def test_missing_or_bad_key_file_is_a_config_error(model_dir: Path, tmp_path: Pa
     (tmp_path / "bad.pem").write_text("not a key")
     with pytest.raises(ConfigError, match=r"bad\.pem: not a usable EC private key"):
         sign_dir(model_dir, tmp_path / "bad.pem")
+
+
+def test_public_key_that_is_not_one_is_a_config_error(
+    model_dir: Path, keys: tuple[Path, Path]
+) -> None:
+    private, _ = keys
+    sign_dir(model_dir, private)
+    with pytest.raises(ConfigError, match=r"signing\.key: not a usable EC public key"):
+        verify_dir(model_dir, private)

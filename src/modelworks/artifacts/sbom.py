@@ -105,7 +105,8 @@ def _cached_sbom(packages: tuple[str, ...] | None) -> dict[str, Any]:
         raise ArtifactError(f"SBOM: package(s) not installed: {', '.join(missing)}")
     closure = _closure(roots, dists)
     bom = _bom({name: dists[name] for name in closure}, roots)
-    return json.loads(JsonV1Dot5(bom).output_as_string())
+    doc: dict[str, Any] = json.loads(JsonV1Dot5(bom).output_as_string())
+    return doc
 
 
 def _bom(dists: dict[str, _Dist], roots: list[str]) -> Any:

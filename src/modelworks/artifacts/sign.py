@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from modelworks.errors import ArtifactError, ConfigError, VerificationError
 
@@ -49,7 +50,8 @@ def sign_dir(model_dir: Path, private_key: Path) -> Path:
     _check_key(private_key, "private")
     signature = model_dir / SIGNATURE_FILE
     try:
-        config = signing.Config().use_elliptic_key_signer(private_key=private_key)
+        config = signing.Config()  # type: ignore[no-untyped-call]
+        config.use_elliptic_key_signer(private_key=private_key)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{private_key}: not a usable EC private key ({exc})") from exc
     try:
@@ -70,7 +72,8 @@ def verify_dir(model_dir: Path, public_key: Path) -> None:
     if not signature.is_file():
         raise VerificationError(f"{model_dir}: no signature ({SIGNATURE_FILE} is missing)")
     try:
-        config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+        config = verifying.Config()  # type: ignore[no-untyped-call]
+        config.use_elliptic_key_verifier(public_key=public_key)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{public_key}: not a usable EC public key ({exc})") from exc
     try:
@@ -89,10 +92,11 @@ def verify_dir(model_dir: Path, public_key: Path) -> None:
         ) from exc
 
 
-def _hashing():  # type: ignore[no-untyped-def]
+def _hashing() -> Any:
     from model_signing import hashing
 
-    return hashing.Config().set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
+    config = hashing.Config()  # type: ignore[no-untyped-call]
+    return config.set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
 
 
 def _model_dir(model_dir: Path) -> Path:
