@@ -574,6 +574,38 @@ def test_uvicorn_swap_under_load_fails_no_request(fleet: Fleet) -> None:
     assert seen[-20:] == ["2"] * 20
 
 
+@pytest.mark.integration
+def test_run_server_stops_gracefully_on_sigterm(fleet: Fleet) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    (fleet.ws.root / "modelworks.yaml").write_text("serving:\n  sample_rate: 1.0\n")
+    code = (
+        "from modelworks.serving import run_server; from modelworks.workspace import Workspace; "
+        f"run_server(Workspace.load({str(fleet.ws.root)!r}), 'test', port={port})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: httpx.get(f"{base}/v2/health/ready").status_code == 200, timeout=30)
+        resp = httpx.post(f"{base}/v2/models/acme/churn/infer", json=infer_body(X[:2]))
+        assert resp.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "serving 3 model(s) of test" in err
+    from modelworks.monitor.predlog import read_log
+
+    logged, _, _ = read_log(fleet.ws.state_dir / "predictions" / ENV, "acme/churn")
+    assert np.allclose(logged, X[:2])  # the sampled rows were flushed on shutdown
+
+
 def _wait_until(check: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -283,7 +285,25 @@ def run_server(
 
     _setup_logging()
     app = create_app(ws, env, ref=ref, max_memory=max_memory)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
+    # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
+    with _quiet_signals():
+        try:
+            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        except KeyboardInterrupt:
+            pass
+
+
+@contextlib.contextmanager
+def _quiet_signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _setup_logging() -> None:
