@@ -55,6 +55,20 @@ def test_malicious_pickle_is_found_and_never_run(model_dir: Path, tmp_path: Path
     assert result.findings[0].severity == "critical"
     assert "system" in result.findings[0].description
     assert not marker.exists()
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_Payload(f"touch {control}")))  # the payload is real
+    assert control.exists()
+
+
+def test_builtins_import_payload_is_critical(model_dir: Path) -> None:
+    class _Importer:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (__import__, ("os",))
+
+    (model_dir / "model.pkl").write_bytes(pickle.dumps(_Importer()))
+    result = scan_dir(model_dir, threshold="critical")
+    assert not result.safe
+    assert "builtins.__import__" in result.findings[0].description
 
 
 def test_payload_hidden_under_unknown_suffix_is_scanned(model_dir: Path, tmp_path: Path) -> None:
@@ -107,7 +121,7 @@ def test_clean_sklearn_pickle_passes(model_dir: Path) -> None:
     (model_dir / "model.pkl").write_bytes(pickle.dumps(model))
     result = scan_dir(model_dir)
     assert result.safe, result.to_dict()
-    assert set(result.scanners) == {"picklescan", "modelscan"}
+    assert set(result.scanners) == {"picklescan"}
 
 
 def test_unknown_import_is_medium_and_blocks_only_at_medium(model_dir: Path) -> None:

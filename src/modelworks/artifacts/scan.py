@@ -7,8 +7,11 @@ Every file in the model folder gets a verdict, in-process and without loading it
 - ``.skops`` must contain only allowlisted types (``skops.io.get_untrusted_types``);
 - everything else goes through the pickle scanner: picklescan lists the imports a
   pickle makes (also inside zip archives such as ``.pt`` and object ``.npy`` arrays);
-  imports on picklescan's or modelscan's denylist are findings with their severity,
-  imports outside our allowlist are ``medium`` findings.
+  imports on picklescan's denylist are ``critical`` findings, imports outside our
+  allowlist are ``medium`` findings.
+
+picklescan rather than modelscan: modelscan reports a pickle whose parse fails after a
+first complete pickle as clean, skips files by extension, and pins rich<15.
 
 A file the scanner cannot parse is an *error*, never a pass: ``safe`` means "verified
 safe", and a truncated or garbled file is not.
@@ -79,6 +82,11 @@ _SCIPY_SPARSE = frozenset(
 # joblib stores arrays as raw bytes *between* pickle opcodes; an opcode scanner reads
 # those bytes as opcodes, so what it sees is not what joblib.load runs.
 _JOBLIB_WRAPPERS = frozenset({"NumpyArrayWrapper", "NDArrayWrapper", "ZNDArrayWrapper"})
+# Not on picklescan's list but as good as exec: import anything, rewrite any object.
+_EXTRA_DENY: dict[str, Any] = {
+    name: {"__import__", "globals", "locals", "vars", "setattr", "delattr", "input"}
+    for name in ("builtins", "__builtin__")
+}
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_MEMBER = re.compile(r"\.(pkl|pickle)$")
 
@@ -196,7 +204,7 @@ def _scan_skops(file: Path, rel: str, report: _Report) -> None:
 
 
 def _scan_pickle_family(stream: IO[bytes], rel: str, report: _Report) -> None:
-    report.scanners.update({"picklescan", "modelscan"})
+    report.scanners.add("picklescan")
     head = stream.read(6)
     stream.seek(0)
     if head.startswith(_ZIP_MAGIC):
@@ -272,14 +280,13 @@ def _judge_imports(imports: Iterable[tuple[str, ...]], rel: str, report: _Report
 
 
 def _deny_severity(module: str, name: str) -> str | None:
-    if "unknown" in (module, name):
-        return "critical"  # a computed import: the scanner cannot tell what it is
-    for severity, table in _modelscan_denylist():
-        if _matches(table, module, name):
-            return severity
     from picklescan.scanner import _unsafe_globals
 
-    return "high" if _matches(_unsafe_globals, module, name) else None
+    if "unknown" in (module, name):
+        return "critical"  # a computed import: the scanner cannot tell what it is
+    if _matches(_unsafe_globals, module, name) or _matches(_EXTRA_DENY, module, name):
+        return "critical"
+    return None
 
 
 def _matches(table: dict[str, Any], module: str, name: str) -> bool:
@@ -295,14 +302,6 @@ def _rule_names(rule: Any, name: str) -> bool:
     if isinstance(rule, str):
         return rule == name
     return rule is not None and name in rule
-
-
-@cache
-def _modelscan_denylist() -> tuple[tuple[str, dict[str, Any]], ...]:
-    from modelscan.settings import DEFAULT_SETTINGS
-
-    table = DEFAULT_SETTINGS["unsafe_globals"]
-    return tuple((sev.lower(), table[sev]) for sev in ("CRITICAL", "HIGH", "MEDIUM", "LOW"))
 
 
 def _allowed(module: str, name: str) -> bool:
