@@ -84,10 +84,16 @@ def test_payload_inside_zip_archive_is_found(model_dir: Path, tmp_path: Path) ->
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("archive/data.pkl", pickle.dumps(_Payload("true")))
+        archive.writestr("archive/data/0", np.arange(4.0).tobytes())
+        archive.writestr("archive/extra", pickle.dumps(_Payload("true"), protocol=4))
     (model_dir / "model.pt").write_bytes(buffer.getvalue())
     result = scan_dir(model_dir)
     assert not result.safe
-    assert result.findings[0].file == "model.pt:archive/data.pkl"
+    assert [f.file for f in result.findings] == [
+        "model.pt:archive/data.pkl",
+        "model.pt:archive/extra",
+    ]
+    assert result.errors == []
 
 
 def test_clean_skops_model_passes(model_dir: Path) -> None:

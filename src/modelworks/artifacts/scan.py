@@ -88,6 +88,7 @@ _EXTRA_DENY: dict[str, Any] = {
     for name in ("builtins", "__builtin__")
 }
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_PICKLE_MAGIC = frozenset(bytes([0x80, protocol]) for protocol in range(2, 6))
 _PICKLE_MEMBER = re.compile(r"\.(pkl|pickle)$")
 
 
@@ -225,7 +226,7 @@ def _scan_zip(stream: IO[bytes], rel: str, report: _Report) -> None:
                 report.errors.append(f"{where}: nested archives are not scanned")
             elif head == b"\x93NUMPY":
                 _scan_npy(io.BytesIO(archive.read(name)), where, report)
-            elif _PICKLE_MEMBER.search(name) or head[:1] == b"\x80":
+            elif _PICKLE_MEMBER.search(name) or head[:2] in _PICKLE_MAGIC:
                 _scan_pickle(io.BytesIO(archive.read(name)), where, report)
 
 
