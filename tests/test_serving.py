@@ -237,6 +237,8 @@ def test_model_metadata_and_ready(client: AppClient, name: str, platform: str) -
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
     assert client.get(f"/v2/models/{name}/versions/1/ready").status_code == 200
+    assert client.get(f"/v2/models/{name}/versions/1").json() == body
+    _err(client.get(f"/v2/models/{name}/versions/7"), 404, "has no version '7'")
 
 
 @pytest.mark.parametrize(("name", "key", "dtype"), [("iris", "iris@1", "FP64"),
@@ -436,6 +438,10 @@ def test_bad_ref_and_env_are_clear(fleet: Fleet) -> None:
         create_app(fleet.ws, ENV, ref="nope")
     with pytest.raises(ServingError, match=r"environment 'staging' is not in modelworks\.yaml"):
         create_app(fleet.ws, "staging")
+    elsewhere = Workspace(fleet.ws.root.parent / "plain", Settings())
+    elsewhere.root.mkdir()
+    with pytest.raises(GitError, match="is not a git repository"):
+        create_app(elsewhere, ENV)
 
 
 def test_sampled_predictions_are_logged(fleet: Fleet) -> None:

@@ -287,11 +287,8 @@ def run_server(
     app = create_app(ws, env, ref=ref, max_memory=max_memory)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
     # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
-    with _quiet_signals():
-        try:
-            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-        except KeyboardInterrupt:
-            pass
+    with _quiet_signals(), contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 @contextlib.contextmanager

@@ -44,10 +44,14 @@ class ReconcileResult:
 
 def resolve_ref(repo: Path, ref: str) -> str:
     """The commit `ref` names now (a branch is re-resolved on every call)."""
-    sha = _git.head(repo, ref)
-    if sha is None:
-        raise GitError(f"deploy repo {repo}: ref '{ref}' does not name a commit")
-    return sha
+    sha = _git.head(repo, ref) if repo.is_dir() else None
+    if sha is not None:
+        return sha
+    if not repo.is_dir() or not _git.git(repo, "rev-parse", "--git-dir", check=False).strip():
+        raise GitError(
+            f"deploy repo {repo} is not a git repository (set paths.deploy in modelworks.yaml)"
+        )
+    raise GitError(f"deploy repo {repo}: ref '{ref}' does not name a commit")
 
 
 def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
