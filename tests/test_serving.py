@@ -581,6 +581,7 @@ def test_uvicorn_swap_under_load_fails_no_request(fleet: Fleet) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_run_server_stops_gracefully_on_sigterm(fleet: Fleet) -> None:
     import signal
     import subprocess
