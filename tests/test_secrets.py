@@ -68,11 +68,15 @@ def test_wrong_key_is_a_clear_error(
 
 def test_corrupted_file_is_a_clear_error(keys: tuple[Path, Path], secrets_dir: Path) -> None:
     path = seal("db", VALUE, keys[1], secrets_dir)
-    lines = path.read_text().splitlines()
-    body = lines[2]
-    lines[2] = body[:10] + ("A" if body[10] != "A" else "B") + body[11:]
+    original = path.read_text()
+    lines = original.splitlines()
+    payload = lines[-2]  # the last armored line is ciphertext, past the header
+    lines[-2] = payload[:3] + ("A" if payload[3] != "A" else "B") + payload[4:]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(VerificationError, match=r"db\.sealed: sealed file is corrupted"):
+        unseal("db", keys[0], secrets_dir)
+    path.write_text(original.replace("-----BEGIN AGE ENCRYPTED FILE-----\n", ""))
+    with pytest.raises(VerificationError, match="corrupted"):
         unseal("db", keys[0], secrets_dir)
     path.write_text("hello")
     with pytest.raises(VerificationError, match="corrupted"):

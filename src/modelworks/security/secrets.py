@@ -108,8 +108,12 @@ def _read_key(path: Path, prefix: str, kind: str) -> str:
 
 def _decrypt_failure(path: Path, private_key: Path, message: str) -> str:
     if "No matching keys" in message:
-        return f"{path}: was not sealed for the key in {private_key} (wrong key)"
-    return f"{path}: sealed file is corrupted or not an age file ({message})"
+        return (
+            f"{path}: was not sealed for the key in {private_key} "
+            "(wrong key, or the sealed file's header was altered)"
+        )
+    reason = message.splitlines()[0] if message else "unknown error"
+    return f"{path}: sealed file is corrupted or not an age file ({reason})"
 
 
 def _strip_header(plain: bytes, name: str, path: Path) -> bytes:
