@@ -1,0 +1,5 @@
+"""`python -m modelworks` is `mw`."""
+
+from modelworks.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Faults: SIGKILL in the middle of apply, two applies at once, the CLI's error rendering."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from modelworks import _git
+from modelworks.artifacts.oci import OCIStore
+from modelworks.data.add import add
+from modelworks.testing import TINY_PIPELINE, write_dataset, write_pipeline, write_spec
+from modelworks.workspace import Workspace
+
+SLOW_PIPELINE = TINY_PIPELINE.replace(
+    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.15)"
+)
+
+
+def _slow_fleet(ws: Workspace, n: int) -> None:
+    write_pipeline(ws, source=SLOW_PIPELINE)
+    write_dataset(ws, "data/d/data.csv")
+    for i in range(n):
+        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
+    add(ws, ws.root / "data/d/data.csv", commit=False)
+    _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
+
+
+def _mw(ws: Workspace, *args: str, **kw):  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, "-m", "modelworks", *args], cwd=ws.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def _versions(ws: Workspace) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(ws.state_dir / "registry.db")
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_versions'").fetchone():
+            return []
+        return db.execute("SELECT m.name, v.fingerprint, v.status FROM model_versions v "
+                          "JOIN models m ON m.id = v.model_id").fetchall()
+    finally:
+        db.close()
+
+
+def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) -> None:
+    _slow_fleet(workspace, 24)
+    proc = _mw(workspace, "apply", "--workers", "2")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (workspace.state_dir / "registry.db").exists() and len(_versions(workspace)) >= 4:
+            break
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGKILL)  # the apply and its workers, as a kill -9 of the group would
+    proc.wait()
+    partial = len(_versions(workspace))
+    assert 0 < partial < 24
+    done = _mw(workspace, "apply", "--workers", "2", "--json")
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    result = json.loads(out)
+    assert result["summary"]["trained"] == 24 - partial
+    rows = _versions(workspace)
+    assert len(rows) == 24 and len({(n, fp) for n, fp, _ in rows}) == 24
+    assert {s for _, _, s in rows} == {"registered"}
+    store = OCIStore(workspace.oci_dir)
+    for name, fp, _ in rows:
+        image = store.resolve(name, fp[:10])
+        store.verify(image.digest)  # every registered artifact is complete
+    runs = sqlite3.connect(workspace.state_dir / "registry.db").execute(
+        "SELECT status, error FROM runs WHERE status != 'succeeded'").fetchall()
+    assert all(s == "failed" and "interrupted" in e for s, e in runs)
+    deployed = list((workspace.root / "deploy" / "test").glob("*/config.yaml"))
+    assert len(deployed) == 24
+
+
+def test_two_applies_at_once_one_waits_or_refuses(workspace: Workspace) -> None:
+    _slow_fleet(workspace, 8)
+    first = _mw(workspace, "apply", "--workers", "1")
+    time.sleep(1.5)  # let the first take the lock
+    second = _mw(workspace, "apply")
+    out2, err2 = second.communicate(timeout=60)
+    assert second.returncode == 3
+    assert "another `mw apply` holds" in err2 and "--wait" in err2
+    assert "Traceback" not in err2
+    waiting = _mw(workspace, "apply", "--wait", "120", "--json")
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    outw, errw = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0, errw
+    assert json.loads(outw)["summary"]["trained"] == 0
+    rows = _versions(workspace)
+    assert len(rows) == 8 and len({fp for _, fp, _ in rows}) == 8
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "modelworks", "plan", "-C", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "no modelworks.yaml found" in proc.stderr and "mw init" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_is_named(workspace: Workspace) -> None:
+    (workspace.root / "modelworks.yaml").write_text("executor:\n  kind: spark\n")
+    proc = subprocess.run([sys.executable, "-m", "modelworks", "plan"], cwd=workspace.root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "modelworks.yaml: field 'executor.kind'" in proc.stderr and "spark" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", None])
+def test_plan_detailed_exitcode(workspace: Workspace, flag: str | None) -> None:
+    _slow_fleet(workspace, 2)
+    args = ["plan", "--detailed-exitcode"] + ([flag] if flag else [])
+    changes = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
+                             capture_output=True, text=True)
+    assert changes.returncode == 2, changes.stderr
+    if flag:
+        doc = json.loads(changes.stdout)
+        assert doc["summary"] == {"create": 2, "update": 0, "unchanged": 0, "error": 0}
+        assert set(doc["models"][0]) == {"name", "action", "reasons", "fingerprint", "version"}
+    subprocess.run([sys.executable, "-m", "modelworks", "apply"], cwd=workspace.root, check=True,
+                   capture_output=True)
+    same = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
+                          capture_output=True, text=True)
+    assert same.returncode == 0
+    (workspace.models_dir / "broken.json").write_text("[]")
+    broken = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
+                            capture_output=True, text=True)
+    assert broken.returncode == 1
