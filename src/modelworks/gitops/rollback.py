@@ -1,0 +1,169 @@
+"""What an environment served when (`history`), and putting an earlier version back (`rollback`).
+
+Both read the first-parent history of `deploy/<env>/<model>/config.yaml` on the deploy
+repo's main branch: one `git log` and one `git cat-file --batch`, whatever the length.
+A rollback is a revert-style commit "rollback(prod): MODEL B -> A" that restores the
+file as it was when A was served (or writes A's config from the registry when A was
+never served there), recorded as a Deployment of kind "rollback".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from modelworks import _git
+from modelworks.errors import DeployError, NotFoundError
+from modelworks.gitops.deploy import config_path
+from modelworks.gitops.promote import (
+    RepoState,
+    commit_files,
+    dirty_paths,
+    read_blobs,
+    repo_state,
+    run_git,
+    update_ref,
+    version_of,
+    write_blob,
+)
+from modelworks.registry import audit
+from modelworks.registry.models import Deployment, ModelVersion
+from modelworks.registry.queries import get_model
+
+if TYPE_CHECKING:
+    from modelworks.registry.store import Store
+    from modelworks.workspace import Workspace
+
+
+@dataclass
+class Served:
+    """One commit that changed what an environment serves for a model."""
+
+    commit: str
+    date: str
+    author: str
+    version: str | None  # None: the model was removed from the env by this commit
+    message: str
+    text: str | None = None
+
+
+def _log(state: RepoState, path: str, limit: int | None) -> list[Served]:
+    args = ["log", "--first-parent", "--format=%H%x1f%aI%x1f%an%x1f%s%x1e"]
+    if limit:
+        args.append(f"-n{limit}")
+    out = run_git(state.repo, *args, state.branch, "--", path)
+    entries = [e.strip("\n").split("\x1f") for e in out.split("\x1e") if e.strip()]
+    texts = read_blobs(state.repo, [f"{e[0]}:{path}" for e in entries])
+    served = []
+    for sha, date, author, subject in entries:
+        text = texts.get(f"{sha}:{path}")
+        served.append(Served(sha, date, author, version_of(text) if text else None, subject, text))
+    return served
+
+
+def history(ws: Workspace, model: str, env: str = "prod", limit: int | None = None) -> list[dict[str, Any]]:
+    """What `env` served for `model`, newest first: commit, date, author, version, message."""
+    state = repo_state(ws.deploy_repo)
+    served = _log(state, config_path(env, model), limit)
+    if not served:
+        raise NotFoundError(f"{model} has never been deployed in {env} (no history of "
+                            f"{config_path(env, model)} on {state.branch} in {state.repo})")
+    rows = []
+    for i, entry in enumerate(served):
+        row = {k: v for k, v in asdict(entry).items() if k != "text"}
+        row["previous"] = served[i + 1].version if i + 1 < len(served) else None
+        rows.append(row)
+    return rows
+
+
+def _registered(store: Store, model: str, version: str) -> tuple[int, str, ModelVersion]:
+    """The model's id, tenant and the version's row; a clear error unless it is registered."""
+    with store.session() as s:
+        m = get_model(s, model)
+        v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id,
+                                                ModelVersion.version == version)
+                     .order_by(ModelVersion.id.desc()).limit(1))
+        if v is None:
+            known = s.scalars(select(ModelVersion.version).where(
+                ModelVersion.model_id == m.id, ModelVersion.status == "registered")).all()
+            raise NotFoundError(f"{model} has no version {version!r} in the registry "
+                                f"(registered: {', '.join(known[-5:]) or 'none'})")
+        if v.status != "registered":
+            raise DeployError(f"{model} version {version} is {v.status}"
+                              f"{': ' + v.reason if v.reason else ''}; only a registered "
+                              "version can be rolled back to")
+        return m.id, m.tenant, v
+
+
+def _target(served: list[Served], current: str, to: str | None, model: str,
+            env: str) -> tuple[str, Served | None]:
+    """The version to put back and the commit that last served it there (if any)."""
+    if to is None:
+        earlier = next((e for e in served if e.version and e.version != current), None)
+        if earlier is None:
+            raise DeployError(f"{model} has served only {current} in {env}; there is no earlier "
+                              "version to roll back to (name one with --to VERSION)")
+        return earlier.version or "", earlier
+    if to == current:
+        raise DeployError(f"{model} already serves {to} in {env}; nothing to roll back")
+    return to, next((e for e in served if e.version == to), None)
+
+
+def _config_text(ws: Workspace, model: str, tenant: str, v: ModelVersion, current: str | None) -> str:
+    """A config.yaml for a version never served in this env, built from its registry row."""
+    import yaml
+
+    from modelworks.apply import deploy_config
+
+    runtime = (v.inputs or {}).get("spec", {}).get("runtime")
+    if not runtime and current:
+        runtime = (yaml.safe_load(current) or {}).get("runtime")
+    cfg = deploy_config(ws, model, tenant, str(runtime or "sklearn"), v.version, v.fingerprint,
+                        v.artifact_digest or "", v.oci_layout or "")
+    return cfg.to_yaml()
+
+
+def _commit(state: RepoState, path: str, text: str, message: str, actor: str) -> str:
+    """Commit `text` at `path` on main: in the work tree when main is checked out there."""
+    if not state.worktree:
+        new = commit_files(state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor)
+        update_ref(state.repo, f"refs/heads/{state.branch}", new, state.tip, "mw rollback")
+        return new
+    if dirty_paths(state.repo, path):
+        raise DeployError(f"{state.repo / path} has uncommitted changes; commit or discard them, "
+                          "then roll back again")
+    target = state.repo / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    commit = _git.commit(state.repo, [path], message, author=actor)
+    if commit is None:
+        raise DeployError(f"{path} already has that content; nothing to roll back")
+    return commit
+
+
+def rollback(ws: Workspace, store: Store, model: str, *, env: str = "prod",
+             to: str | None = None, actor: str) -> dict[str, Any]:
+    """Put the previous (or the named) version of `model` back in `env` with a revert commit."""
+    state = repo_state(ws.deploy_repo)
+    path = config_path(env, model)
+    served = _log(state, path, None)
+    if not served or served[0].version is None or served[0].text is None:
+        raise DeployError(f"{model} is not deployed in {env} ({path} is not on {state.branch}); "
+                          "there is nothing to roll back")
+    current = served[0].version
+    version, source = _target(served, current, to, model, env)
+    model_id, tenant, row = _registered(store, model, version)
+    text = source.text if source and source.text else _config_text(ws, model, tenant, row, served[0].text)
+    origin = f"as of {source.commit[:10]}" if source else "from the registry"
+    message = (f"rollback({env}): {model} {current} -> {version}\n\n"
+               f"This reverts {path} to version {version} ({origin}).\n")
+    commit = _commit(state, path, text, message, actor)
+    with store.session() as s:
+        s.add(Deployment(model_id=model_id, env=env, version=version, commit=commit,
+                         artifact_digest=row.artifact_digest, kind="rollback", actor=actor))
+    audit.record(store, [audit.event("rollback", model, actor=actor, tenant=tenant,
+                                     before={"env": env, "version": current},
+                                     after={"env": env, "version": version, "commit": commit})])
+    return {"model": model, "env": env, "from": current, "to": version, "commit": commit}
