@@ -75,22 +75,25 @@ def build_fleet(root: Path, n: int) -> list[str]:
 # -- servers (run as subprocesses) ------------------------------------------------------------
 
 
+def mw_app(root: Path) -> Any:
+    """The real app over the benchmark workspace."""
+    from modelworks.serving import create_app
+    from modelworks.workspace import Settings, Workspace
+
+    return create_app(Workspace(root, Settings()), "test", sample_rate=0.0, poll_interval=30)
+
+
 def serve_mw(root: Path, port: int) -> None:
     """The real server: create_app over the workspace, uvicorn, one worker."""
     import uvicorn
 
-    from modelworks.serving import create_app
-    from modelworks.workspace import Settings, Workspace
-
-    app = create_app(Workspace(root, Settings()), "test", sample_rate=0.0, poll_interval=30)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(mw_app(root), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def serve_bare(root: Path, port: int) -> None:
+def bare_app(root: Path) -> Any:
     """The ceiling: parse JSON, one numpy conversion, predict on a loaded model, answer JSON."""
     import orjson
     import skops.io as sio
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -109,8 +112,54 @@ def serve_bare(root: Path, port: int) -> None:
         return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
                         media_type="application/json")
 
-    app = Starlette(routes=[Route("/v2/models/{name:path}/infer", infer, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return Starlette(routes=[Route("/v2/models/{name:path}/infer", infer, methods=["POST"])])
+
+
+def serve_bare(root: Path, port: int) -> None:
+    """The ceiling over HTTP."""
+    import uvicorn
+
+    uvicorn.run(bare_app(root), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def _asgi_post(app: Any, path: str, payload: bytes) -> int:
+    """One POST through the ASGI app directly (no sockets); return the status."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    messages = [{"type": "http.request", "body": payload, "more_body": False}]
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+def in_process(root: Path, names: list[str], requests: int) -> dict[str, Any]:
+    """Microseconds per request through each app with no network (warm models)."""
+    rng = random.Random(2)
+    payloads = [(f"/v2/models/{rng.choice(names)}/infer", body(rng)) for _ in range(requests)]
+
+    async def go(app: Any) -> float:
+        for path, payload in payloads[: len(names) * 2]:  # warm every model
+            await _asgi_post(app, path, payload)
+        t0 = time.perf_counter()
+        for path, payload in payloads:
+            if await _asgi_post(app, path, payload) != 200:
+                raise SystemExit(f"in-process request to {path} failed")
+        return (time.perf_counter() - t0) / len(payloads) * 1e6
+
+    mw_us, bare_us = asyncio.run(go(mw_app(root))), asyncio.run(go(bare_app(root)))
+    return {"requests": requests, "mw_us": round(mw_us, 1), "bare_us": round(bare_us, 1),
+            "overhead_us": round(mw_us - bare_us, 1), "ratio": round(bare_us / mw_us, 3)}
 
 
 def _free_port() -> int:
@@ -178,6 +227,12 @@ async def _drive(base: str, names: list[str], seconds: float, concurrency: int) 
             "p99_ms": round(float(np.percentile(lat, 99)), 3)}
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput, plus every round's rps."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return {**ordered[len(ordered) // 2], "rounds_rps": [r["rps"] for r in runs]}
+
+
 def cold_pass(base: str, names: list[str]) -> dict[str, Any]:
     """Hit every model once, in order (each first request loads it); then read load metrics."""
     import httpx
@@ -216,6 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         names = build_fleet(tmp / "ws", args.models)
         build_s = time.perf_counter() - t0
+        inproc = in_process(tmp / "ws", names, args.inprocess_requests)
         mw, mw_base = start("mw", tmp / "ws")
         bare, bare_base = start("bare", tmp / "ws")
         try:
@@ -223,8 +279,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.warmup:  # warm connections, allocators and code paths of both servers
                 for base in (mw_base, bare_base):
                     asyncio.run(_drive(base, names, min(2.0, args.seconds), args.concurrency))
-            served = asyncio.run(_drive(mw_base, names, args.seconds, args.concurrency))
-            ceiling = asyncio.run(_drive(bare_base, names, args.seconds, args.concurrency))
+            runs: dict[str, list[dict[str, Any]]] = {"mw": [], "bare": []}
+            for _ in range(args.rounds):  # interleaved, so load from elsewhere hits both alike
+                for key, base in (("mw", mw_base), ("bare", bare_base)):
+                    runs[key].append(
+                        asyncio.run(_drive(base, names, args.seconds, args.concurrency)))
+            served, ceiling = _median(runs["mw"]), _median(runs["bare"])
         finally:
             for proc in (mw, bare):
                 proc.terminate()
@@ -233,11 +293,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "serving", "models": args.models, "concurrency": args.concurrency,
-        "seconds": args.seconds, "cpus": os.cpu_count(), "build_seconds": round(build_s, 1),
+        "seconds": args.seconds, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "build_seconds": round(build_s, 1),
         "mw_serve": served, "bare_starlette": ceiling,
         "ratio_rps": round(served["rps"] / ceiling["rps"], 3),
         "ratio_p50": round(served["p50_ms"] / ceiling["p50_ms"], 3),
-        "cold": cold,
+        "cold": cold, "in_process": inproc,
     }
 
 
@@ -255,6 +316,11 @@ def table(result: dict[str, Any]) -> str:
         f"cold: {cold['models']} models, load {cold['load_ms_mean']} ms/model (mean), first "
         f"request p50 {cold['first_request_p50_ms']} ms, p99 {cold['first_request_p99_ms']} ms",
     ]
+    ip = result["in_process"]
+    lines.append(
+        f"in-process (no network): mw {ip['mw_us']} us/request, bare {ip['bare_us']} us, "
+        f"overhead {ip['overhead_us']} us, ratio {ip['ratio']}"
+    )
     return "\n".join(lines)
 
 
@@ -265,6 +331,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--inprocess-requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per server")
     parser.add_argument("--serve-mw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

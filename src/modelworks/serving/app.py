@@ -183,14 +183,14 @@ class ServingApp:
 
 def _routes(h: ServingApp) -> list[Route]:
     m = "/v2/models/{name:path}"
-    return [
+    return [  # infer first: routes are tried in order and it is the hot path
+        Route(m + "/versions/{version}/infer", h.infer, methods=["POST"]),
+        Route(m + "/infer", h.infer, methods=["POST"]),
         Route("/v2/health/live", h.live, methods=["GET"]),
         Route("/v2/health/ready", h.ready, methods=["GET"]),
         Route("/v2", h.server_metadata, methods=["GET"]),
         Route("/v2/", h.server_metadata, methods=["GET"]),
         Route("/v2/models", h.models, methods=["GET"]),
-        Route(m + "/versions/{version}/infer", h.infer, methods=["POST"]),
-        Route(m + "/infer", h.infer, methods=["POST"]),
         Route(m + "/versions/{version}/ready", h.model_ready, methods=["GET"]),
         Route(m + "/ready", h.model_ready, methods=["GET"]),
         Route(m + "/versions/{version}", h.model_metadata, methods=["GET"]),
