@@ -143,7 +143,7 @@ class Fleet:
 
 @pytest.fixture(scope="session")
 def fleet_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    root = tmp_path_factory.mktemp("fleet") / "ws"
+    root = tmp_path_factory.mktemp("deployed") / "ws"
     _git.init(root)
     (root / ".gitignore").write_text(".mw/\n")
     _git.commit(root, [".gitignore"], "init")
@@ -162,7 +162,7 @@ def fleet_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 @pytest.fixture
-def fleet(fleet_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> Fleet:
+def deployed(fleet_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> Fleet:
     src, data = fleet_template
     root = tmp_path / "ws"
     shutil.copytree(src, root, symlinks=True)
@@ -170,8 +170,8 @@ def fleet(fleet_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> Fleet:
 
 
 @pytest.fixture
-def client(fleet: Fleet) -> Any:
-    app = create_app(fleet.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+def client(deployed: Fleet) -> Any:
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
     with AppClient(app) as c:
         yield c
 
@@ -244,7 +244,7 @@ def test_model_metadata_and_ready(client: AppClient, name: str, platform: str) -
 @pytest.mark.parametrize(("name", "key", "dtype"), [("iris", "iris@1", "FP64"),
                                                     ("iris-onnx", "onnx@1", "FP32"),
                                                     ("acme/churn", "churn@1", "FP64")])
-def test_infer_matches_the_model(client: AppClient, fleet: Fleet, name: str, key: str,
+def test_infer_matches_the_model(client: AppClient, deployed: Fleet, name: str, key: str,
                                  dtype: str) -> None:
     rows = X[::7]
     resp = client.post(f"/v2/models/{name}/infer", json=infer_body(rows, dtype, id="req-42"))
@@ -257,17 +257,17 @@ def test_infer_matches_the_model(client: AppClient, fleet: Fleet, name: str, key
     out = body["outputs"][0]
     assert out["name"] == "output-0"
     assert out["shape"] == [len(rows)]
-    expected = fleet.models[key].predict(rows.astype(np.float32 if dtype == "FP32" else float))
+    expected = deployed.models[key].predict(rows.astype(np.float32 if dtype == "FP32" else float))
     assert out["data"] == expected.tolist()
 
 
-def test_infer_nested_data_and_version_route(client: AppClient, fleet: Fleet) -> None:
+def test_infer_nested_data_and_version_route(client: AppClient, deployed: Fleet) -> None:
     rows = X[:3]
     body = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64",
                         "data": rows.tolist()}], "outputs": [{"name": "output-0"}]}
     resp = client.post("/v2/models/iris/versions/1/infer", json=body)
     assert resp.status_code == 200, resp.text
-    assert resp.json()["outputs"][0]["data"] == fleet.models["iris@1"].predict(rows).tolist()
+    assert resp.json()["outputs"][0]["data"] == deployed.models["iris@1"].predict(rows).tolist()
     # An integer tensor is cast to the model's FP64 input.
     ints = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32",
                         "data": [5, 3, 1, 0]}]}
@@ -315,8 +315,8 @@ def test_bad_requests_say_what_is_wrong(client: AppClient) -> None:
     _err(client.get("/v3/whatever"), 404, "Not Found")
 
 
-def test_missing_runtime_is_a_clear_error(client: AppClient, fleet: Fleet) -> None:
-    fleet.deploy(fleet.configs["xgb@1"])
+def test_missing_runtime_is_a_clear_error(client: AppClient, deployed: Fleet) -> None:
+    deployed.deploy(deployed.configs["xgb@1"])
     assert client.post("/admin/reconcile").json()["added"] == ["boosted"]
     msg = _err(infer(client, "boosted", X[:1]), 503, "runtime xgboost is not installed")
     assert "pip install xgboost" in msg
@@ -332,21 +332,21 @@ def test_missing_runtime_is_a_clear_error(client: AppClient, fleet: Fleet) -> No
 # -- reconcile, swaps, failures ---------------------------------------------------------------
 
 
-def test_reconcile_swaps_version_and_unloads_removed(client: AppClient, fleet: Fleet) -> None:
+def test_reconcile_swaps_version_and_unloads_removed(client: AppClient, deployed: Fleet) -> None:
     assert infer(client, "iris", X[:1]).json()["model_version"] == "1"
     assert infer(client, "acme/churn", X[:1]).status_code == 200
-    fleet.deploy(fleet.configs["iris@2"])
-    fleet.undeploy("acme/churn")
+    deployed.deploy(deployed.configs["iris@2"])
+    deployed.undeploy("acme/churn")
     result = client.post("/admin/reconcile").json()
     assert result["changed"] == [{"name": "iris", "from": "1", "to": "2"}]
     assert result["removed"] == ["acme/churn"]
     assert result["loaded"] == ["iris"]
     server = client.app.state.server  # type: ignore[attr-defined]
-    assert set(server.cache.digests()) == {fleet.configs["iris@2"].artifact_digest}
+    assert set(server.cache.digests()) == {deployed.configs["iris@2"].artifact_digest}
     rows = X[40:60]
     body = infer(client, "iris", rows).json()
     assert body["model_version"] == "2"
-    assert body["outputs"][0]["data"] == fleet.models["iris@2"].predict(rows).tolist()
+    assert body["outputs"][0]["data"] == deployed.models["iris@2"].predict(rows).tolist()
     _err(infer(client, "acme/churn", X[:1]), 404, "not deployed")
     assert client.get("/v2/models/iris").json()["versions"] == ["2"]
     again = client.post("/admin/reconcile").json()
@@ -355,20 +355,20 @@ def test_reconcile_swaps_version_and_unloads_removed(client: AppClient, fleet: F
 
 
 def test_tampered_new_version_is_refused_old_keeps_serving(client: AppClient,
-                                                           fleet: Fleet) -> None:
+                                                           deployed: Fleet) -> None:
     assert infer(client, "iris", X[:1]).json()["model_version"] == "1"
-    new = fleet.configs["iris@2"]
-    blob = fleet.layer_blob(new.artifact_digest)
+    new = deployed.configs["iris@2"]
+    blob = deployed.layer_blob(new.artifact_digest)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    fleet.deploy(new)
+    deployed.deploy(new)
     result = client.post("/admin/reconcile").json()
     assert "corrupt" in result["failed"]["iris"]
     for _ in range(3):
         body = infer(client, "iris", X[:5]).json()
         assert body["model_version"] == "1"
-        assert body["outputs"][0]["data"] == fleet.models["iris@1"].predict(X[:5]).tolist()
+        assert body["outputs"][0]["data"] == deployed.models["iris@1"].predict(X[:5]).tolist()
     ready = client.get("/v2/models/iris/ready")
     assert ready.status_code == 200
     status = ready.json()
@@ -379,20 +379,20 @@ def test_tampered_new_version_is_refused_old_keeps_serving(client: AppClient,
     assert client.get("/v2/health/ready").status_code == 200
 
 
-def test_lazy_new_version_after_restart_with_tampered_blob(fleet: Fleet) -> None:
-    new = fleet.configs["iris@2"]
-    blob = fleet.layer_blob(new.artifact_digest)
+def test_lazy_new_version_after_restart_with_tampered_blob(deployed: Fleet) -> None:
+    new = deployed.configs["iris@2"]
+    blob = deployed.layer_blob(new.artifact_digest)
     blob.write_bytes(blob.read_bytes()[:-10])
-    fleet.deploy(new)
-    app = create_app(fleet.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+    deployed.deploy(new)
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
     with AppClient(app) as c:
         _err(infer(c, "iris", X[:1]), 503, "iris version 2")
         assert c.get("/v2/models/iris/ready").status_code == 503
         assert infer(c, "iris-onnx", X[:1].astype(np.float32), dtype="FP32").status_code == 200
 
 
-def test_lru_evicts_and_reloads(fleet: Fleet) -> None:
-    app = create_app(fleet.ws, ENV, max_memory=1, reconcile_in_background=False, sample_rate=0.0)
+def test_lru_evicts_and_reloads(deployed: Fleet) -> None:
+    app = create_app(deployed.ws, ENV, max_memory=1, reconcile_in_background=False, sample_rate=0.0)
     server = app.state.server
     with AppClient(app) as c:
         for name in ["iris", "acme/churn", "iris", "acme/churn"]:
@@ -406,9 +406,9 @@ def test_lru_evicts_and_reloads(fleet: Fleet) -> None:
     assert 'mw_serving_model_load_seconds_count{runtime="sklearn"} 4.0' in metrics
 
 
-def test_lru_keeps_recent_models_within_budget(fleet: Fleet) -> None:
+def test_lru_keeps_recent_models_within_budget(deployed: Fleet) -> None:
     budget = 10 * 2**20
-    app = create_app(fleet.ws, ENV, max_memory=budget, reconcile_in_background=False,
+    app = create_app(deployed.ws, ENV, max_memory=budget, reconcile_in_background=False,
                      sample_rate=0.0)
     server = app.state.server
     with AppClient(app) as c:
@@ -431,39 +431,39 @@ def test_metrics(client: AppClient) -> None:
     assert "mw_serving_loaded_models 1.0" in text
 
 
-def test_bad_ref_and_env_are_clear(fleet: Fleet) -> None:
+def test_bad_ref_and_env_are_clear(deployed: Fleet) -> None:
     from modelworks.errors import GitError, ServingError
 
     with pytest.raises(GitError, match="ref 'nope' does not name a commit"):
-        create_app(fleet.ws, ENV, ref="nope")
+        create_app(deployed.ws, ENV, ref="nope")
     with pytest.raises(ServingError, match=r"environment 'staging' is not in modelworks\.yaml"):
-        create_app(fleet.ws, "staging")
-    elsewhere = Workspace(fleet.ws.root.parent / "plain", Settings())
+        create_app(deployed.ws, "staging")
+    elsewhere = Workspace(deployed.ws.root.parent / "plain", Settings())
     elsewhere.root.mkdir()
     with pytest.raises(GitError, match="is not a git repository"):
         create_app(elsewhere, ENV)
 
 
-def test_sampled_predictions_are_logged(fleet: Fleet) -> None:
+def test_sampled_predictions_are_logged(deployed: Fleet) -> None:
     from modelworks.monitor.predlog import read_log
 
-    app = create_app(fleet.ws, ENV, reconcile_in_background=False, sample_rate=1.0)
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=1.0)
     with AppClient(app) as c:
         for rows in (X[:3], X[10:12]):
             assert infer(c, "acme/churn", rows).status_code == 200
         assert infer(c, "iris", X[:1, :2]).status_code == 400  # failed requests are not logged
-    logged, names, info = read_log(fleet.ws.state_dir / "predictions" / ENV, "acme/churn")
+    logged, names, info = read_log(deployed.ws.state_dir / "predictions" / ENV, "acme/churn")
     assert np.allclose(logged, np.vstack([X[:3], X[10:12]]))
     assert names == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     assert info["rows"] == 5
     assert info["versions"] == ["1"]
-    assert not (fleet.ws.state_dir / "predictions" / ENV / "iris").exists()
+    assert not (deployed.ws.state_dir / "predictions" / ENV / "iris").exists()
 
 
-def test_sample_rate_zero_logs_nothing(client: AppClient, fleet: Fleet) -> None:
+def test_sample_rate_zero_logs_nothing(client: AppClient, deployed: Fleet) -> None:
     assert infer(client, "iris", X[:3]).status_code == 200
     assert client.app.state.sampler is None
-    assert not (fleet.ws.state_dir / "predictions").exists()
+    assert not (deployed.ws.state_dir / "predictions").exists()
 
 
 # -- runtimes ---------------------------------------------------------------------------------
@@ -502,27 +502,27 @@ def test_joblib_needs_explicit_trust(tmp_path: Path) -> None:
 # -- signatures -------------------------------------------------------------------------------
 
 
-def test_signed_models_verify_and_a_wrong_key_is_refused(fleet: Fleet, tmp_path: Path) -> None:
+def test_signed_models_verify_and_a_wrong_key_is_refused(deployed: Fleet, tmp_path: Path) -> None:
     from modelworks.artifacts.sign import generate_keypair, sign_dir
 
     keys = tmp_path / "keys"
     generate_keypair(keys / "a.pem", keys / "a.pub.pem")
     generate_keypair(keys / "b.pem", keys / "b.pub.pem")
-    public = fleet.ws.path(fleet.ws.settings.signing.public_key)
+    public = deployed.ws.path(deployed.ws.settings.signing.public_key)
     public.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(keys / "a.pub.pem", public)
     cfgs = []
     for key, version in (("a", "5"), ("b", "6")):
         folder = write_model_dir(tmp_path / f"signed-{key}", "iris", version, "sklearn", train())
         sign_dir(folder, keys / f"{key}.pem")
-        ref = OCIStore(fleet.ws.oci_dir).write_image("modelworks/iris", version, folder, {})
-        cfgs.append(fleet.configs["iris@1"].model_copy(
+        ref = OCIStore(deployed.ws.oci_dir).write_image("modelworks/iris", version, folder, {})
+        cfgs.append(deployed.configs["iris@1"].model_copy(
             update={"version": version, "artifact_digest": ref.digest}))
-    fleet.deploy(cfgs[0])
-    app = create_app(fleet.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+    deployed.deploy(cfgs[0])
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
     with AppClient(app) as c:
         assert infer(c, "iris", X[:1]).json()["model_version"] == "5"
-        fleet.deploy(cfgs[1])
+        deployed.deploy(cfgs[1])
         result = c.post("/admin/reconcile").json()
         assert "signed with another key" in result["failed"]["iris"]
         assert infer(c, "iris", X[:1]).json()["model_version"] == "5"
@@ -538,10 +538,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_uvicorn_swap_under_load_fails_no_request(fleet: Fleet) -> None:
+def test_uvicorn_swap_under_load_fails_no_request(deployed: Fleet) -> None:
     import uvicorn
 
-    app = create_app(fleet.ws, ENV, poll_interval=0.2, sample_rate=0.0)
+    app = create_app(deployed.ws, ENV, poll_interval=0.2, sample_rate=0.0)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     runner = threading.Thread(target=server.run, daemon=True)
@@ -567,7 +567,7 @@ def test_uvicorn_swap_under_load_fails_no_request(fleet: Fleet) -> None:
         for t in threads:
             t.start()
         _wait_until(lambda: len(seen) > 50)
-        fleet.deploy(fleet.configs["iris@2"])
+        deployed.deploy(deployed.configs["iris@2"])
         _wait_until(lambda: seen[-1] == "2" and seen.count("2") > 50, timeout=20)
         stop.set()
         for t in threads:
@@ -582,16 +582,16 @@ def test_uvicorn_swap_under_load_fails_no_request(fleet: Fleet) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_run_server_stops_gracefully_on_sigterm(fleet: Fleet) -> None:
+def test_run_server_stops_gracefully_on_sigterm(deployed: Fleet) -> None:
     import signal
     import subprocess
     import sys
 
     port = _free_port()
-    (fleet.ws.root / "modelworks.yaml").write_text("serving:\n  sample_rate: 1.0\n")
+    (deployed.ws.root / "modelworks.yaml").write_text("serving:\n  sample_rate: 1.0\n")
     code = (
         "from modelworks.serving import run_server; from modelworks.workspace import Workspace; "
-        f"run_server(Workspace.load({str(fleet.ws.root)!r}), 'test', port={port})"
+        f"run_server(Workspace.load({str(deployed.ws.root)!r}), 'test', port={port})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
@@ -609,7 +609,7 @@ def test_run_server_stops_gracefully_on_sigterm(fleet: Fleet) -> None:
     assert "serving 3 model(s) of test" in err
     from modelworks.monitor.predlog import read_log
 
-    logged, _, _ = read_log(fleet.ws.state_dir / "predictions" / ENV, "acme/churn")
+    logged, _, _ = read_log(deployed.ws.state_dir / "predictions" / ENV, "acme/churn")
     assert np.allclose(logged, X[:2])  # the sampled rows were flushed on shutdown
 
 
