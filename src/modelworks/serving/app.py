@@ -177,7 +177,7 @@ class ServingApp:
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: Prometheus exposition."""
-        self.server._update_gauges()
+        self.server.update_gauges()
         return Response(self.server.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

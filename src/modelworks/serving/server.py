@@ -20,6 +20,7 @@ from modelworks.serving.reconcile import (
     referenced_digests,
     resolve_ref,
 )
+from modelworks.serving.runtimes import PLATFORMS
 
 if TYPE_CHECKING:
     from modelworks.gitops.deploy import DeployConfig
@@ -165,7 +166,7 @@ class ModelServer:
             if entry.desired.artifact_digest == cfg.artifact_digest:
                 entry.good = entry.desired
         self._unload_unreferenced()
-        self._update_gauges()
+        self.update_gauges()
 
     def _unload_unreferenced(self) -> None:
         refs = referenced_digests(self.entries)
@@ -174,13 +175,14 @@ class ModelServer:
                 self.cache.discard(digest)
         for digest in [d for d in self.failed if d not in refs]:
             del self.failed[digest]
-        self._update_gauges()
+        self.update_gauges()
 
     def _evicted(self, model: LoadedModel) -> None:
         self.metrics.evictions.inc()
         log.info("evicted %s version %s (LRU, memory budget)", model.name, model.version)
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
+        """Set the loaded-models and memory gauges from the cache."""
         self.metrics.loaded.set(len(self.cache))
         self.metrics.memory.set(self.cache.used)
 
@@ -271,8 +273,6 @@ class ModelServer:
         versions = [cfg.version]
         if entry.good is not None and entry.good.version not in versions:
             versions.append(entry.good.version)
-        from modelworks.serving.runtimes import PLATFORMS
-
         return {
             "name": name,
             "versions": versions,
