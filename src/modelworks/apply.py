@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from modelworks import _git
 from modelworks.data.sources import DataResolver
-from modelworks.errors import LockError, ModelworksError
+from modelworks.errors import ConfigError, LockError, ModelworksError
 from modelworks.gitops import deploy as gdeploy
 from modelworks.pipelines.catalog import snapshot
 from modelworks.plan import ModelPlan, Plan, plan
@@ -35,6 +35,7 @@ class ApplyResult:
     trained: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     gated: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     deployed: list[dict[str, Any]] = field(default_factory=list)
@@ -43,15 +44,16 @@ class ApplyResult:
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.errors)
+        return not (self.failed or self.errors or self.rejected)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "trained": self.trained, "failed": self.failed, "gated": self.gated,
+            "rejected": self.rejected,
             "skipped": self.skipped, "errors": self.errors, "deployed": self.deployed,
             "commit": self.commit, "seconds": round(self.seconds, 3),
             "summary": {k: len(getattr(self, k)) for k in
-                        ("trained", "failed", "gated", "skipped", "errors", "deployed")},
+                        ("trained", "failed", "gated", "rejected", "skipped", "errors", "deployed")},
         }
 
 
@@ -129,6 +131,7 @@ def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[st
 
 def _jobs(ws: Workspace, store: Store, changes: list[ModelPlan], ids: dict[str, int], trigger: str) -> list[dict[str, Any]]:
     data = DataResolver(ws)
+    key = signing_key(ws)
     baselines = _baselines(ws, store, changes)
     commit = _git.head(ws.root) if _git.is_repo(ws.root) else None
     work_dir = ws.state_dir / "work"
@@ -157,9 +160,28 @@ def _jobs(ws: Workspace, store: Store, changes: list[ModelPlan], ids: dict[str, 
                          "files": [str(f) for f in ref.files],
                          "names": _names(ref.kind, ref.dataset, ref.files)},
                 "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
+                "signing_key": str(key), "scan_threshold": ws.settings.scan.severity,
                 "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path) if mp.loaded else None,
             })
     return jobs
+
+
+def signing_key(ws: Workspace) -> Path:
+    """The workspace's private signing key; created with its public half on first use."""
+    from modelworks.artifacts.sign import generate_keypair
+
+    private = ws.path(ws.settings.signing.private_key)
+    public = ws.path(ws.settings.signing.public_key)
+    if private.exists():
+        return private
+    if public.exists():
+        raise ConfigError(
+            f"signing key {private} is missing but the workspace's public key {public} exists: "
+            "copy the private key here (or point signing.private_key at it) so versions are "
+            "signed with the key the servers trust"
+        )
+    generate_keypair(private, public)
+    return private
 
 
 def _rel(ws: Workspace, path: Path) -> str:
@@ -226,7 +248,7 @@ class _Recorder:
             status="registered" if status == "succeeded" else status, reason=r.get("error"),
             inputs=inputs, metrics=r.get("metrics", {}), gates=r.get("gates", {}), lineage=lineage,
             artifact_digest=r.get("digest"), artifact_ref=r.get("ref"), oci_layout=r.get("layout"),
-            run_id=run.id,
+            run_id=run.id, scan=r.get("scan"), signed=bool(r.get("signed")),
         ))
         entry = {"name": name, "version": run.version, "metrics": r.get("metrics", {})}
         action = "version.registered" if status == "succeeded" else f"version.{status}"
@@ -235,6 +257,8 @@ class _Recorder:
             "metrics": r.get("metrics", {}), "reason": r.get("error")}))
         if status == "succeeded":
             self.result.trained.append({**entry, "digest": r.get("digest")})
+        elif status == "rejected":
+            self.result.rejected.append({**entry, "reason": r.get("error"), "scan": r.get("scan")})
         else:
             self.result.gated.append({**entry, "reasons": r.get("gates", {}).get("failures", [])})
 

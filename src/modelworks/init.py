@@ -64,7 +64,13 @@ def init(root: Path, *, example: bool = False, name: str | None = None) -> Works
         gi.write_text(existing + GITIGNORE)
     ws = Workspace(root, load_settings(root / CONFIG_FILE))
     ws.state_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Any] = [CONFIG_FILE, ".gitignore", "models", "pipelines", "data", "deploy"]
+    from modelworks.apply import signing_key
+    from modelworks.security.secrets import generate_sealing_key
+
+    signing_key(ws)
+    sealing = ws.path(ws.settings.signing.public_key).parent / "sealing-key.pub"
+    generate_sealing_key(ws.state_dir / "keys" / "sealing-key.txt", sealing)
+    paths: list[Any] = [CONFIG_FILE, ".gitignore", "models", "pipelines", "data", "deploy", "keys"]
     _git.commit(root, paths, "mw init: new modelworks workspace")
     if example:
         populate(ws, "example")

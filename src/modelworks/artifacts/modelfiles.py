@@ -23,7 +23,8 @@ def datatype(arr: np.ndarray) -> str:
     return _DTYPES.get(arr.dtype.kind, "BYTES")
 
 
-def _sample(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
+def sample_of(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
+    """The training features (and their names) if prepare() returned a dict with X_train."""
     if isinstance(data, dict) and "X_train" in data:
         X = data["X_train"]
         names = data.get("feature_names")
@@ -35,7 +36,7 @@ def _sample(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
 
 def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, Any]:
     """Save `model` in its runtime's format into out_dir; return metadata.json's content."""
-    X, names = _sample(data)
+    X, names = sample_of(data)
     if runtime == "sklearn":
         import skops.io as sio
 

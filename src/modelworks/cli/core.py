@@ -164,13 +164,15 @@ def _print_apply(result: Any) -> None:
         console.print(f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}", highlight=False)
     for g in result.gated:
         console.print(f"[yellow]    gated[/yellow] {g['name']} {g['version']}: {'; '.join(g['reasons'])}", highlight=False)
+    for r in result.rejected:
+        console.print(f"[red] rejected[/red] {r['name']} {r['version']}: {r['reason']}", highlight=False, soft_wrap=True)
     for f in result.failed:
         console.print(f"[red]   failed[/red] {f['name']}: {f['error']}", highlight=False, soft_wrap=True)
     for e in result.errors:
         console.print(f"[red]    error[/red] {e['name']}: {e['error']}", highlight=False, soft_wrap=True)
     d = result.to_dict()["summary"]
     console.print(
-        f"Apply: {d['trained']} trained, {d['gated']} gated, {d['failed']} failed, "
+        f"Apply: {d['trained']} trained, {d['gated']} gated, {d['rejected']} rejected, {d['failed']} failed, "
         f"{d['errors']} error(s), {d['skipped']} unchanged, {d['deployed']} deployed"
         + (f" (commit {result.commit[:10]})" if result.commit else "") + f" in {result.seconds:.1f}s."
     )

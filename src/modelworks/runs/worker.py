@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelworks import LINE_FORMAT
-from modelworks.artifacts.modelfiles import save_model, write_json
+from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
 from modelworks.errors import ModelworksError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import call, load_module, run_steps
@@ -65,8 +66,23 @@ def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     }
 
 
-def _package(job: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
-    from modelworks.artifacts.oci import OCIStore
+def used_packages() -> list[str]:
+    """Distributions of the top-level modules this process has imported (the run's packages)."""
+    from importlib.metadata import packages_distributions
+
+    global _DISTS
+    if _DISTS is None:
+        _DISTS = packages_distributions()
+    tops = {name.split(".", 1)[0] for name in list(sys.modules)}
+    return sorted({d for top in tops for d in _DISTS.get(top, [])})
+
+
+_DISTS: dict[str, list[str]] | None = None
+
+
+def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
+    """Write model files, metadata, metrics, profile and SBOM into the output folder."""
+    from modelworks.artifacts.sbom import environment_sbom
 
     out: Path = ctx["output_dir"]
     if ctx["custom_save"] is not None:
@@ -77,10 +93,35 @@ def _package(job: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
     write_json(out / "metadata.json", meta)
     write_json(out / "metrics.json", ctx["metrics"])
+    X, names = sample_of(ctx["data"])
+    if X is not None:
+        from modelworks.monitor.profile import build_profile
+
+        write_json(out / "profile.json", build_profile(X, names))
+    write_json(out / "sbom.json", environment_sbom(used_packages()))
+    return out
+
+
+def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Sign the model folder (when a key is configured) and write it as a ModelCar."""
+    from modelworks.artifacts.oci import OCIStore
+
+    signed = False
+    if job.get("signing_key"):
+        from modelworks.artifacts.sign import sign_dir
+
+        sign_dir(out, Path(job["signing_key"]))
+        signed = True
     image = OCIStore(Path(job["oci_dir"])).write_image(
         job["model"], job["version"], out, annotations(job, ctx["metrics"])
     )
-    return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout)}
+    return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
+
+
+def _scan(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    from modelworks.artifacts.scan import scan_dir
+
+    return scan_dir(out, threshold=job.get("scan_threshold", "medium")).to_dict()
 
 
 def execute(job: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +151,16 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                 result.update(status="gated", error="; ".join(failures))
                 logger.warning("gated: %s", result["error"])
             else:
-                result.update(_package(job, ctx), status="succeeded")
-                logger.info("packaged %s", result["digest"])
+                out = _save(job, ctx)
+                result["scan"] = scan = _scan(job, out)
+                if not scan["safe"]:
+                    problems = [f"{f['file']}: {f['severity']} {f['description']}" for f in scan["findings"]]
+                    result.update(status="rejected", error="scan: model files are not verified safe: "
+                                  + "; ".join(problems + scan["errors"])[:2000])
+                    logger.error("%s", result["error"])
+                else:
+                    result.update(_package(job, ctx, out), status="succeeded")
+                    logger.info("packaged %s (signed: %s)", result["digest"], result["signed"])
         except ModelworksError as exc:
             result.update(status="failed", error=str(exc))
             logger.error("%s", exc)
