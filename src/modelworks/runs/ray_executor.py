@@ -1,0 +1,309 @@
+"""The Ray executor: jobs as Ray tasks on a local Ray instance or a remote cluster.
+
+Nothing assumes a shared disk. The driver puts each distinct data file and pipeline
+snapshot into the object store once, keyed by content hash; a task materializes what
+its worker lacks into a worker-local cache and rewrites the job's paths:
+
+    driver                                   worker (any node)
+    ------                                   -----------------
+    data/<md5>  --ray.put once per hash-->   <cache>/data/<md5>        (if absent)
+    snapshot    --tar, ray.put per hash-->   <cache>/pipelines/<hash>  (if absent)
+                                             execute(job) with a temp oci_dir and log
+    signing key --ray.put once-------------> <scratch>/signing.key (0600, removed with the job)
+    OCIStore(job["oci_dir"])  <--blobs----   config, layer and manifest bytes
+    job["log_path"]           <--log text--
+
+Blobs travel unchanged, so the image digest in the driver's store is the digest the
+worker computed, and skopeo reads the driver's layout as it reads a local one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from modelworks.artifacts.oci import OCIStore
+from modelworks.data.dvc import file_md5
+from modelworks.errors import ConfigError, ModelworksError
+from modelworks.pipelines.catalog import folder_files
+
+Job = dict[str, Any]
+Result = dict[str, Any]
+CACHE_ENV = "MW_RAY_CACHE"
+SYSTEM_RETRIES = 2
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "executor 'ray' needs the ray package: pip install 'ray>=2.30,<3' "
+            "(or set executor.kind: local in modelworks.yaml)"
+        ) from None
+    return ray
+
+
+def worker_cache() -> Path:
+    """The worker-local cache of data files and pipeline snapshots, keyed by content hash."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        tempfile.gettempdir(), f"modelworks-ray-{os.getuid()}"
+    )
+    return Path(root)
+
+
+def tar_folder(folder: Path) -> bytes:
+    """A deterministic in-memory tar of a pipeline folder's files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for f in folder_files(folder):
+            info = tar.gettarinfo(str(f), arcname=f.relative_to(folder).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with f.open("rb") as fh:
+                tar.addfile(info, fh)
+    return buf.getvalue()
+
+
+def _publish(target: Path, fill: Any) -> Path:
+    """Create target atomically with fill(tmp) unless it exists (a racing task may win)."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        fill(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _materialize_data(ray: Any, key: str, ref: Any, cache: Path) -> Path:
+    def fill(tmp: Path) -> None:
+        (tmp / "content").write_bytes(ray.get(ref))
+
+    return _publish(cache / "data" / key, fill) / "content"
+
+
+def _materialize_pipeline(ray: Any, digest: str, ref: Any, cache: Path) -> Path:
+    def fill(tmp: Path) -> None:
+        with tarfile.open(fileobj=io.BytesIO(ray.get(ref)), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+
+    return _publish(cache / "pipelines" / digest, fill)
+
+
+def _write_private(path: Path, data: bytes) -> Path:
+    """Write a private key readable by this user only; it goes with the job's scratch folder."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def _image_blobs(oci_dir: Path, result: Result) -> dict[str, bytes]:
+    """The manifest, config and layer bytes of the image a job wrote, by digest."""
+    store = OCIStore(oci_dir)
+    manifest = store.manifest(result["digest"])
+    blobs = {result["digest"]: store.read_blob(result["digest"])}
+    for desc in [manifest["config"], *manifest["layers"]]:
+        blobs[desc["digest"]] = store.read_blob(desc["digest"])
+    return blobs
+
+
+def run_remote(job: Job, refs: dict[str, Any]) -> Result:
+    """The Ray task body: materialize inputs by hash, run the job, return result, log and blobs.
+
+    `refs` nests the object refs (data by md5, the pipeline tar) so that Ray does not fetch
+    them eagerly: a worker that has them cached never transfers them.
+    """
+    import ray
+
+    from modelworks.runs.worker import execute
+
+    cache = worker_cache()
+    local = json.loads(json.dumps(job))
+    local["data"]["files"] = [
+        str(_materialize_data(ray, k, refs["data"][k], cache)) for k in job["data"]["keys"]
+    ]
+    p = job["pipeline"]
+    local["pipeline"]["source"] = str(
+        _materialize_pipeline(ray, p["hash"], refs["pipeline"], cache)
+    )
+    (cache / "work").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"job-{job['run_id']}-", dir=cache / "work"))
+    try:
+        local.update(
+            oci_dir=str(scratch / "oci"), work_dir=str(scratch), log_path=str(scratch / "run.log")
+        )
+        if refs.get("signing_key") is not None:
+            local["signing_key"] = str(
+                _write_private(scratch / "signing.key", ray.get(refs["signing_key"]))
+            )
+        result = execute(local)
+        result["pid"] = f"{socket.gethostname()}:{result.get('pid', '')}"
+        if result.get("status") == "succeeded":
+            result["blobs"] = _image_blobs(scratch / "oci", result)
+        log = Path(local["log_path"])
+        result["log"] = log.read_text(errors="replace") if log.exists() else ""
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class RayExecutor:
+    """Jobs as Ray tasks; results in completion order, artifacts in the driver's store."""
+
+    name = "ray"
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        self.workers = max(1, workers)
+        self.address = address or os.environ.get("MW_RAY_ADDRESS") or None
+        self._started = False
+
+    def connect(self) -> Any:
+        """Connect to the cluster at `address`, or start a local Ray instance."""
+        ray = _ray()
+        if ray.is_initialized():
+            return ray
+        try:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+                self._started = True
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot connect to Ray at {self.address or 'a new local instance'}: {exc}"
+            ) from None
+        return ray
+
+    def close(self) -> None:
+        """Stop the local Ray instance if this executor started it."""
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    def run(self, jobs: list[Job]) -> Iterator[Result]:
+        """Run jobs as Ray tasks; yield each result as it finishes."""
+        if not jobs:
+            return
+        ray = self.connect()
+        task = ray.remote(num_cpus=1, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(
+            run_remote
+        )
+        uploads = _Uploads(ray)
+        todo = list(reversed(jobs))
+        pending: dict[Any, Job] = {}
+        limit = max(64, 4 * int(ray.cluster_resources().get("CPU", self.workers)))
+        while todo or pending:
+            while todo and len(pending) < limit:
+                job = todo.pop()
+                pending[task.remote(*uploads.prepare(job))] = job
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            more, _ = ray.wait(
+                [r for r in pending if r not in ready], num_returns=len(pending) - 1, timeout=0
+            )
+            for ref in [*ready, *more]:
+                yield _finish(ray, ref, pending.pop(ref))
+
+
+class _Uploads:
+    """Object-store refs of data files and pipeline snapshots, put once per content hash."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.md5: dict[str, str] = {}
+        self.data: dict[str, Any] = {}
+        self.pipelines: dict[str, Any] = {}
+        self.keys: dict[str, Any] = {}
+
+    def prepare(self, job: Job) -> tuple[Job, dict[str, Any]]:
+        """The job with data keys instead of driver paths, and the refs its task needs."""
+        keys = [self._data(f) for f in job["data"]["files"]]
+        p = job["pipeline"]
+        if p["hash"] not in self.pipelines:
+            self.pipelines[p["hash"]] = self.ray.put(tar_folder(Path(p["source"])))
+        remote = {**job, "data": {**job["data"], "keys": keys, "files": []}, "signing_key": None}
+        refs = {
+            "data": {k: self.data[k] for k in keys},
+            "pipeline": self.pipelines[p["hash"]],
+            "signing_key": self._key(job.get("signing_key")),
+        }
+        return remote, refs
+
+    def _key(self, path: str | None) -> Any:
+        if not path:
+            return None
+        if path not in self.keys:
+            self.keys[path] = self.ray.put(Path(path).read_bytes())
+        return self.keys[path]
+
+    def _data(self, path: str) -> str:
+        if path not in self.md5:
+            digest = file_md5(Path(path))
+            self.md5[path] = digest
+            if digest not in self.data:
+                self.data[digest] = self.ray.put(Path(path).read_bytes())
+        return self.md5[path]
+
+
+def _finish(ray: Any, ref: Any, job: Job) -> Result:
+    """Fetch one task's result; write its log and image on the driver."""
+    try:
+        result: Result = ray.get(ref)
+    except Exception as exc:  # the task or its worker died after its retries
+        result = {
+            "run_id": job["run_id"],
+            "model": job["model"],
+            "status": "failed",
+            "error": f"ray task failed: {_describe(exc)}",
+        }
+    log = result.pop("log", None)
+    blobs = result.pop("blobs", None)
+    log_path = Path(job["log_path"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as fh:
+        fh.write(log if log is not None else f"{result.get('error', '')}\n")
+    if blobs:
+        try:
+            result.update(_store_image(job, result, blobs))
+        except (ModelworksError, OSError, ValueError) as exc:
+            result.update(
+                status="failed",
+                error=f"could not write {job['model']}:{job['version']} to {job['oci_dir']}: {exc}",
+            )
+    return result
+
+
+def _describe(exc: Exception) -> str:
+    """The root cause of a Ray task error, without Ray's colour codes and task banner."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+
+
+def _store_image(job: Job, result: Result, blobs: dict[str, bytes]) -> dict[str, str]:
+    """Write the worker's blobs into the driver's OCI store and tag the manifest."""
+    store = OCIStore(Path(job["oci_dir"]))
+    manifest = blobs.pop(result["digest"])
+    for digest, data in blobs.items():
+        if store.put_blob(data) != digest:
+            raise ValueError(f"blob {digest} changed in transit")
+    image = store.tag_manifest(job["model"], job["version"], manifest)
+    if image.digest != result["digest"]:
+        raise ValueError(f"manifest {result['digest']} changed in transit")
+    return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout)}
