@@ -9,6 +9,7 @@ HEADs each blob first, so nothing is uploaded twice either way).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,16 @@ def _served(ws: Workspace) -> set[tuple[str, str]]:
 
     if not _git.is_repo(ws.deploy_repo) or _git.head(ws.deploy_repo) is None:
         return set()
-    return {(name, cfg.version) for env in ws.settings.environments
-            for name, cfg in read_env(ws.deploy_repo, env).items()}
+    return {
+        (name, cfg.version)
+        for env in ws.settings.environments
+        for name, cfg in read_env(ws.deploy_repo, env).items()
+    }
 
 
-def _candidates(ws: Workspace, store: Store, names: list[str] | None) -> list[tuple[str, str, ModelVersion]]:
+def _candidates(
+    ws: Workspace, store: Store, names: list[str] | None
+) -> list[tuple[str, str, ModelVersion]]:
     """(model, tenant, version row) to push: served versions plus each model's latest registered."""
     served = _served(ws)
     with store.session() as s:
@@ -49,10 +55,16 @@ def _candidates(ws: Workspace, store: Store, names: list[str] | None) -> list[tu
             from modelworks.registry.queries import get_model
 
             get_model(s, missing[0])  # raises NotFoundError with a suggestion
-        latest = (select(func.max(ModelVersion.id)).where(ModelVersion.status == "registered")
-                  .group_by(ModelVersion.model_id))
-        rows = s.scalars(select(ModelVersion).where(
-            ModelVersion.status == "registered", ModelVersion.model_id.in_(list(models)))).all()
+        latest = (
+            select(func.max(ModelVersion.id))
+            .where(ModelVersion.status == "registered")
+            .group_by(ModelVersion.model_id)
+        )
+        rows = s.scalars(
+            select(ModelVersion).where(
+                ModelVersion.status == "registered", ModelVersion.model_id.in_(list(models))
+            )
+        ).all()
         latest_ids = set(s.scalars(latest))
     out = []
     for v in sorted(rows, key=lambda r: (models[r.model_id].name, r.id)):
@@ -70,17 +82,36 @@ def _push_one(ws: Workspace, oci: Any, name: str, v: ModelVersion, auth: Any) ->
         raise ArtifactError(f"{name} {v.version} has no artifact in the local store to push")
     image = oci.resolve(name, v.artifact_ref)
     if v.artifact_digest and image.digest != v.artifact_digest:
-        raise ArtifactError(f"{name}:{v.artifact_ref} in {oci.root} is {image.digest}, but the "
-                            f"registry recorded {v.artifact_digest}; run `mw fsck`")
+        raise ArtifactError(
+            f"{name}:{v.artifact_ref} in {oci.root} is {image.digest}, but the "
+            f"registry recorded {v.artifact_digest}; run `mw fsck`"
+        )
     repository = f"{settings.namespace.strip('/')}/{name}"
-    result = push(oci, image, settings.registry or "", repository, v.version,
-                  insecure=settings.insecure, auth=auth)
-    return {"uri": result.uri, "digest": result.digest, "uploaded": result.uploaded,
-            "skipped": result.skipped}
+    result = push(
+        oci,
+        image,
+        settings.registry or "",
+        repository,
+        v.version,
+        insecure=settings.insecure,
+        auth=auth,
+    )
+    return {
+        "uri": result.uri,
+        "digest": result.digest,
+        "uploaded": result.uploaded,
+        "skipped": result.skipped,
+    }
 
 
-def push_versions(ws: Workspace, store: Store, names: list[str] | None = None, *,
-                  force: bool = False, actor: str = "modelworks") -> list[dict[str, Any]]:
+def push_versions(
+    ws: Workspace,
+    store: Store,
+    names: list[str] | None = None,
+    *,
+    force: bool = False,
+    actor: str = "modelworks",
+) -> list[dict[str, Any]]:
     """Push each model's served and latest registered versions to `oci.registry`.
 
     Returns one dict per version: name, version, uri, digest, status ("pushed",
@@ -91,21 +122,34 @@ def push_versions(ws: Workspace, store: Store, names: list[str] | None = None, *
 
     registry = ws.settings.oci.registry
     if not registry:
-        raise ConfigError("no OCI registry configured: set oci.registry (host[:port]) in "
-                          "modelworks.yaml or the MW_OCI_REGISTRY environment variable")
+        raise ConfigError(
+            "no OCI registry configured: set oci.registry (host[:port]) in "
+            "modelworks.yaml or the MW_OCI_REGISTRY environment variable"
+        )
     oci, auth = OCIStore(Path(ws.oci_dir)), auth_from_env()
     results: list[dict[str, Any]] = []
     pushed: dict[int, str] = {}
-    events: list[dict[str, Any]] = []
+    events: list[Mapping[str, Any]] = []
     try:
         for name, tenant, v in _candidates(ws, store, names):
             row = _push_version(ws, oci, auth, name, v, force)
             results.append(row)
             if row["status"] == "pushed":
                 pushed[v.id] = row["uri"]
-                events.append(audit.event("version.pushed", name, actor=actor, tenant=tenant, after={
-                    "version": v.version, "uri": row["uri"], "digest": row["digest"],
-                    "uploaded": row["uploaded"]}))
+                events.append(
+                    audit.event(
+                        "version.pushed",
+                        name,
+                        actor=actor,
+                        tenant=tenant,
+                        after={
+                            "version": v.version,
+                            "uri": row["uri"],
+                            "digest": row["digest"],
+                            "uploaded": row["uploaded"],
+                        },
+                    )
+                )
             elif UNREACHABLE in (row["error"] or ""):
                 raise ArtifactError(row["error"])  # every other push would fail the same way
     finally:
@@ -114,11 +158,19 @@ def push_versions(ws: Workspace, store: Store, names: list[str] | None = None, *
     return results
 
 
-def _push_version(ws: Workspace, oci: Any, auth: Any, name: str, v: ModelVersion,
-                  force: bool) -> dict[str, Any]:
+def _push_version(
+    ws: Workspace, oci: Any, auth: Any, name: str, v: ModelVersion, force: bool
+) -> dict[str, Any]:
     target = f"{ws.settings.oci.registry}/{ws.settings.oci.namespace.strip('/')}/{name}:{v.version}"
-    row: dict[str, Any] = {"name": name, "version": v.version, "uri": target,
-                           "digest": v.artifact_digest, "uploaded": 0, "skipped": 0, "error": None}
+    row: dict[str, Any] = {
+        "name": name,
+        "version": v.version,
+        "uri": target,
+        "digest": v.artifact_digest,
+        "uploaded": 0,
+        "skipped": 0,
+        "error": None,
+    }
     if v.pushed_uri == target and not force:
         return {**row, "status": "up-to-date"}
     try:

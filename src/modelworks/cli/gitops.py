@@ -1,4 +1,4 @@
-"""GitOps commands: promote, promotions, promotion, approve, reject, rollback, history, push, export."""
+"""GitOps commands: promote, approve, reject, rollback, history, push, export and friends."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import typer
 from modelworks.cli import emit_json
 from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
 
-export_app = typer.Typer(help="Write Argo CD or KServe manifests from the deploy repo.",
-                         no_args_is_help=True)
+export_app = typer.Typer(
+    help="Write Argo CD or KServe manifests from the deploy repo.", no_args_is_help=True
+)
 
 RequestId = Annotated[int, typer.Argument(help="Promotion request id (see `mw promotions`).")]
 EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment.")]
@@ -22,9 +23,15 @@ def promote_cmd(
     models: Annotated[list[str] | None, typer.Argument(help="Models to promote.")] = None,
     to: Annotated[str, typer.Option("--to", help="Target environment.")] = "prod",
     from_env: Annotated[str, typer.Option("--from", help="Source environment.")] = "test",
-    all_changed: Annotated[bool, typer.Option("--all-changed", help="Every model whose source version differs.")] = False,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Models trained by this pipeline.")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", help="Models with label k=v (repeatable).")] = None,
+    all_changed: Annotated[
+        bool, typer.Option("--all-changed", help="Every model whose source version differs.")
+    ] = False,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", help="Models trained by this pipeline.")
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Models with label k=v (repeatable).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -34,20 +41,34 @@ def promote_cmd(
     from modelworks.gitops.promote import promote
 
     ws, store = open_workspace(workspace)
-    req = promote(ws, store, models or None, to=to, source=from_env, all_changed=all_changed,
-                  pipeline=pipeline, labels=label, actor=actor(ws, as_user))
+    req = promote(
+        ws,
+        store,
+        models or None,
+        to=to,
+        source=from_env,
+        all_changed=all_changed,
+        pipeline=pipeline,
+        labels=label,
+        actor=actor(ws, as_user),
+    )
     if json_out:
         emit_json(req)
         return
     verb = "Opened and merged" if req["state"] == "merged" else "Opened"
-    console.print(f"{verb} promotion request [bold]#{req['id']}[/bold] ({req['branch']}): "
-                  f"{req['title']}", highlight=False)
+    console.print(
+        f"{verb} promotion request [bold]#{req['id']}[/bold] ({req['branch']}): {req['title']}",
+        highlight=False,
+    )
     _print_items(req["items"], limit=50)
     if req["forge_url"]:
         console.print(f"  {req['forge_url']}", highlight=False)
     if req["state"] == "open":
-        console.print(f"Needs {req['required_approvals']} approval(s): "
-                      f"[cyan]mw approve {req['id']} --as USER[/cyan]", highlight=False)
+        console.print(
+            f"Needs {req['required_approvals']} approval(s): "
+            f"[cyan]mw approve {req['id']} --as USER[/cyan]",
+            highlight=False,
+        )
 
 
 def _print_items(items: list[dict[str, Any]], limit: int | None = None) -> None:
@@ -60,14 +81,18 @@ def _print_items(items: list[dict[str, Any]], limit: int | None = None) -> None:
     for col in ("model", "from", "to", "metric deltas"):
         table.add_column(col)
     for item in items[:limit]:
-        table.add_row(item["model"], item["from"] or "-", item["to"], format_deltas(item["metrics"]))
+        table.add_row(
+            item["model"], item["from"] or "-", item["to"], format_deltas(item["metrics"])
+        )
     console.print(table)
     if limit is not None and len(items) > limit:
         console.print(f"… and {len(items) - limit} more (mw promotion ID --json lists all)")
 
 
 def promotions_cmd(
-    state: Annotated[str | None, typer.Option("--state", help="open, merged, rejected or closed.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="open, merged, rejected or closed.")
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -87,13 +112,22 @@ def promotions_cmd(
         table.add_column(col)
     for r in rows:
         style = STATE_STYLE.get(r["state"], "white")
-        table.add_row(str(r["id"]), r["env"], f"[{style}]{r['state']}[/]", str(r["models"]),
-                      r["author"], f"{len(r['approvals'])}/{r['required_approvals']}", r["title"],
-                      (r["created_at"] or "")[:19])
+        table.add_row(
+            str(r["id"]),
+            r["env"],
+            f"[{style}]{r['state']}[/]",
+            str(r["models"]),
+            r["author"],
+            f"{len(r['approvals'])}/{r['required_approvals']}",
+            r["title"],
+            (r["created_at"] or "")[:19],
+        )
     console.print(table)
 
 
-def promotion_cmd(request_id: RequestId, workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def promotion_cmd(
+    request_id: RequestId, workspace: WorkspaceOpt = None, json_out: JsonOpt = False
+) -> None:
     """One promotion request with its table of metric deltas."""
     from modelworks.gitops.promote import get_promotion
 
@@ -108,11 +142,19 @@ def _show(req: dict[str, Any], json_out: bool) -> None:
         emit_json(req)
         return
     style = STATE_STYLE.get(req["state"], "white")
-    console.print(f"[bold]#{req['id']}[/bold] {req['title']}  [{style}]{req['state']}[/]", highlight=False)
-    console.print(f"  branch {req['branch']} (base {str(req['base_commit'])[:10]}, head "
-                  f"{str(req['head_commit'])[:10]})  by {req['author']}  {req['created_at']}", highlight=False)
-    console.print(f"  approvals {len(req['approvals'])}/{req['required_approvals']}: "
-                  f"{', '.join(req['approvals']) or 'none yet'}", highlight=False)
+    console.print(
+        f"[bold]#{req['id']}[/bold] {req['title']}  [{style}]{req['state']}[/]", highlight=False
+    )
+    console.print(
+        f"  branch {req['branch']} (base {str(req['base_commit'])[:10]}, head "
+        f"{str(req['head_commit'])[:10]})  by {req['author']}  {req['created_at']}",
+        highlight=False,
+    )
+    console.print(
+        f"  approvals {len(req['approvals'])}/{req['required_approvals']}: "
+        f"{', '.join(req['approvals']) or 'none yet'}",
+        highlight=False,
+    )
     for d in req["decisions"]:
         if d["decision"] == "reject":
             console.print(f"  rejected by {d['actor']}: {d['comment']}", highlight=False)
@@ -125,7 +167,9 @@ def _show(req: dict[str, Any], json_out: bool) -> None:
 
 def approve_cmd(
     request_id: RequestId,
-    comment: Annotated[str | None, typer.Option("--comment", "-m", help="A note kept with the approval.")] = None,
+    comment: Annotated[
+        str | None, typer.Option("--comment", "-m", help="A note kept with the approval.")
+    ] = None,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -141,11 +185,17 @@ def approve_cmd(
         return
     if req["state"] == "merged":
         where = f" as {req['merge_commit'][:10]}" if req["merge_commit"] else " on the forge"
-        console.print(f"[green]Merged[/green] promotion request #{req['id']}{where}: "
-                      f"{req['models']} model(s) now in {req['env']}", highlight=False)
+        console.print(
+            f"[green]Merged[/green] promotion request #{req['id']}{where}: "
+            f"{req['models']} model(s) now in {req['env']}",
+            highlight=False,
+        )
     else:
-        console.print(f"Approved #{req['id']} ({len(req['approvals'])}/{req['required_approvals']} "
-                      "approvals)", highlight=False)
+        console.print(
+            f"Approved #{req['id']} ({len(req['approvals'])}/{req['required_approvals']} "
+            "approvals)",
+            highlight=False,
+        )
 
 
 def reject_cmd(
@@ -170,7 +220,9 @@ def reject_cmd(
 def rollback_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     env: EnvOpt = "prod",
-    to: Annotated[str | None, typer.Option("--to", help="Version to put back (default: the previous one).")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version to put back (default: the previous one).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -184,14 +236,19 @@ def rollback_cmd(
     if json_out:
         emit_json(result)
         return
-    console.print(f"rollback({env}): {model} {result['from']} -> [bold]{result['to']}[/bold] "
-                  f"(commit {result['commit'][:10]})", highlight=False)
+    console.print(
+        f"rollback({env}): {model} {result['from']} -> [bold]{result['to']}[/bold] "
+        f"(commit {result['commit'][:10]})",
+        highlight=False,
+    )
 
 
 def history_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     env: EnvOpt = "prod",
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most this many entries.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="At most this many entries.")
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -210,14 +267,17 @@ def history_cmd(
     for col in ("commit", "date", "author", "version", "message"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["commit"][:10], r["date"][:19], r["author"], r["version"] or "(removed)",
-                      r["message"])
+        table.add_row(
+            r["commit"][:10], r["date"][:19], r["author"], r["version"] or "(removed)", r["message"]
+        )
     console.print(table)
 
 
 def push_cmd(
     models: Annotated[list[str] | None, typer.Argument(help="Only these models.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Re-check versions already pushed.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-check versions already pushed.")
+    ] = False,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -234,9 +294,16 @@ def push_cmd(
     else:
         for r in rows:
             style = {"pushed": "green", "up-to-date": "dim", "failed": "red"}[r["status"]]
-            detail = r["error"] if r["error"] else f"{r['uploaded']} blob(s) uploaded, {r['skipped']} present"
-            console.print(f"[{style}]{r['status']:>10}[/] {r['uri']}  {detail}", highlight=False,
-                          soft_wrap=True)
+            detail = (
+                r["error"]
+                if r["error"]
+                else f"{r['uploaded']} blob(s) uploaded, {r['skipped']} present"
+            )
+            console.print(
+                f"[{style}]{r['status']:>10}[/] {r['uri']}  {detail}",
+                highlight=False,
+                soft_wrap=True,
+            )
         console.print(f"Push: {len(rows) - len(failed)} ok, {len(failed)} failed.")
     if failed:
         raise typer.Exit(1)
@@ -252,8 +319,15 @@ def _default_repo_url(repo: Path) -> str:
 @export_app.command("argocd")
 def export_argocd_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for appset-<env>.yaml files.")],
-    repo_url: Annotated[str | None, typer.Option("--repo-url", help="Deploy repo URL Argo CD clones (default: origin, else its path).")] = None,
-    revision: Annotated[str, typer.Option("--revision", help="Git revision Argo CD tracks.")] = "HEAD",
+    repo_url: Annotated[
+        str | None,
+        typer.Option(
+            "--repo-url", help="Deploy repo URL Argo CD clones (default: origin, else its path)."
+        ),
+    ] = None,
+    revision: Annotated[
+        str, typer.Option("--revision", help="Git revision Argo CD tracks.")
+    ] = "HEAD",
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -264,9 +338,14 @@ def export_argocd_cmd(
 
     ws = Workspace.load(workspace)
     envs = ws.settings.environments
-    paths = export_argocd(ws.deploy_repo, out, repo_url=repo_url or _default_repo_url(ws.deploy_repo),
-                          envs=list(envs), revision=revision,
-                          auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()})
+    paths = export_argocd(
+        ws.deploy_repo,
+        out,
+        repo_url=repo_url or _default_repo_url(ws.deploy_repo),
+        envs=list(envs),
+        revision=revision,
+        auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()},
+    )
     _report_written(paths, json_out, console)
 
 
@@ -286,8 +365,10 @@ def export_kserve_cmd(
     ws = Workspace.load(workspace)
     if env not in ws.settings.environments:
         envs = set(ws.settings.environments)
-        raise ConfigError(f"environment {env!r} is not in modelworks.yaml (environments: "
-                          f"{', '.join(sorted(envs))})." + did_you_mean(env, envs))
+        raise ConfigError(
+            f"environment {env!r} is not in modelworks.yaml (environments: "
+            f"{', '.join(sorted(envs))})." + did_you_mean(env, envs)
+        )
     oci = ws.settings.oci
     paths = export_kserve(ws.deploy_repo, env, out, registry=oci.registry, namespace=oci.namespace)
     _report_written(paths, json_out, console)

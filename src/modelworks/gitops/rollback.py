@@ -63,13 +63,17 @@ def _log(state: RepoState, path: str, limit: int | None) -> list[Served]:
     return served
 
 
-def history(ws: Workspace, model: str, env: str = "prod", limit: int | None = None) -> list[dict[str, Any]]:
+def history(
+    ws: Workspace, model: str, env: str = "prod", limit: int | None = None
+) -> list[dict[str, Any]]:
     """What `env` served for `model`, newest first: commit, date, author, version, message."""
     state = repo_state(ws.deploy_repo)
     served = _log(state, config_path(env, model), limit)
     if not served:
-        raise NotFoundError(f"{model} has never been deployed in {env} (no history of "
-                            f"{config_path(env, model)} on {state.branch} in {state.repo})")
+        raise NotFoundError(
+            f"{model} has never been deployed in {env} (no history of "
+            f"{config_path(env, model)} on {state.branch} in {state.repo})"
+        )
     rows = []
     for i, entry in enumerate(served):
         row = {k: v for k, v in asdict(entry).items() if k != "text"}
@@ -82,36 +86,51 @@ def _registered(store: Store, model: str, version: str) -> tuple[int, str, Model
     """The model's id, tenant and the version's row; a clear error unless it is registered."""
     with store.session() as s:
         m = get_model(s, model)
-        v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id,
-                                                ModelVersion.version == version)
-                     .order_by(ModelVersion.id.desc()).limit(1))
+        v = s.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == m.id, ModelVersion.version == version)
+            .order_by(ModelVersion.id.desc())
+            .limit(1)
+        )
         if v is None:
-            known = s.scalars(select(ModelVersion.version).where(
-                ModelVersion.model_id == m.id, ModelVersion.status == "registered")).all()
-            raise NotFoundError(f"{model} has no version {version!r} in the registry "
-                                f"(registered: {', '.join(known[-5:]) or 'none'})")
+            known = s.scalars(
+                select(ModelVersion.version).where(
+                    ModelVersion.model_id == m.id, ModelVersion.status == "registered"
+                )
+            ).all()
+            raise NotFoundError(
+                f"{model} has no version {version!r} in the registry "
+                f"(registered: {', '.join(known[-5:]) or 'none'})"
+            )
         if v.status != "registered":
-            raise DeployError(f"{model} version {version} is {v.status}"
-                              f"{': ' + v.reason if v.reason else ''}; only a registered "
-                              "version can be rolled back to")
+            raise DeployError(
+                f"{model} version {version} is {v.status}"
+                f"{': ' + v.reason if v.reason else ''}; only a registered "
+                "version can be rolled back to"
+            )
         return m.id, m.tenant, v
 
 
-def _target(served: list[Served], current: str, to: str | None, model: str,
-            env: str) -> tuple[str, Served | None]:
+def _target(
+    served: list[Served], current: str, to: str | None, model: str, env: str
+) -> tuple[str, Served | None]:
     """The version to put back and the commit that last served it there (if any)."""
     if to is None:
         earlier = next((e for e in served if e.version and e.version != current), None)
         if earlier is None:
-            raise DeployError(f"{model} has served only {current} in {env}; there is no earlier "
-                              "version to roll back to (name one with --to VERSION)")
+            raise DeployError(
+                f"{model} has served only {current} in {env}; there is no earlier "
+                "version to roll back to (name one with --to VERSION)"
+            )
         return earlier.version or "", earlier
     if to == current:
         raise DeployError(f"{model} already serves {to} in {env}; nothing to roll back")
     return to, next((e for e in served if e.version == to), None)
 
 
-def _config_text(ws: Workspace, model: str, tenant: str, v: ModelVersion, current: str | None) -> str:
+def _config_text(
+    ws: Workspace, model: str, tenant: str, v: ModelVersion, current: str | None
+) -> str:
     """A config.yaml for a version never served in this env, built from its registry row."""
     import yaml
 
@@ -120,20 +139,32 @@ def _config_text(ws: Workspace, model: str, tenant: str, v: ModelVersion, curren
     runtime = (v.inputs or {}).get("spec", {}).get("runtime")
     if not runtime and current:
         runtime = (yaml.safe_load(current) or {}).get("runtime")
-    cfg = deploy_config(ws, model, tenant, str(runtime or "sklearn"), v.version, v.fingerprint,
-                        v.artifact_digest or "", v.oci_layout or "")
+    cfg = deploy_config(
+        ws,
+        model,
+        tenant,
+        str(runtime or "sklearn"),
+        v.version,
+        v.fingerprint,
+        v.artifact_digest or "",
+        v.oci_layout or "",
+    )
     return cfg.to_yaml()
 
 
 def _commit(state: RepoState, path: str, text: str, message: str, actor: str) -> str:
     """Commit `text` at `path` on main: in the work tree when main is checked out there."""
     if not state.worktree:
-        new = commit_files(state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor)
+        new = commit_files(
+            state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor
+        )
         update_ref(state.repo, f"refs/heads/{state.branch}", new, state.tip, "mw rollback")
         return new
     if dirty_paths(state.repo, path):
-        raise DeployError(f"{state.repo / path} has uncommitted changes; commit or discard them, "
-                          "then roll back again")
+        raise DeployError(
+            f"{state.repo / path} has uncommitted changes; commit or discard them, "
+            "then roll back again"
+        )
     target = state.repo / path
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
@@ -143,27 +174,55 @@ def _commit(state: RepoState, path: str, text: str, message: str, actor: str) ->
     return commit
 
 
-def rollback(ws: Workspace, store: Store, model: str, *, env: str = "prod",
-             to: str | None = None, actor: str) -> dict[str, Any]:
+def rollback(
+    ws: Workspace, store: Store, model: str, *, env: str = "prod", to: str | None = None, actor: str
+) -> dict[str, Any]:
     """Put the previous (or the named) version of `model` back in `env` with a revert commit."""
     state = repo_state(ws.deploy_repo)
     path = config_path(env, model)
     served = _log(state, path, None)
     if not served or served[0].version is None or served[0].text is None:
-        raise DeployError(f"{model} is not deployed in {env} ({path} is not on {state.branch}); "
-                          "there is nothing to roll back")
+        raise DeployError(
+            f"{model} is not deployed in {env} ({path} is not on {state.branch}); "
+            "there is nothing to roll back"
+        )
     current = served[0].version
     version, source = _target(served, current, to, model, env)
     model_id, tenant, row = _registered(store, model, version)
-    text = source.text if source and source.text else _config_text(ws, model, tenant, row, served[0].text)
+    text = (
+        source.text
+        if source and source.text
+        else _config_text(ws, model, tenant, row, served[0].text)
+    )
     origin = f"as of {source.commit[:10]}" if source else "from the registry"
-    message = (f"rollback({env}): {model} {current} -> {version}\n\n"
-               f"This reverts {path} to version {version} ({origin}).\n")
+    message = (
+        f"rollback({env}): {model} {current} -> {version}\n\n"
+        f"This reverts {path} to version {version} ({origin}).\n"
+    )
     commit = _commit(state, path, text, message, actor)
     with store.session() as s:
-        s.add(Deployment(model_id=model_id, env=env, version=version, commit=commit,
-                         artifact_digest=row.artifact_digest, kind="rollback", actor=actor))
-    audit.record(store, [audit.event("rollback", model, actor=actor, tenant=tenant,
-                                     before={"env": env, "version": current},
-                                     after={"env": env, "version": version, "commit": commit})])
+        s.add(
+            Deployment(
+                model_id=model_id,
+                env=env,
+                version=version,
+                commit=commit,
+                artifact_digest=row.artifact_digest,
+                kind="rollback",
+                actor=actor,
+            )
+        )
+    audit.record(
+        store,
+        [
+            audit.event(
+                "rollback",
+                model,
+                actor=actor,
+                tenant=tenant,
+                before={"env": env, "version": current},
+                after={"env": env, "version": version, "commit": commit},
+            )
+        ],
+    )
     return {"model": model, "env": env, "from": current, "to": version, "commit": commit}
