@@ -1,0 +1,146 @@
+"""A pool of warm worker processes that can kill a stuck job and replace a dead worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+Job = dict[str, Any]
+Result = dict[str, Any]
+
+
+def warm() -> None:
+    """In each worker: one BLAS thread (the pool is the parallelism), heavy imports done once."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+    import sklearn.base  # noqa: F401
+    import skops.io  # noqa: F401
+
+
+def _serve(conn: Connection, fn: Callable[[Job], Result]) -> None:
+    warm()
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        conn.send(fn(job))
+
+
+@dataclass
+class _Worker:
+    proc: Any
+    conn: Connection
+    job: Job | None = None
+    started: float = 0.0
+
+
+def _context() -> Any:
+    # fork keeps the parent's imports warm; where fork is unavailable fall back to spawn.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _failure(job: Job, message: str) -> Result:
+    return {"run_id": job["run_id"], "model": job["model"], "status": "failed", "error": message,
+            "retryable": True}
+
+
+class ProcessPool:
+    """Runs jobs on N worker processes; yields results as they finish."""
+
+    def __init__(self, workers: int, fn: Callable[[Job], Result], timeout: float | None = None) -> None:
+        self.size = max(1, workers)
+        self.fn = fn
+        self.timeout = timeout
+        self.ctx = _context()
+
+    def _spawn(self) -> _Worker:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_serve, args=(child, self.fn), daemon=True)
+        proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def _assign(self, w: _Worker, pending: deque[Job]) -> None:
+        if pending:
+            w.job, w.started = pending.popleft(), time.monotonic()
+            w.conn.send(w.job)
+
+    def run(self, jobs: list[Job]) -> Iterator[Result]:
+        pending = deque(jobs)
+        workers = [self._spawn() for _ in range(min(self.size, len(jobs)))]
+        try:
+            for w in workers:
+                self._assign(w, pending)
+            while any(w.job is not None for w in workers):
+                yield from self._step(workers, pending)
+        finally:
+            self._shutdown(workers)
+
+    def _step(self, workers: list[_Worker], pending: deque[Job]) -> Iterator[Result]:
+        busy = {w.conn: w for w in workers if w.job is not None}
+        wait_for = None
+        if self.timeout:
+            oldest = min(w.started for w in busy.values())
+            wait_for = max(0.0, oldest + self.timeout - time.monotonic())
+        for conn in wait(list(busy), timeout=wait_for):
+            w = busy[conn]  # type: ignore[index]
+            job = w.job
+            assert job is not None
+            try:
+                result = w.conn.recv()
+            except (EOFError, OSError):
+                w.proc.join(1)
+                result = _failure(job, f"worker process died (exit code {w.proc.exitcode})")
+                self._replace(workers, w)
+                w = workers[-1]
+            w.job = None
+            yield result
+            self._assign(w, pending)
+        if self.timeout:
+            now = time.monotonic()
+            for w in [w for w in workers if w.job is not None and now - w.started > self.timeout]:
+                job = w.job
+                assert job is not None
+                w.proc.kill()
+                w.proc.join(5)
+                self._replace(workers, w)
+                yield _failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
+                self._assign(workers[-1], pending)
+
+    def _replace(self, workers: list[_Worker], dead: _Worker) -> None:
+        dead.conn.close()
+        workers.remove(dead)
+        workers.append(self._spawn())
+
+    def _shutdown(self, workers: list[_Worker]) -> None:
+        for w in workers:
+            try:
+                if w.job is None:
+                    w.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5
+        for w in workers:
+            if w.job is not None:
+                w.proc.kill()
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join()
+            w.conn.close()
