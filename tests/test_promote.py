@@ -11,8 +11,10 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,11 +36,23 @@ from modelworks.gitops.rollback import history
 from modelworks.registry import audit
 from modelworks.registry.models import Approval, Deployment, Model
 from modelworks.registry.store import Store
-from modelworks.runs.executor import LocalExecutor
+from modelworks.runs.worker import execute
 from modelworks.testing import make_workspace, small_fleet, write_spec
 from modelworks.workspace import CONFIG_FILE, ForgeSettings, Workspace
 
 _TEMPLATES: dict[str, Path] = {}
+
+
+class InlineExecutor:
+    """The real training job (`runs.worker.execute`) run in this process: no pool start-up."""
+
+    name = "inline"
+
+    def run(self, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for job in jobs:
+            yield execute(job)
+
+
 MODELS = ["model-0", "model-1", "model-2"]
 
 
@@ -61,7 +75,7 @@ def _build(root: Path, separate: bool) -> None:
     )
     _git.commit(ws.root, ["models"], "label model-2")
     store = Store(ws.registry_url)
-    result = apply(ws, store, executor=LocalExecutor(1), actor="line")
+    result = apply(ws, store, executor=InlineExecutor(), actor="line")
     assert result.ok, result.to_dict()
     assert len(result.deployed) == 3
     store.close()
@@ -89,7 +103,7 @@ def retrain(ws: Workspace, name: str, c: float) -> str:
     spec.write_text(json.dumps(data))
     _git.commit(ws.root, [spec], f"retrain {name}")
     result = apply(
-        ws, Store(ws.registry_url), names=[name], executor=LocalExecutor(1), actor="line"
+        ws, Store(ws.registry_url), names=[name], executor=InlineExecutor(), actor="line"
     )
     assert [t["name"] for t in result.trained] == [name]
     return str(result.trained[0]["version"])
