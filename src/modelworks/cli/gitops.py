@@ -338,14 +338,15 @@ def export_argocd_cmd(
 
     ws = Workspace.load(workspace)
     envs = ws.settings.environments
-    paths = export_argocd(
-        ws.deploy_repo,
-        out,
-        repo_url=repo_url or _default_repo_url(ws.deploy_repo),
-        envs=list(envs),
-        revision=revision,
-        auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()},
-    )
+    with _warnings_to_stderr():
+        paths = export_argocd(
+            ws.deploy_repo,
+            out,
+            repo_url=repo_url or _default_repo_url(ws.deploy_repo),
+            envs=list(envs),
+            revision=revision,
+            auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()},
+        )
     _report_written(paths, json_out, console)
 
 
@@ -370,8 +371,19 @@ def export_kserve_cmd(
             f"{', '.join(sorted(envs))})." + did_you_mean(env, envs)
         )
     oci = ws.settings.oci
-    paths = export_kserve(ws.deploy_repo, env, out, registry=oci.registry, namespace=oci.namespace)
+    with _warnings_to_stderr():
+        paths = export_kserve(
+            ws.deploy_repo, env, out, registry=oci.registry, namespace=oci.namespace
+        )
     _report_written(paths, json_out, console)
+
+
+def _warnings_to_stderr() -> Any:
+    """Send what the library prints (warnings) to stderr, so stdout stays pure JSON."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _report_written(paths: list[Path], json_out: bool, console: Any) -> None:
