@@ -161,7 +161,8 @@ def push_versions(
 def _push_version(
     ws: Workspace, oci: Any, auth: Any, name: str, v: ModelVersion, force: bool
 ) -> dict[str, Any]:
-    target = f"{ws.settings.oci.registry}/{ws.settings.oci.namespace.strip('/')}/{name}:{v.version}"
+    host = str(ws.settings.oci.registry).split("://", 1)[-1].rstrip("/")
+    target = f"{host}/{ws.settings.oci.namespace.strip('/')}/{name}:{v.version}"
     row: dict[str, Any] = {
         "name": name,
         "version": v.version,
