@@ -9,7 +9,7 @@ A pipeline.py is ordinary code; each step asks for what it needs by parameter na
     def save(model, output_dir, data):         (optional; the runtime's default otherwise)
 
 Names the line supplies: data_path, data_paths, params, hyperparameters, output_dir, data,
-model, seed, log.
+model, seed, log, secrets (sealed secrets, unsealed on access: ``secrets["DB_PASSWORD"]``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,64 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from modelworks.errors import PipelineError
 from modelworks.pipelines.catalog import ENTRY_FILE
+
+
+class MissingSecretError(PipelineError, KeyError):
+    """A step asked for a secret that is not sealed in the workspace."""
+
+
+class SealedSecrets(Mapping[str, str]):
+    """Read-only view of secrets/<NAME>.sealed for steps; each value is unsealed on access."""
+
+    def __init__(self, secrets_dir: Path | str | None, private_key: Path | str | None) -> None:
+        self._dir = Path(secrets_dir) if secrets_dir else None
+        self._key = Path(private_key) if private_key else None
+
+    def _names(self) -> list[str]:
+        from modelworks.security.secrets import list_sealed
+
+        return list_sealed(self._dir) if self._dir else []
+
+    def raw(self, name: str) -> bytes:
+        """The secret's bytes; MissingSecretError naming it when it is not sealed."""
+        from modelworks.security.secrets import unseal
+
+        if self._dir is None or self._key is None or name not in self._names():
+            known = ", ".join(self._names()) or "none"
+            raise MissingSecretError(
+                f"step asked for secret {name!r}, which is not sealed in this workspace "
+                f"(sealed: {known}); run `mw secret seal {name}`"
+            )
+        return unseal(name, self._key, self._dir)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.raw(name)
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise PipelineError(
+                f"secret {name!r} is not UTF-8 text; use secrets.raw({name!r})"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"SealedSecrets({self._names()})"  # names only, never values
+
 
 STEP_ALIASES = {"prepare": ("prepare", "load"), "train": ("train",), "evaluate": ("evaluate",)}
 _modules: dict[str, ModuleType] = {}

@@ -84,13 +84,30 @@ def show(store: Store, name: str) -> dict[str, Any]:
             artifact = {"oci_layout": latest_ok.oci_layout, "ref": latest_ok.artifact_ref,
                         "digest": latest_ok.artifact_digest, "version": latest_ok.version,
                         "skopeo": f"oci:{latest_ok.oci_layout}:{latest_ok.artifact_ref}",
-                        "pushed_uri": latest_ok.pushed_uri}
+                        "pushed_uri": latest_ok.pushed_uri, "signed": latest_ok.signed,
+                        "scan": _scan_status(latest_ok.scan)}
         return {
             "name": m.name, "tenant": m.tenant, "pipeline": m.pipeline, "spec_path": m.spec_path,
-            "labels": m.labels, "artifact": artifact,
+            "labels": m.labels, "artifact": artifact, "sbom": _sbom(m.name, latest_ok),
             "latest": version_dict(versions[0]) if versions else None,
             "versions": [version_dict(v) for v in versions], "deployments": current,
         }
+
+
+def _scan_status(scan: Any) -> str:
+    """'safe', 'unsafe' or 'unknown' (a missing or unrecognised scan result)."""
+    if isinstance(scan, dict) and isinstance(scan.get("safe"), bool):
+        return "safe" if scan["safe"] else "unsafe"
+    return "unknown"
+
+
+def _sbom(name: str, v: ModelVersion | None) -> dict[str, Any] | None:
+    """Summary of the artifact's sbom.json (format, spec, components, key packages)."""
+    if v is None or not v.artifact_digest or not v.oci_layout:
+        return None
+    from modelworks.artifacts.verify import artifact_sbom
+
+    return {"version": v.version, **artifact_sbom(v.oci_layout, name, v.artifact_digest)}
 
 
 def runs(store: Store, *, model: str | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

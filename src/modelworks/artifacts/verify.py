@@ -1,0 +1,425 @@
+"""Verify a registered version end to end, and the audit log against its last checkpoint.
+
+``verify_version`` is what ``mw verify MODEL[@VERSION]`` runs, in the order a loader needs:
+
+1. registry  the version exists, is registered, passed its scan; the deploy configs that
+             serve it name the digest the registry recorded
+2. digests   manifest, config and layer blobs re-hashed (``OCIStore.verify``); the
+             manifest's annotations name this model, version and fingerprint
+3. signature the extracted folder matches model.sig under the workspace public key (or a
+             key retired by ``mw keys rotate``)
+4. sbom      sbom.json is a valid CycloneDX document
+5. scan      the extracted files are scanned again at the workspace threshold
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from sqlalchemy import func, select
+
+from modelworks.errors import (
+    ArtifactError,
+    ConfigError,
+    NotFoundError,
+    VerificationError,
+    did_you_mean,
+)
+
+if TYPE_CHECKING:
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.registry.models import ModelVersion
+    from modelworks.registry.store import Store
+    from modelworks.security.audit import ChainProblem
+    from modelworks.workspace import Workspace
+
+KEY_PACKAGES = (
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "pandas",
+    "skops",
+    "onnx",
+    "onnxruntime",
+    "skl2onnx",
+    "xgboost",
+    "lightgbm",
+    "torch",
+    "modelworks",
+)
+CHECKPOINT = "audit-checkpoint.json"
+
+
+def verify_version(
+    ws: Workspace, store: Store, model: str, version: str | None = None
+) -> dict[str, Any]:
+    """Check a version's registry record, blobs, signature, SBOM and scan; return what was checked.
+
+    Args:
+        model: the model name.
+        version: a version id, an artifact digest ('sha256:…'), or None for the version
+            deployed in test (else the latest registered one).
+
+    Returns:
+        A dict with model, version, digest, deployments and one entry per check.
+    """
+    row, digest, deployed = _resolve(ws, store, model, version)
+    name = f"{model}@{row['version'] if row else digest}"
+    try:
+        checks = _check_artifact(ws, model, row, digest)
+    except (ArtifactError, ConfigError, NotFoundError) as exc:
+        raise type(exc)(f"{name}: {exc}") from exc
+    version_id = row["version"] if row else checks["annotations"]["version"]
+    return {
+        "model": model,
+        "version": version_id,
+        "digest": digest,
+        "verified": True,
+        "deployed": deployed,
+        "checks": checks,
+    }
+
+
+def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
+    """Verify model.sig with the current public key, then the retired ones; return the key used."""
+    from modelworks.artifacts.sign import verify_dir
+    from modelworks.security.keys import fingerprint, trusted_public_keys
+
+    keys = trusted_public_keys(ws)
+    first: VerificationError | None = None
+    for key in keys:
+        try:
+            verify_dir(model_dir, key)
+        except VerificationError as exc:
+            if "signed with another key" not in str(exc):
+                raise  # right key, wrong content: the most useful message there is
+            first = first or exc
+            continue
+        return {"key": _rel(ws, key), "fingerprint": fingerprint(key), "retired": key != keys[0]}
+    tried = f" (also tried {len(keys) - 1} retired key(s))" if len(keys) > 1 else ""
+    raise VerificationError(f"{first}{tried}")
+
+
+def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """Format, spec version, component count and the versions of a few key packages."""
+    components = doc.get("components") or []
+    versions = {str(c.get("name", "")).lower(): c.get("version") for c in components}
+    meta = doc.get("metadata") or {}
+    return {
+        "format": doc.get("bomFormat"),
+        "spec_version": doc.get("specVersion"),
+        "components": len(components),
+        "serial": doc.get("serialNumber"),
+        "created": meta.get("timestamp"),
+        "environment": (meta.get("component") or {}).get("version"),
+        "key_packages": {p: versions[p] for p in KEY_PACKAGES if p in versions},
+    }
+
+
+def artifact_sbom(oci_layout: str, repo: str, digest: str) -> dict[str, Any]:
+    """The SBOM summary of a stored artifact (``{"error": …}`` when it cannot be read)."""
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.errors import ModelworksError
+
+    layout = Path(oci_layout)
+    depth = repo.count("/") + 1
+    if len(layout.parents) <= depth or layout.parents[depth - 1].name != "repos":
+        return {"error": f"{layout} is not a repos/<repo> folder of an OCI store"}
+    try:
+        doc = json.loads(OCIStore(layout.parents[depth]).read_file(digest, "sbom.json"))
+    except (ModelworksError, OSError, ValueError) as exc:
+        return {"error": f"cannot read sbom.json: {exc}"}
+    return sbom_summary(doc) if isinstance(doc, dict) else {"error": "sbom.json is not an object"}
+
+
+# -- resolving what to verify -------------------------------------------------------
+
+
+def _resolve(
+    ws: Workspace, store: Store, model: str, version: str | None
+) -> tuple[dict[str, Any] | None, str, dict[str, dict[str, str]]]:
+    rows = _versions(store, model)
+    deployed = _deployed(ws, model)
+    if version and version.startswith("sha256:"):
+        row = next((r for r in rows if r["digest"] == version), None)
+        return row, version, deployed
+    wanted = version or (deployed.get("test") or {}).get("version")
+    if wanted:
+        row = next((r for r in rows if r["version"] == wanted), None)
+        if row is None:
+            hint = did_you_mean(wanted, [r["version"] for r in rows])
+            raise NotFoundError(f"model {model!r} has no version {wanted!r}.{hint}")
+    else:
+        row = next((r for r in rows if r["status"] == "registered"), None)
+        if row is None:
+            raise NotFoundError(f"model {model!r} has no registered version to verify")
+    return row, _registry_digest(model, row, deployed), deployed
+
+
+def _versions(store: Store, model: str) -> list[dict[str, Any]]:
+    from modelworks.registry.models import ModelVersion
+    from modelworks.registry.queries import get_model
+
+    with store.session() as s:
+        m = get_model(s, model)
+        found = s.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == m.id)
+            .order_by(ModelVersion.id.desc())
+        ).all()
+        return [_row(v) for v in found]
+
+
+def _row(v: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "status": v.status,
+        "reason": v.reason,
+        "digest": v.artifact_digest,
+        "fingerprint": v.fingerprint,
+        "scan": v.scan,
+        "signed": v.signed,
+    }
+
+
+def _deployed(ws: Workspace, model: str) -> dict[str, dict[str, str]]:
+    from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR
+
+    found = {}
+    for env in ws.settings.environments:
+        path = ws.deploy_repo / DEPLOY_DIR / env / model / CONFIG_NAME
+        if not path.is_file():
+            continue
+        try:
+            cfg = yaml.safe_load(path.read_text())
+            found[env] = {
+                "version": str(cfg["version"]),
+                "digest": str(cfg["artifact_digest"]),
+                "config": _rel(ws, path),
+            }
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path}: not a readable deploy config ({type(exc).__name__}: {exc})"
+            ) from None
+    return found
+
+
+def _registry_digest(model: str, row: dict[str, Any], deployed: dict[str, dict[str, str]]) -> str:
+    where = f"{model}@{row['version']}"
+    if row["status"] != "registered":
+        reason = f": {row['reason']}" if row["reason"] else ""
+        raise VerificationError(
+            f"{where} is {row['status']}, not registered{reason}; it has no artifact"
+        )
+    if not row["digest"]:
+        raise VerificationError(f"{where}: the registry has no artifact digest for it")
+    for _env, d in sorted(deployed.items()):
+        if d["version"] == row["version"] and d["digest"] != row["digest"]:
+            raise VerificationError(
+                f"{where}: {d['config']} serves digest {d['digest']} but the registry recorded "
+                f"{row['digest']}: one of them was changed outside the line"
+            )
+    return str(row["digest"])
+
+
+# -- checking the artifact ----------------------------------------------------------
+
+
+def _check_artifact(
+    ws: Workspace, model: str, row: dict[str, Any] | None, digest: str
+) -> dict[str, Any]:
+    from modelworks.artifacts.oci import OCIStore
+
+    checks: dict[str, Any] = {"registry": _check_record(row)}
+    store = OCIStore(ws.oci_dir)
+    store.verify(digest)
+    manifest = store.manifest(digest)
+    checks["digests"] = {"blobs": 2 + len(manifest["layers"]), "manifest": digest}
+    checks["annotations"] = _check_annotations(manifest, model, row)
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=_tmp_root(ws)) as tmp:
+        model_dir = _extract(store, digest, Path(tmp) / "model")
+        checks["files"] = sorted(
+            p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
+        )
+        checks["signature"] = verify_signature(ws, model_dir)
+        checks["sbom"] = _check_sbom(model_dir)
+        checks["scan"] = _rescan(ws, model_dir)
+    return checks
+
+
+def _check_record(row: dict[str, Any] | None) -> dict[str, Any]:
+    if row is None:
+        return {"registered": False}
+    scan = row["scan"]
+    if not isinstance(scan, dict) or not isinstance(scan.get("safe"), bool):
+        raise VerificationError(
+            f"the registry's scan result {scan!r:.200} is missing or unknown; "
+            "expected {'safe': true|false, …}"
+        )
+    if not scan["safe"]:
+        raise VerificationError(
+            f"the registry records an unsafe scan: {scan.get('findings')!r:.300}"
+        )
+    if not row["signed"]:
+        raise VerificationError("the registry records this version as unsigned")
+    return {"registered": True, "scan_safe": True, "signed": True}
+
+
+def _check_annotations(
+    manifest: dict[str, Any], model: str, row: dict[str, Any] | None
+) -> dict[str, str]:
+    notes = manifest.get("annotations") or {}
+    found = {
+        "model": notes.get("dev.modelworks.model"),
+        "version": notes.get("org.opencontainers.image.version"),
+        "fingerprint": notes.get("dev.modelworks.fingerprint"),
+    }
+    expected = {"model": model}
+    if row is not None:
+        expected |= {"version": row["version"], "fingerprint": row["fingerprint"]}
+    for key, value in expected.items():
+        if found[key] != value:
+            raise VerificationError(
+                f"the manifest's annotations say {key} {found[key]!r}, expected {value!r}: "
+                "this artifact belongs to something else"
+            )
+    return {k: str(v) for k, v in found.items()}
+
+
+def _tmp_root(ws: Workspace) -> Path:
+    root = ws.state_dir / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _extract(store: OCIStore, digest: str, dest: Path) -> Path:
+    try:
+        return store.extract(digest, dest)
+    except OSError as exc:
+        raise ArtifactError(f"cannot extract {digest}: {exc}") from None
+
+
+def _check_sbom(model_dir: Path) -> dict[str, Any]:
+    from modelworks.artifacts.sbom import validate_sbom
+
+    path = model_dir / "sbom.json"
+    if not path.is_file():
+        raise VerificationError("the artifact has no sbom.json")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerificationError(f"sbom.json is not valid JSON: {exc}") from None
+    try:
+        validate_sbom(doc)
+    except ConfigError:
+        raise
+    except ArtifactError as exc:
+        raise VerificationError(f"sbom.json is invalid: {exc}") from None
+    return sbom_summary(doc)
+
+
+def _rescan(ws: Workspace, model_dir: Path) -> dict[str, Any]:
+    from modelworks.artifacts.scan import scan_dir
+
+    result = scan_dir(model_dir, threshold=ws.settings.scan.severity)
+    if not result.safe:
+        problems = [
+            f"{f.file}: {f.severity} {f.description}" for f in result.findings
+        ] + result.errors
+        raise VerificationError(f"model files are not verified safe: {'; '.join(problems)[:500]}")
+    return {"safe": True, "threshold": ws.settings.scan.severity, "scanners": result.scanners}
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    try:
+        return path.resolve().relative_to(ws.root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# -- the audit log ------------------------------------------------------------------
+
+
+def verify_audit(ws: Workspace, store: Store, *, checkpoint: bool = True) -> dict[str, Any]:
+    """Check the audit chain, and its tail against the last intact verification's checkpoint."""
+    from modelworks.registry import audit
+    from modelworks.registry.models import AuditEvent
+
+    problems = audit.verify(store)
+    with store.session() as s:
+        count = s.scalar(select(func.count()).select_from(AuditEvent)) or 0
+        tail = s.execute(
+            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+        ).first()
+        mark = _read_checkpoint(ws)
+        if mark is not None:
+            stored = s.scalar(select(AuditEvent.hash).where(AuditEvent.seq == mark["seq"]))
+            problems += _checkpoint_problems(mark, stored)
+    problems = _dedupe(problems)
+    if checkpoint and not problems and tail is not None:
+        _write_checkpoint(ws, tail[0], tail[1])
+    return {
+        "intact": not problems,
+        "events": count,
+        "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in problems],
+        "checkpoint": mark,
+    }
+
+
+def _read_checkpoint(ws: Workspace) -> dict[str, Any] | None:
+    path = ws.state_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        mark = json.loads(path.read_text())
+        return {"seq": int(mark["seq"]), "hash": str(mark["hash"]), "at": mark.get("at")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: unreadable audit checkpoint ({exc}); delete it to start over"
+        ) from None
+
+
+def _write_checkpoint(ws: Workspace, seq: int, hash_: str) -> None:
+    path = ws.state_dir / CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"seq": seq, "hash": hash_, "at": datetime.now(UTC).isoformat()}))
+    tmp.replace(path)
+
+
+def _checkpoint_problems(mark: dict[str, Any], stored: str | None) -> list[ChainProblem]:
+    from modelworks.security.audit import ChainProblem
+
+    seq, when = mark["seq"], mark.get("at") or "the last check"
+    if stored is None:
+        return [
+            ChainProblem(
+                seq,
+                "deleted",
+                f"row {seq}, the last row verified at {when}, is missing: the log was truncated",
+            )
+        ]
+    if stored != mark["hash"]:
+        return [
+            ChainProblem(
+                seq,
+                "edited",
+                f"row {seq} differs from the hash checkpointed at {when}: rewritten and re-hashed",
+            )
+        ]
+    return []
+
+
+def _dedupe(problems: list[ChainProblem]) -> list[ChainProblem]:
+    seen: set[tuple[int, str]] = set()
+    out = []
+    for p in sorted(problems, key=lambda p: p.seq):
+        if (p.seq, p.kind) not in seen:
+            seen.add((p.seq, p.kind))
+            out.append(p)
+    return out

@@ -1,0 +1,286 @@
+"""Supply-chain commands: verify, audit, audit verify, keys, secret seal and secret list."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from modelworks.cli import emit_json
+from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
+
+audit_app = typer.Typer(help="List and verify the hash-chained audit log.")
+keys_app = typer.Typer(help="The workspace signing key.", no_args_is_help=True)
+secret_app = typer.Typer(
+    help="Sealed secrets: encrypted to the workspace key, safe to commit.", no_args_is_help=True
+)
+
+
+def verify_cmd(
+    target: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL[@VERSION]", help="Model, optionally @version or @sha256:digest."
+        ),
+    ],
+    workspace: WorkspaceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify a version before anything loads it: digests, signature, SBOM and scan."""
+    from modelworks._console import console
+    from modelworks.artifacts.verify import verify_version
+
+    model, _, version = target.partition("@")
+    ws, store = open_workspace(workspace)
+    info = verify_version(ws, store, model, version or None)
+    if json_out:
+        emit_json(info)
+        return
+    c = info["checks"]
+    sig, sbom = c["signature"], c["sbom"]
+    retired = " (a retired key)" if sig["retired"] else ""
+    console.print(
+        f"[green]verified[/green] [bold]{info['model']}@{info['version']}[/bold] {info['digest']}",
+        highlight=False,
+    )
+    console.print(
+        f"  digests    {c['digests']['blobs']} blobs re-hashed; annotations match", highlight=False
+    )
+    console.print(
+        f"  signature  {len(c['files'])} files, key {sig['key']}{retired} "
+        f"{sig['fingerprint'][:19]}",
+        highlight=False,
+    )
+    console.print(
+        f"  sbom       {sbom['format']} {sbom['spec_version']}, {sbom['components']} components",
+        highlight=False,
+    )
+    console.print(f"  scan       safe at threshold {c['scan']['threshold']}", highlight=False)
+    for env, d in sorted(info["deployed"].items()):
+        console.print(f"  {env:<10} serves {d['version']}", highlight=False)
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit_cmd(
+    ctx: typer.Context,
+    action: Annotated[
+        str | None, typer.Option("--action", help="Only this action ('version.*' ok).")
+    ] = None,
+    actor_: Annotated[str | None, typer.Option("--actor", help="Only events by this user.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Only events on this model.")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="Only the last N events.")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List audit events, oldest first: who did what, when, before and after."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from modelworks.registry.audit import rows
+
+    _ws, store = open_workspace(workspace)
+    events = rows(store, action=action, actor=actor_, target=model, tenant=tenant, limit=limit)
+    if json_out:
+        emit_json({"events": events})
+        return
+    _print_events(events)
+
+
+def _print_events(events: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from modelworks._console import console
+
+    table = Table(title=f"{len(events)} audit events")
+    tenants = any((e["tenant"] or "default") != "default" for e in events)
+    cols = ["seq", "when (UTC)", "actor", "action", "target"] + (["tenant"] if tenants else [])
+    for col in cols:
+        table.add_column(col, no_wrap=col in ("seq", "when (UTC)", "action"))
+    table.add_column("change", overflow="fold", ratio=2)
+    for e in events:
+        when = str(e["ts"])[:19].replace("T", " ")
+        cells = [str(e["seq"]), when, e["actor"], e["action"], e["target"]]
+        cells += [e["tenant"] or ""] if tenants else []
+        table.add_row(*cells, _change(e["before"], e["after"]))
+    console.print(table)
+
+
+def _change(before: Any, after: Any) -> str:
+    """What changed, compactly: 'version: - -> 48e48c0016, commit=916760e7ab'."""
+    b = before if isinstance(before, dict) else {}
+    a = after if isinstance(after, dict) else {}
+    if not isinstance(after, dict) and after is not None:
+        return f"{_short(before)} -> {_short(after)}" if before is not None else _short(after)
+    parts = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        if key == "metrics" or b.get(key) == a.get(key):
+            continue
+        if key in b:
+            parts.append(f"{key}: {_short(b[key])} -> {_short(a.get(key))}")
+        elif a[key] is not None:
+            parts.append(f"{key}={_short(a[key])}")
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    text = "-" if value is None else str(value)
+    if len(text) >= 40 and all(c in "0123456789abcdef:sha" for c in text):
+        return text.removeprefix("sha256:")[:10]
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@audit_app.command("verify")
+def audit_verify_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+    """Check the hash chain: exit 1 naming every edited, deleted or reordered event."""
+    from modelworks._console import console, err_console
+    from modelworks.artifacts.verify import verify_audit
+
+    ws, store = open_workspace(workspace)
+    report = verify_audit(ws, store)
+    if json_out:
+        emit_json(report)
+    elif report["intact"]:
+        console.print(f"[green]audit log intact[/green] ({report['events']} events)")
+    else:
+        for p in report["problems"]:
+            err_console.print(
+                f"[red]seq {p['seq']}: {p['kind']}[/red]: {p['detail']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        err_console.print(
+            f"[red]error:[/red] audit log is NOT intact: {len(report['problems'])} "
+            f"problem(s) in {report['events']} events",
+            highlight=False,
+        )
+    if not report["intact"]:
+        raise typer.Exit(1)
+
+
+@keys_app.command("rotate")
+def keys_rotate_cmd(
+    drop_old: Annotated[
+        bool,
+        typer.Option(
+            "--drop-old",
+            help="Do not keep the old public key (for a compromised key): "
+            "versions signed with it stop verifying.",
+        ),
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make a new signing key pair; the old public key is kept so older versions still verify."""
+    from modelworks._console import console
+    from modelworks.security.keys import rotate_signing_key
+
+    ws, store = open_workspace(workspace)
+    result = rotate_signing_key(ws, store, actor=actor(ws, as_user), keep_old=not drop_old)
+    if json_out:
+        emit_json(result)
+        return
+    b, a = result["before"], result["after"]
+    console.print(
+        f"rotated signing key: {b['fingerprint'][:19]} -> [bold]{a['fingerprint'][:19]}[/bold]",
+        highlight=False,
+    )
+    kept = (
+        f"kept as {b['retired_as']}"
+        if b["retired_as"]
+        else "dropped: older versions no longer verify"
+    )
+    console.print(f"  old public key {kept}", highlight=False)
+    if result["commit"]:
+        console.print(f"  committed {result['commit'][:10]}")
+
+
+@keys_app.command("list")
+def keys_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+    """The trusted public signing keys: the current one, then retired ones (newest first)."""
+    from modelworks._console import console
+    from modelworks.security.keys import fingerprint, trusted_public_keys
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(workspace)
+    keys = [
+        {"path": _rel(ws, k), "fingerprint": fingerprint(k), "current": i == 0}
+        for i, k in enumerate(trusted_public_keys(ws))
+    ]
+    if json_out:
+        emit_json({"keys": keys})
+        return
+    for k in keys:
+        state = "[green]current[/green]" if k["current"] else "[dim]retired[/dim]"
+        console.print(f"{state:<24} {k['fingerprint'][:19]}  {k['path']}", highlight=False)
+
+
+@secret_app.command("seal")
+def secret_seal_cmd(
+    name: Annotated[str, typer.Argument(help="Secret name (letters, digits, '_', '.', '-').")],
+    no_commit: Annotated[
+        bool, typer.Option("--no-commit", help="Write the file, do not commit it.")
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Seal a value (from standard input, or a hidden prompt) into secrets/NAME.sealed."""
+    from modelworks._console import console
+    from modelworks.security.keys import check_secret_name, seal_secret
+
+    ws, store = open_workspace(workspace)
+    check_secret_name(name)
+    value = _read_value(name)
+    result = seal_secret(ws, store, name, value, actor=actor(ws, as_user), commit=not no_commit)
+    if json_out:
+        emit_json(result)
+        return
+    verb = "resealed" if result["replaced"] else "sealed"
+    done = f" (commit {result['commit'][:10]})" if result["commit"] else ""
+    console.print(f"{verb} [bold]{name}[/bold] -> {result['path']}{done}", highlight=False)
+
+
+def _read_value(name: str) -> bytes:
+    """The secret from stdin (one trailing newline dropped), or a hidden prompt on a terminal."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        text = typer.prompt(f"value of {name}", hide_input=True, confirmation_prompt=True)
+        return str(text).encode()
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    return data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+
+
+@secret_app.command("list")
+def secret_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+    """The names of the sealed secrets (never their values)."""
+    from modelworks._console import console
+    from modelworks.security.keys import secrets_dir
+    from modelworks.security.secrets import list_sealed
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(workspace)
+    names = list_sealed(secrets_dir(ws))
+    if json_out:
+        emit_json({"secrets": names})
+        return
+    for name in names:
+        console.print(name, highlight=False)
+    if not names:
+        console.print("no sealed secrets (add one with `mw secret seal NAME`)", style="dim")
+
+
+def _rel(ws: Any, path: Any) -> str:
+    try:
+        return str(path.resolve().relative_to(ws.root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_cmd)
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(secret_app, name="secret")
