@@ -46,6 +46,27 @@ def evaluate(model, data):
 """
 
 
+STUCK_OR_DYING_PIPELINE = '''\
+import os, time
+
+import numpy as np
+
+
+def prepare(data_path, params):
+    return {"X_train": np.zeros((4, 1)), "y_train": np.zeros(4)}
+
+
+def train(data, params):
+    if params["mode"] == "stuck":
+        time.sleep(600)
+    os._exit(3)
+
+
+def evaluate(model, data):
+    return {}
+'''
+
+
 @pytest.fixture(scope="module")
 def ray_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local Ray instance for the module, its workers caching inputs in a fresh folder."""
@@ -194,3 +215,21 @@ def _pipeline_hash(store: Store) -> str:
 
     with store.session() as s:
         return str(s.scalar(select(PipelineVersion.hash)))
+
+
+def test_ray_kills_a_stuck_task_and_reports_a_dead_worker(tmp_path: Path, ray_cache: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", executor={"retries": 0})
+    small_fleet(ws, models=1)
+    write_pipeline(ws, "bad", source=STUCK_OR_DYING_PIPELINE)
+    for mode in ("stuck", "dies"):
+        write_spec(ws, mode, "data/set0/data.csv", pipeline="bad",
+                   model_hyperparameters={"mode": mode})
+    _git.commit(ws.root, ["models", "pipelines"], "a stuck and a dying model")
+    store = Store(ws.registry_url)
+
+    result = apply(ws, store, executor=RayExecutor(2, timeout=4))
+
+    assert [t["name"] for t in result.trained] == ["model-0"]
+    errors = {f["name"]: f["error"] for f in result.failed}
+    assert "timed out after 4s" in errors["stuck"]
+    assert errors["dies"].startswith("ray task failed:")

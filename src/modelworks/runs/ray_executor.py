@@ -26,6 +26,7 @@ import shutil
 import socket
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,6 @@ from modelworks.pipelines.catalog import folder_files
 Job = dict[str, Any]
 Result = dict[str, Any]
 CACHE_ENV = "MW_RAY_CACHE"
-SYSTEM_RETRIES = 2
 
 
 def _ray() -> Any:
@@ -167,9 +167,12 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, workers: int, address: str | None = None) -> None:
+    def __init__(
+        self, workers: int, address: str | None = None, timeout: float | None = None
+    ) -> None:
         self.workers = max(1, workers)
         self.address = address or os.environ.get("MW_RAY_ADDRESS") or None
+        self.timeout = timeout
         self._started = False
 
     def connect(self) -> Any:
@@ -200,23 +203,44 @@ class RayExecutor:
         if not jobs:
             return
         ray = self.connect()
-        task = ray.remote(num_cpus=1, max_retries=SYSTEM_RETRIES, retry_exceptions=False)(
-            run_remote
-        )
+        # No Ray-level retries: a lost or timed-out task comes back "retryable" and the line's
+        # queue retries it with backoff and counts the attempt, as with the local pool.
+        task = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(run_remote)
         uploads = _Uploads(ray)
         todo = list(reversed(jobs))
-        pending: dict[Any, Job] = {}
-        limit = max(64, 4 * int(ray.cluster_resources().get("CPU", self.workers)))
+        pending: dict[Any, tuple[Job, float]] = {}
+        cpus = int(ray.cluster_resources().get("CPU", self.workers))
+        # With a timeout, submit no more than can start at once: the clock runs from submission.
+        limit = max(1, cpus) if self.timeout else max(64, 4 * cpus)
         while todo or pending:
             while todo and len(pending) < limit:
                 job = todo.pop()
-                pending[task.remote(*uploads.prepare(job))] = job
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            more, _ = ray.wait(
-                [r for r in pending if r not in ready], num_returns=len(pending) - 1, timeout=0
-            )
-            for ref in [*ready, *more]:
-                yield _finish(ray, ref, pending.pop(ref))
+                pending[task.remote(*uploads.prepare(job))] = (job, time.monotonic())
+            for ref in self._ready(ray, pending):
+                yield _finish(ray, ref, pending.pop(ref)[0])
+            yield from self._expire(ray, pending)
+
+    def _ready(self, ray: Any, pending: dict[Any, tuple[Job, float]]) -> list[Any]:
+        """Finished tasks: wait for one (until the nearest deadline), then take all done."""
+        wait_for = None
+        if self.timeout:
+            oldest = min(t for _, t in pending.values())
+            wait_for = max(0.0, oldest + self.timeout - time.monotonic())
+        ready, rest = ray.wait(list(pending), num_returns=1, timeout=wait_for)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        return list(ready)
+
+    def _expire(self, ray: Any, pending: dict[Any, tuple[Job, float]]) -> Iterator[Result]:
+        """Kill the tasks past the timeout and report them as retryable failures."""
+        if not self.timeout:
+            return
+        now = time.monotonic()
+        for ref in [r for r, (_, t) in pending.items() if now - t > self.timeout]:
+            job, _ = pending.pop(ref)
+            ray.cancel(ref, force=True)
+            yield _failure(job, f"timed out after {self.timeout:g}s; the Ray task was killed")
 
 
 class _Uploads:
@@ -263,13 +287,8 @@ def _finish(ray: Any, ref: Any, job: Job) -> Result:
     """Fetch one task's result; write its log and image on the driver."""
     try:
         result: Result = ray.get(ref)
-    except Exception as exc:  # the task or its worker died after its retries
-        result = {
-            "run_id": job["run_id"],
-            "model": job["model"],
-            "status": "failed",
-            "error": f"ray task failed: {_describe(exc)}",
-        }
+    except Exception as exc:  # the task or its worker was lost
+        result = _failure(job, f"ray task failed: {_describe(exc)}")
     log = result.pop("log", None)
     blobs = result.pop("blobs", None)
     log_path = Path(job["log_path"])
@@ -285,6 +304,17 @@ def _finish(ray: Any, ref: Any, job: Job) -> Result:
                 error=f"could not write {job['model']}:{job['version']} to {job['oci_dir']}: {exc}",
             )
     return result
+
+
+def _failure(job: Job, message: str) -> Result:
+    """A failed result the line may retry (the task or its worker was lost, or timed out)."""
+    return {
+        "run_id": job["run_id"],
+        "model": job["model"],
+        "status": "failed",
+        "error": message,
+        "retryable": True,
+    }
 
 
 def _describe(exc: Exception) -> str:
