@@ -217,6 +217,22 @@ def _pipeline_hash(store: Store) -> str:
         return str(s.scalar(select(PipelineVersion.hash)))
 
 
+def _warm_workers() -> None:
+    """Import the worker's modules in both Ray workers, so the timeout below only sees training."""
+
+    @ray.remote(num_cpus=1)
+    def warm() -> int:
+        import time
+
+        import modelworks.runs.worker  # noqa: F401
+
+        time.sleep(0.5)
+        return os.getpid()
+
+    assert len(set(ray.get([warm.remote(), warm.remote()]))) == 2
+
+
+@pytest.mark.slow
 def test_ray_kills_a_stuck_task_and_reports_a_dead_worker(tmp_path: Path, ray_cache: Path) -> None:
     ws = make_workspace(tmp_path / "ws", executor={"retries": 0})
     small_fleet(ws, models=1)
@@ -227,9 +243,10 @@ def test_ray_kills_a_stuck_task_and_reports_a_dead_worker(tmp_path: Path, ray_ca
     _git.commit(ws.root, ["models", "pipelines"], "a stuck and a dying model")
     store = Store(ws.registry_url)
 
-    result = apply(ws, store, executor=RayExecutor(2, timeout=4))
+    _warm_workers()
+    result = apply(ws, store, executor=RayExecutor(2, timeout=6))
 
     assert [t["name"] for t in result.trained] == ["model-0"]
     errors = {f["name"]: f["error"] for f in result.failed}
-    assert "timed out after 4s" in errors["stuck"]
+    assert "timed out after 6s" in errors["stuck"]
     assert errors["dies"].startswith("ray task failed:")
