@@ -289,10 +289,21 @@ def test_unrelated_changes_on_main_merge_and_are_kept(ws: Workspace, store: Stor
     promote(ws, store, ["model-1"], actor="alice")
     (ws.root / "README.md").write_text("newer work on main\n")
     newer = _git.commit(ws.root, ["README.md"], "docs")
+    (ws.root / "README.md").write_text("unstaged edit\n")
+    (ws.root / "models" / "model-0.json").write_text('{"staged": true}')
+    git(ws, "add", "models/model-0.json")
     req = approve(ws, store, 1, actor="bob")
     assert git(ws, "rev-parse", f"{req['merge_commit']}^1").strip() == newer
-    assert (ws.root / "README.md").read_text() == "newer work on main\n"
+    assert git(ws, "show", "HEAD:README.md") == "newer work on main\n"
     assert served(ws, "prod", "model-1") == served(ws, "test", "model-1")
+    # the user's own edits survive the merge: staged stays staged, unstaged stays unstaged
+    assert git(ws, "status", "--porcelain").splitlines() == [
+        " M README.md",
+        "M  models/model-0.json",
+    ]
+    assert (ws.root / "README.md").read_text() == "unstaged edit\n"
+    assert (ws.root / config_path("prod", "model-1")).is_file()
+    assert git(ws, "log", "-1", "-g", "--format=%gs", "HEAD").strip() == "mw: merge promote/1"
 
 
 def test_uncommitted_changes_under_deploy_refuse_the_merge(ws: Workspace, store: Store) -> None:
@@ -416,7 +427,12 @@ def test_github_forge_opens_and_merges_the_pull_request(ws: Workspace, store: St
         assert (opened["head"]["ref"], opened["base"]["ref"]) == ("promote/1", "main")
         assert "| model-0 | - |" in opened["body"]
         head = _git.head(ws.root)
-        merged = approve(ws, store, 1, actor="bob", environ=env)
+        fake.unmergeable.add(1)
+        with pytest.raises(DeployError, match="405: Pull Request is not mergeable"):
+            approve(ws, store, 1, actor="bob", environ=env)
+        assert get_promotion(store, 1)["state"] == "open"
+        fake.unmergeable.clear()
+        merged = approve(ws, store, 1, actor="bob", environ=env)  # the same approval, retried
         assert merged["state"] == "merged"
         assert fake.pr(1)["merged"] is True
         assert merged["merge_commit"] is None

@@ -160,3 +160,17 @@ def test_rollback_in_a_separate_and_a_bare_deploy_repo(
             .order_by(Deployment.id)
         ).all()
     assert kinds == ["promote", "promote", "rollback", "rollback"]
+
+
+def test_rollback_keeps_the_users_other_edits(two: tuple[Workspace, Store, str, str]) -> None:
+    ws, store, v1, _v2 = two
+    (ws.root / "models" / "model-1.json").write_text('{"staged": true}')
+    git(ws, "add", "models/model-1.json")
+    (ws.root / "notes.txt").write_text("scratch\n")
+    rollback(ws, store, "model-0", actor="carol")
+    assert served(ws, "prod", "model-0") == v1
+    assert yaml.safe_load((ws.root / PROD).read_text())["version"] == v1
+    assert git(ws, "status", "--porcelain").splitlines() == [
+        "M  models/model-1.json",
+        "?? notes.txt",
+    ]

@@ -724,27 +724,12 @@ def _merge_message(req: PromotionRequest, approvers: list[str]) -> str:
 
 
 def merge_branch(state: RepoState, branch: str, message: str, actor: str) -> str:
-    """Merge `branch` into main with a merge commit; in the work tree when main is checked out."""
-    if state.worktree:
-        proc = run_git(
-            state.repo,
-            "merge",
-            "--no-ff",
-            "--no-edit",
-            "-m",
-            message,
-            branch,
-            author=actor,
-            check=False,
-        )
-        head = _git.head(state.repo)
-        if head == state.tip:
-            run_git(state.repo, "merge", "--abort", check=False)
-            raise ConflictError(
-                f"git could not merge {branch} into {state.branch}: "
-                f"{proc.strip()[:300]}; open a new request"
-            )
-        return head or ""
+    """Merge `branch` into main with a real merge commit, built with plumbing.
+
+    When main is checked out, the index and work tree move with it (`git read-tree -m -u`,
+    a two-tree switch): files the merge does not touch keep their staged or unstaged
+    edits, and a local edit to a file the merge changes stops it before anything moves.
+    """
     out = run_git(
         state.repo, "merge-tree", "--write-tree", "--no-messages", state.tip, branch, check=False
     )
@@ -762,8 +747,31 @@ def merge_branch(state: RepoState, branch: str, message: str, actor: str) -> str
         input=message.encode(),
         author=actor,
     ).strip()
-    update_ref(state.repo, f"refs/heads/{state.branch}", commit, state.tip, f"mw approve: {branch}")
+    advance(state, commit, f"mw: merge {branch}")
     return commit
+
+
+def advance(state: RepoState, new: str, reason: str) -> None:
+    """Move main to commit `new` (work tree and index too when main is checked out there)."""
+    if state.worktree:
+        switch_worktree(state, state.tip, new)
+    try:
+        update_ref(state.repo, f"refs/heads/{state.branch}", new, state.tip, reason)
+    except ConflictError:
+        if state.worktree:
+            switch_worktree(state, new, state.tip)
+        raise
+
+
+def switch_worktree(state: RepoState, old: str, new: str) -> None:
+    """Move the index and work tree from commit `old` to `new`, keeping unrelated local edits."""
+    try:
+        run_git(state.repo, "read-tree", "-m", "-u", old, new)
+    except GitError as exc:
+        raise DeployError(
+            f"cannot update the work tree of {state.repo}: {exc}; commit or discard the local "
+            "changes it names, then try again"
+        ) from None
 
 
 def _finish(

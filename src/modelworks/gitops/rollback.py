@@ -14,17 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from modelworks import _git
 from modelworks.errors import DeployError, NotFoundError
 from modelworks.gitops.deploy import config_path
 from modelworks.gitops.promote import (
     RepoState,
+    advance,
     commit_files,
     dirty_paths,
     read_blobs,
     repo_state,
     run_git,
-    update_ref,
     version_of,
     write_blob,
 )
@@ -153,25 +152,15 @@ def _config_text(
 
 
 def _commit(state: RepoState, path: str, text: str, message: str, actor: str) -> str:
-    """Commit `text` at `path` on main: in the work tree when main is checked out there."""
-    if not state.worktree:
-        new = commit_files(
-            state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor
-        )
-        update_ref(state.repo, f"refs/heads/{state.branch}", new, state.tip, "mw rollback")
-        return new
-    if dirty_paths(state.repo, path):
+    """Commit `text` at `path` on main (moving the work tree too when main is checked out)."""
+    if state.worktree and dirty_paths(state.repo, path):
         raise DeployError(
             f"{state.repo / path} has uncommitted changes; commit or discard them, "
             "then roll back again"
         )
-    target = state.repo / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    commit = _git.commit(state.repo, [path], message, author=actor)
-    if commit is None:
-        raise DeployError(f"{path} already has that content; nothing to roll back")
-    return commit
+    new = commit_files(state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor)
+    advance(state, new, f"mw: rollback {path}")
+    return new
 
 
 def rollback(
