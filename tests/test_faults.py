@@ -68,6 +68,9 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
     assert done.returncode == 0, err
     result = json.loads(out)
     assert result["summary"]["trained"] == 24 - partial
+    recovered = [line for line in (workspace.state_dir / "logs").rglob("*.log")
+                 if "recovered" in line.read_text()]
+    assert len(recovered) <= 2  # only runs killed between packaging and recording
     rows = _versions(workspace)
     assert len(rows) == 24 and len({(n, fp) for n, fp, _ in rows}) == 24
     assert {s for _, _, s in rows} == {"registered"}
@@ -76,8 +79,12 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
         image = store.resolve(name, fp[:10])
         store.verify(image.digest)  # every registered artifact is complete
     runs = sqlite3.connect(workspace.state_dir / "registry.db").execute(
-        "SELECT status, error FROM runs WHERE status != 'succeeded'").fetchall()
-    assert all(s == "failed" and "interrupted" in e for s, e in runs)
+        "SELECT status, attempts, error FROM runs").fetchall()
+    # Runs the kill interrupted were requeued and finished by the second apply: none is lost,
+    # none is left running, and each model has exactly one run that succeeded.
+    assert {s for s, _, _ in runs} == {"succeeded"} and len(runs) == 24
+    requeued = [r for r in runs if r[1] > 1]
+    assert len(requeued) == 24 - partial  # every run the kill left unfinished was taken up again
     deployed = list((workspace.root / "deploy" / "test").glob("*/config.yaml"))
     assert len(deployed) == 24
 

@@ -15,12 +15,13 @@ from sqlalchemy import select, update
 
 from modelworks import _git
 from modelworks.data.sources import DataResolver
-from modelworks.errors import ConfigError, LockError, ModelworksError
+from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
 from modelworks.pipelines.catalog import snapshot
 from modelworks.plan import ModelPlan, Plan, plan
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
+from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
 
 if TYPE_CHECKING:
@@ -71,17 +72,6 @@ def workspace_lock(ws: Workspace, wait: float) -> FileLock:
     return lock
 
 
-def _interrupted(store: Store) -> int:
-    """Fail runs left running by a process that died (we hold the lock, so none is alive)."""
-    with store.session() as s:
-        res = s.execute(
-            update(Run).where(Run.status.in_(("running", "queued")))
-            .values(status="failed", error="interrupted: the process running it stopped",
-                    finished_at=datetime.now(UTC))
-        )
-        return int(res.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> None:
     """Snapshot and record each pipeline version the first time it is used."""
     seen: set[tuple[str, str]] = set()
@@ -129,40 +119,40 @@ def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[st
     return out
 
 
-def _jobs(ws: Workspace, store: Store, changes: list[ModelPlan], ids: dict[str, int], trigger: str) -> list[dict[str, Any]]:
+def _jobs(ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict[str, ModelPlan]) -> list[dict[str, Any]]:
+    """The job for each claimed run, with everything a worker needs (paths, not objects)."""
     data = DataResolver(ws)
     key = signing_key(ws)
-    baselines = _baselines(ws, store, changes)
+    baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
     commit = _git.head(ws.root) if _git.is_repo(ws.root) else None
     work_dir = ws.state_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
+    logs: dict[int, str] = {}
+    for c in claimed:
+        mp = plans[c.model]
+        spec, pipe = mp.spec, mp.pipeline
+        assert pipe is not None and mp.version is not None and mp.loaded is not None
+        ref = data.resolve(spec)
+        log_path = ws.state_dir / "logs" / spec.name / f"{c.run_id}.log"
+        logs[c.run_id] = str(log_path)
+        jobs.append({
+            "run_id": c.run_id, "attempt": c.attempts, "model": spec.name, "version": mp.version,
+            "fingerprint": mp.fingerprint, "runtime": spec.runtime, "tenant": spec.tenant,
+            "hyperparameters": spec.hyperparameters, "gates": spec.gates.model_dump(),
+            "baseline": baselines.get(spec.name),
+            "pipeline": {"name": pipe.name, "version": pipe.version, "hash": pipe.hash,
+                         "source": str(ws.state_dir / "pipelines" / pipe.hash)},
+            "data": {"kind": ref.kind, "hash": ref.hash, "dataset": ref.dataset,
+                     "files": [str(f) for f in ref.files],
+                     "names": _names(ref.kind, ref.dataset, ref.files)},
+            "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
+            "signing_key": str(key), "scan_threshold": ws.settings.scan.severity,
+            "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path),
+        })
     with store.session() as s:
-        runs = [Run(model_id=ids[mp.name], fingerprint=mp.fingerprint, version=mp.version,
-                    status="running", trigger=trigger, attempts=1, started_at=datetime.now(UTC))
-                for mp in changes]
-        s.add_all(runs)
-        s.flush()
-        for mp, run in zip(changes, runs, strict=True):
-            spec, pipe = mp.spec, mp.pipeline
-            assert pipe is not None and mp.version is not None
-            ref = data.resolve(spec)
-            log_path = ws.state_dir / "logs" / spec.name / f"{run.id}.log"
-            run.log_path = str(log_path)
-            jobs.append({
-                "run_id": run.id, "model": spec.name, "version": mp.version,
-                "fingerprint": mp.fingerprint, "runtime": spec.runtime, "tenant": spec.tenant,
-                "hyperparameters": spec.hyperparameters, "gates": spec.gates.model_dump(),
-                "baseline": baselines.get(spec.name),
-                "pipeline": {"name": pipe.name, "version": pipe.version, "hash": pipe.hash,
-                             "source": str(ws.state_dir / "pipelines" / pipe.hash)},
-                "data": {"kind": ref.kind, "hash": ref.hash, "dataset": ref.dataset,
-                         "files": [str(f) for f in ref.files],
-                         "names": _names(ref.kind, ref.dataset, ref.files)},
-                "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
-                "signing_key": str(key), "scan_threshold": ws.settings.scan.severity,
-                "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path) if mp.loaded else None,
-            })
+        for run_id, path in logs.items():
+            s.execute(update(Run).where(Run.id == run_id).values(log_path=path))
     return jobs
 
 
@@ -201,9 +191,10 @@ class _Recorder:
     """Writes results to the registry in batches, so thousands of tiny runs stay cheap."""
 
     def __init__(self, store: Store, ids: dict[str, int], plans: dict[str, ModelPlan],
-                 jobs: list[dict[str, Any]], result: ApplyResult, actor: str) -> None:
+                 result: ApplyResult, actor: str, retries: int) -> None:
         self.store, self.ids, self.plans, self.result, self.actor = store, ids, plans, result, actor
-        self.jobs = {j["run_id"]: j for j in jobs}
+        self.retries = retries
+        self.jobs: dict[int, dict[str, Any]] = {}
         self.buffer: list[dict[str, Any]] = []
         self.last = time.monotonic()
 
@@ -231,6 +222,9 @@ class _Recorder:
         run.duration, run.train_seconds, run.worker = r.get("duration"), r.get("train_seconds"), str(r.get("pid", ""))
         name = r["model"]
         job = self.jobs[run.id]
+        if status == "failed" and r.get("retryable") and run.attempts <= self.retries:
+            queue.retry_later(run, r.get("error") or "failed")
+            return
         if status == "failed":
             self.result.failed.append({"name": name, "version": run.version, "error": r.get("error")})
             self.events.append(audit.event("run.failed", name, actor=self.actor, tenant=job["tenant"],
@@ -324,6 +318,29 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
     return deployed, commit
 
 
+def _drain(ws: Workspace, store: Store, plans: dict[str, ModelPlan], recorder: _Recorder,
+           executor: Executor, on_start: Callable[[int], None] | None, on_result: ProgressFn | None) -> None:
+    """Run queued jobs of these models until none is left (retries come back after a backoff)."""
+    wanted = {name: mp.fingerprint for name, mp in plans.items() if mp.fingerprint}
+    while True:
+        claimed = queue.claim(store, wanted)
+        if not claimed:
+            due = queue.next_due(store, wanted)
+            if due is None:
+                return
+            time.sleep(min(due, 5.0) + 0.01)
+            continue
+        jobs = _jobs(ws, store, claimed, plans)
+        recorder.jobs.update((j["run_id"], j) for j in jobs)
+        if on_start:
+            on_start(len(jobs))
+        for r in executor.run(jobs):
+            recorder.add(r)
+            if on_result:
+                on_result(r)
+        recorder.flush()
+
+
 def apply(
     ws: Workspace,
     store: Store,
@@ -331,7 +348,7 @@ def apply(
     names: list[str] | None = None,
     executor: Executor | None = None,
     actor: str = "modelworks",
-    trigger: str = "manual",
+    trigger: str = "auto",
     wait: float = 0,
     on_start: Callable[[int], None] | None = None,
     on_result: ProgressFn | None = None,
@@ -340,31 +357,22 @@ def apply(
     started = time.perf_counter()
     lock = workspace_lock(ws, wait)
     try:
-        _interrupted(store)
+        queue.requeue_interrupted(store)
         p = plan(ws, store, names)
         result = ApplyResult()
         result.skipped = [m.name for m in p.models if m.action == "unchanged"]
         result.errors = [{"name": m.name, "error": "; ".join(m.reasons)} for m in p.models if m.action == "error"]
-        changes = p.changes
-        if changes:
-            _record_pipelines(ws, store, changes)
-            ids = _ensure_models(ws, store, changes)
-            jobs = _jobs(ws, store, changes, ids, trigger)
-            recorder = _Recorder(store, ids, {m.name: m for m in changes}, jobs, result, actor)
-            ex = executor or make_executor(ws.settings.executor.kind, ws.workers)
-            if on_start:
-                on_start(len(jobs))
-            for r in ex.run(jobs):
-                recorder.add(r)
-                if on_result:
-                    on_result(r)
-            recorder.flush()
-        else:
-            _ensure_models(ws, store, p.models)
+        valid = [m for m in p.models if m.action != "error"]
+        ids = _ensure_models(ws, store, valid)
+        if p.changes:
+            _record_pipelines(ws, store, p.changes)
+            queue.enqueue(store, p.changes, ids, trigger)
+        ex = executor or make_executor(ws.settings.executor.kind, ws.workers,
+                                       timeout=ws.settings.executor.timeout, address=ws.settings.ray.address)
+        recorder = _Recorder(store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries)
+        _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
         result.deployed, result.commit = deploy_auto(ws, store, p, actor)
         result.seconds = time.perf_counter() - started
         return result
-    except ModelworksError:
-        raise
     finally:
         lock.release()

@@ -137,6 +137,9 @@ class _progress:
     def start(self, total: int) -> None:
         if self.quiet:
             return
+        if self.progress is not None:  # retries after a backoff add to the total
+            self.progress.update(self.task, total=self.progress.tasks[0].total + total)
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from modelworks._console import err_console

@@ -124,6 +124,44 @@ def _scan(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return scan_dir(out, threshold=job.get("scan_threshold", "medium")).to_dict()
 
 
+def recover(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of an earlier attempt whose ModelCar was written but never recorded.
+
+    A run killed between packaging and registering leaves a complete, verified image with
+    this version's fingerprint in the store: register it instead of training again.
+    """
+    import json
+
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.errors import NotFoundError
+
+    store = OCIStore(Path(job["oci_dir"]))
+    try:
+        image = store.resolve(job["model"], job["version"])
+        notes = store.manifest(image.digest).get("annotations", {})
+        if notes.get(f"{ANNOTATION_PREFIX}.fingerprint") != job["fingerprint"]:
+            return None
+        store.verify(image.digest)
+        metrics = json.loads(store.read_file(image.digest, "metrics.json"))
+        signed = _has(store, image.digest, "model.sig")
+    except (NotFoundError, ModelworksError, ValueError):
+        return None
+    return {"status": "succeeded", "recovered": True, "metrics": metrics, "digest": image.digest,
+            "ref": image.tag, "layout": str(image.layout), "signed": signed,
+            "gates": {"passed": True, "failures": [], "baseline": job.get("baseline")},
+            "scan": {"safe": True, "findings": [], "errors": [], "scanners": {}, "recovered": True}}
+
+
+def _has(store: Any, digest: str, name: str) -> bool:
+    from modelworks.errors import NotFoundError
+
+    try:
+        store.read_file(digest, name)
+    except NotFoundError:
+        return False
+    return True
+
+
 def execute(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job to a result dict; never raises (errors are part of the result)."""
     started = time.perf_counter()
@@ -141,6 +179,13 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         try:
             logger.info("training %s version %s (pipeline %s %s)", job["model"], job["version"],
                         job["pipeline"]["name"], job["pipeline"]["version"])
+            earlier = recover(job) if job.get("attempt", 1) > 1 else None
+            if earlier is not None:
+                result.update(earlier)
+                logger.info("recovered %s from the store: packaged by an interrupted attempt",
+                            earlier["digest"])
+                result["duration"] = time.perf_counter() - started
+                return result
             module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
             ctx = run_steps(module, _inputs(job, workdir), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
@@ -165,7 +210,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
             result.update(status="failed", error=str(exc))
             logger.error("%s", exc)
         except Exception as exc:
-            result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            result.update(status="failed", error=f"{type(exc).__name__}: {exc}", retryable=True)
             logger.error("%s", traceback.format_exc())
         finally:
             logger.removeHandler(handler)

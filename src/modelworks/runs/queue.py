@@ -1,0 +1,119 @@
+"""The durable job queue: Run rows move queued → running → succeeded | failed | gated | rejected.
+
+A killed apply or controller leaves rows `running`; the next one (holding the workspace lock,
+so the old one is surely dead) puts them back in the queue. Failures that may pass on a
+second try (a crash, a timeout, an unexpected exception) go back to the queue with a backoff
+until `executor.retries` is used up; errors the line diagnosed (a missing step, bad data) do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+
+from modelworks.registry.models import Model, ModelVersion, Run
+
+if TYPE_CHECKING:
+    from modelworks.plan import ModelPlan
+    from modelworks.registry.store import Store
+
+ACTIVE = ("queued", "running")
+TRIGGERS = ("spec", "data", "pipeline", "schedule", "drift", "manual")
+
+
+def trigger_of(reasons: list[str]) -> str:
+    """Why a model retrains, from the plan's reasons: data, pipeline or spec change."""
+    first = reasons[0] if reasons else ""
+    if first.startswith("data "):
+        return "data"
+    if first.startswith("pipeline"):
+        return "pipeline"
+    return "spec"
+
+
+def backoff(attempts: int, base: float = 0.5, cap: float = 60.0) -> float:
+    """Seconds before retry number `attempts` (exponential, capped)."""
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+def requeue_interrupted(store: Store) -> int:
+    """Put runs left `running` by a dead process back in the queue."""
+    with store.session() as s:
+        res = s.execute(update(Run).where(Run.status == "running").values(
+            status="queued", error="interrupted: requeued after the process running it stopped"))
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def enqueue(store: Store, changes: Iterable[ModelPlan], ids: dict[str, int], trigger: str) -> int:
+    """Queue a run for each change unless one is already queued or running for it."""
+    with store.session() as s:
+        active = set(s.execute(select(Run.model_id, Run.fingerprint).where(Run.status.in_(ACTIVE))).tuples())
+        added = 0
+        for mp in changes:
+            key = (ids[mp.name], mp.fingerprint)
+            if key in active:
+                continue
+            why = trigger_of(mp.reasons) if trigger == "auto" else trigger
+            s.add(Run(model_id=key[0], fingerprint=mp.fingerprint, version=mp.version, status="queued",
+                      trigger=why, attempts=0))
+            active.add(key)  # type: ignore[arg-type]
+            added += 1
+    return added
+
+
+@dataclass(frozen=True)
+class Claimed:
+    run_id: int
+    model: str
+    fingerprint: str
+    attempts: int
+
+
+def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
+    """Take every due queued run of the models in `wanted` (name -> the fingerprint the spec
+    asks for now); runs for an older fingerprint are cancelled, others are left alone."""
+    now = datetime.now(UTC)
+    claimed: list[Claimed] = []
+    with store.session() as s:
+        rows = s.execute(select(Run, Model.name).join(Model).where(Run.status == "queued")).all()
+        done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
+        for run, name in rows:
+            if name not in wanted:
+                continue
+            if wanted[name] != run.fingerprint:
+                run.status, run.error, run.finished_at = "cancelled", "superseded by a newer spec", now
+                continue
+            if (run.model_id, run.fingerprint) in done:
+                run.status, run.finished_at = "succeeded", now
+                continue
+            if run.not_before is not None and _aware(run.not_before) > now:
+                continue
+            run.status, run.attempts, run.started_at = "running", run.attempts + 1, now
+            claimed.append(Claimed(run.id, name, run.fingerprint, run.attempts))
+    return claimed
+
+
+def next_due(store: Store, wanted: dict[str, str]) -> float | None:
+    """Seconds until the earliest queued run of `wanted` is due, or None when there is none."""
+    with store.session() as s:
+        rows = s.execute(select(Run.not_before, Run.fingerprint, Model.name).join(Model)
+                         .where(Run.status == "queued")).all()
+    times = [t for t, fp, name in rows if wanted.get(name) == fp]
+    if not times:
+        return None
+    now = datetime.now(UTC)
+    return max(0.0, min(((_aware(t) - now).total_seconds() if t else 0.0) for t in times))
+
+
+def retry_later(run: Run, error: str) -> None:
+    """Send a failed attempt back to the queue with a backoff."""
+    run.status, run.error = "queued", error
+    run.not_before = datetime.now(UTC) + timedelta(seconds=backoff(run.attempts))
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
