@@ -331,10 +331,9 @@ def test_all_changed_pipeline_and_label_selection_with_metric_deltas(
     approve(ws, store, 1, actor="bob")
     with pytest.raises(DeployError, match="nothing to promote"):
         promote(ws, store, pipeline="no-such-pipeline", actor="alice")
-    assert [i["model"] for i in promote(ws, store, pipeline="tiny", actor="alice")["items"]] == [
-        "model-0",
-        "model-1",
-    ]  # model-2 is already served in prod
+    req = promote(ws, store, ["model-2", "model-1", "model-0"], pipeline="tiny", actor="alice")
+    assert [i["model"] for i in req["items"]] == ["model-1", "model-0"]
+    assert req["unchanged"] == ["model-2"]  # already served in prod
     approve(ws, store, 2, actor="bob")
     with pytest.raises(DeployError, match="nothing to promote: prod already serves"):
         promote(ws, store, all_changed=True, actor="alice")
@@ -355,6 +354,14 @@ def test_bad_selections_are_clear_errors(ws: Workspace, store: Store) -> None:
         promote(ws, store, ["model-0"], to="prd", actor="alice")
     with pytest.raises(ConfigError, match="--label expects key=value"):
         promote(ws, store, labels=["team"], actor="alice")
+    with pytest.raises(ConfigError, match="unknown request state 'opened'; expected one of open"):
+        list_promotions(store, "opened")
+    ws.settings.paths.deploy = "deploy"  # a folder of the workspace repo, not a repository
+    with pytest.raises(DeployError, match="is a folder inside another git repository"):
+        promote(ws, store, ["model-0"], actor="alice")
+    ws.settings.paths.deploy = "nowhere"
+    with pytest.raises(DeployError, match="deploy repository .*nowhere does not exist"):
+        promote(ws, store, ["model-0"], actor="alice")
     with pytest.raises(NotFoundError, match="no promotion request 7"):
         approve(ws, store, 7, actor="bob")
     assert list_promotions(store) == []

@@ -61,6 +61,8 @@ def promote_cmd(
         highlight=False,
     )
     _print_items(req["items"], limit=50)
+    if req.get("unchanged"):
+        console.print(f"  already served in {to}: {', '.join(req['unchanged'])}", highlight=False)
     if req["forge_url"]:
         console.print(f"  {req['forge_url']}", highlight=False)
     if req["state"] == "open":

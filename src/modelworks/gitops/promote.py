@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from modelworks.workspace import Workspace
 
 ZERO_SHA = "0" * 40
+STATES = ("open", "merged", "rejected", "closed")
 BODY_ROWS = 200  # rows of the delta table in a forge request body (GitHub caps bodies at 64 KiB)
 
 
@@ -87,9 +88,16 @@ def repo_state(repo: Path) -> RepoState:
         raise DeployError(
             f"the deploy repository {repo} does not exist; check paths.deploy in modelworks.yaml"
         )
-    out = run_git(repo, "rev-parse", "--is-bare-repository", check=False).strip()
-    if out not in ("true", "false"):
+    bare, _, prefix = run_git(
+        repo, "rev-parse", "--is-bare-repository", "--show-prefix", check=False
+    ).partition("\n")
+    if bare not in ("true", "false"):
         raise DeployError(f"{repo} is not a git repository; paths.deploy must name one")
+    if prefix.strip():
+        raise DeployError(
+            f"{repo} is a folder inside another git repository, not a repository of its own; "
+            "paths.deploy must name a repository root (run `git init` there)"
+        )
     branch = run_git(repo, "symbolic-ref", "--short", "-q", "HEAD", check=False).strip()
     if not branch:
         raise DeployError(
@@ -99,7 +107,7 @@ def repo_state(repo: Path) -> RepoState:
     tip = _git.head(repo, f"refs/heads/{branch}")
     if tip is None:
         raise DeployError(f"the deploy repository {repo} has no commits on {branch!r} yet")
-    return RepoState(repo, branch, tip, out == "false")
+    return RepoState(repo, branch, tip, bare == "false")
 
 
 def tree_blobs(repo: Path, ref: str, prefix: str) -> dict[str, str]:
@@ -127,12 +135,14 @@ def read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
     """Contents of many blobs (or `rev:path` names) in one `git cat-file --batch`."""
     if not shas:
         return {}
-    out = subprocess.run(
+    proc = subprocess.run(
         ["git", "-C", str(repo), "cat-file", "--batch"],
         input="".join(f"{s}\n" for s in shas).encode(),
         capture_output=True,
-        check=True,
-    ).stdout
+    )
+    if proc.returncode != 0:
+        raise GitError(f"git cat-file --batch failed in {repo}: {proc.stderr.decode().strip()}")
+    out = proc.stdout
     result, pos = {}, 0
     for sha in shas:
         nl = out.index(b"\n", pos)
@@ -401,6 +411,8 @@ def _approvals(s: Any, request_id: int) -> list[Approval]:
 
 def list_promotions(store: Store, state: str | None = None) -> list[dict[str, Any]]:
     """Promotion requests, newest first (without their item tables)."""
+    if state and state not in STATES:
+        raise ConfigError(f"unknown request state {state!r}; expected one of {', '.join(STATES)}")
     with store.session() as s:
         q = select(PromotionRequest).order_by(PromotionRequest.id.desc())
         if state:
@@ -500,6 +512,8 @@ def promote(
         items = _items(s, chosen, rows, to)
         req = _open_record(s, items, to, source, actor, required, state, provider)
         result = request_dict(req, [])
+    picked = {c.name for c in chosen}
+    result["unchanged"] = [m for m in dict.fromkeys(models or []) if m not in picked]
     audit.record(
         store,
         [
@@ -521,7 +535,7 @@ def promote(
     )
     if required == 0:
         with _lock(ws):
-            return _finish(ws, store, req.id, actor, provider)
+            return {**_finish(ws, store, req.id, actor, provider), "unchanged": result["unchanged"]}
     return result
 
 
