@@ -360,7 +360,7 @@ def test_bad_selections_are_clear_errors(ws: Workspace, store: Store) -> None:
     with pytest.raises(DeployError, match="is a folder inside another git repository"):
         promote(ws, store, ["model-0"], actor="alice")
     ws.settings.paths.deploy = "nowhere"
-    with pytest.raises(DeployError, match="deploy repository .*nowhere does not exist"):
+    with pytest.raises(DeployError, match=r"deploy repository .*nowhere does not exist"):
         promote(ws, store, ["model-0"], actor="alice")
     with pytest.raises(NotFoundError, match="no promotion request 7"):
         approve(ws, store, 7, actor="bob")
