@@ -113,7 +113,7 @@ def rotate_signing_key(
         raise ConflictError(f"{retired} already exists: the key was rotated a moment ago; retry")
     _generate_and_swap(private, public, retired, stamp, keep_old)
     after = fingerprint(public)
-    paths = [p for p in (public, retired) if _inside(ws.root, p)]
+    paths = [p for p in (public, retired) if p.exists() and _inside(ws.root, p)]
     commit = None
     if paths and _git.is_repo(ws.root):
         rel = [p.relative_to(ws.root).as_posix() for p in paths]
