@@ -14,7 +14,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from modelworks.errors import SpecError, did_you_mean
 
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$"
+# A model name is an OCI repository path component, so every name can be packaged and pushed.
+NAME_PATTERN = r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$"
 
 
 class _Strict(BaseModel):
@@ -58,7 +59,9 @@ class Monitoring(_Strict):
 class ModelSpec(_Strict):
     """One model of the fleet, as declared in models/<name>.json or .yaml."""
 
-    model_name: str = Field(pattern=NAME_PATTERN, validation_alias=AliasChoices("model_name", "name"))
+    model_name: str = Field(
+        pattern=NAME_PATTERN, max_length=128, validation_alias=AliasChoices("model_name", "name")
+    )
     data_source: DataSource
     pipeline: str = Field(validation_alias=AliasChoices("kubeflow_pipeline", "pipeline"))
     pipeline_version: str = Field(

@@ -77,13 +77,24 @@ def used_packages() -> list[str]:
     return sorted({d for top in tops for d in _DISTS.get(top, [])})
 
 
+def sbom_bytes() -> bytes:
+    """The CycloneDX SBOM of the packages this process uses, built once per set of modules."""
+    import json
+
+    from modelworks.artifacts.sbom import environment_sbom
+
+    key = len(sys.modules)
+    if key not in _SBOMS:
+        _SBOMS[key] = json.dumps(environment_sbom(used_packages()), indent=1).encode()
+    return _SBOMS[key]
+
+
 _DISTS: dict[str, list[str]] | None = None
+_SBOMS: dict[int, bytes] = {}
 
 
 def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
     """Write model files, metadata, metrics, profile and SBOM into the output folder."""
-    from modelworks.artifacts.sbom import environment_sbom
-
     out: Path = ctx["output_dir"]
     if ctx["custom_save"] is not None:
         call(ctx["custom_save"], ctx)
@@ -98,7 +109,7 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
         from modelworks.monitor.profile import build_profile
 
         write_json(out / "profile.json", build_profile(X, names))
-    write_json(out / "sbom.json", environment_sbom(used_packages()))
+    (out / "sbom.json").write_bytes(sbom_bytes())
     return out
 
 
