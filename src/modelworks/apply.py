@@ -121,6 +121,8 @@ def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[st
 
 def _jobs(ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict[str, ModelPlan]) -> list[dict[str, Any]]:
     """The job for each claimed run, with everything a worker needs (paths, not objects)."""
+    from modelworks.security.keys import sealing_keys, secrets_dir
+
     data = DataResolver(ws)
     key = signing_key(ws)
     baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
@@ -149,6 +151,7 @@ def _jobs(ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict
             "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
             "signing_key": str(key), "scan_threshold": ws.settings.scan.severity,
             "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path),
+            "secrets_dir": str(secrets_dir(ws)), "sealing_key": str(sealing_keys(ws)[0]),
         })
     with store.session() as s:
         for run_id, path in logs.items():

@@ -18,7 +18,7 @@ from modelworks import LINE_FORMAT
 from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
 from modelworks.errors import ModelworksError
 from modelworks.gates import check, summary
-from modelworks.pipelines.steps import call, load_module, run_steps
+from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.spec import Gates
 
 ANNOTATION_PREFIX = "dev.modelworks"
@@ -63,6 +63,7 @@ def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {
         "data_path": links[0], "data_paths": links, "params": params,
         "hyperparameters": params, "output_dir": out, "seed": int(job["fingerprint"][:8], 16),
+        "secrets": SealedSecrets(job.get("secrets_dir"), job.get("sealing_key")),
     }
 
 
