@@ -542,3 +542,34 @@ def test_sealing_needs_the_public_key(ws: Workspace, store: Store) -> None:
         seal_secret(ws, store, "X", b"v", actor="alice")
     with pytest.raises(ConfigError, match="the value is empty"):
         seal_secret(ws, store, "X", b"", actor="alice")
+
+
+def test_secret_round_trip_through_apply(ws: Workspace, store: Store) -> None:
+    import hashlib
+
+    value = "tok-" + "x7" * 10
+    seal_secret(ws, store, "API_TOKEN", value.encode(), actor="alice")
+    write_pipeline(ws, "secretive", "v1", SECRET_PIPELINE)
+    write_spec(ws, "needs-secret", "data/set0/data.csv", pipeline="secretive")
+    _git.commit(ws.root, ["models", "pipelines"], "a model that needs a secret")
+    result = apply(ws, store, names=["needs-secret"], executor=InlineExecutor(), actor="line")
+    assert result.ok, result.to_dict()
+    assert result.trained[0]["metrics"]["token_len"] == len(value)
+    log = (ws.state_dir / "logs" / "needs-secret").glob("*.log")
+    text = "".join(p.read_text() for p in log)
+    assert f"token sha256 {hashlib.sha256(value.encode()).hexdigest()[:12]}" in text
+    assert value not in text
+    tracked = _git.git(ws.root, "ls-files", "secrets").split()
+    assert tracked == ["secrets/API_TOKEN.sealed"]
+    assert value.encode() not in (ws.root / tracked[0]).read_bytes()
+
+
+def test_step_asking_for_a_missing_secret_fails_naming_it(ws: Workspace, store: Store) -> None:
+    write_pipeline(ws, "secretive", "v1", SECRET_PIPELINE)
+    write_spec(ws, "needs-secret", "data/set0/data.csv", pipeline="secretive")
+    _git.commit(ws.root, ["models", "pipelines"], "a model that needs a secret")
+    result = apply(ws, store, names=["needs-secret"], executor=InlineExecutor(), actor="line")
+    [failed] = result.failed
+    assert "step asked for secret 'API_TOKEN', which is not sealed" in failed["error"]
+    assert "mw secret seal API_TOKEN" in failed["error"]
+    assert not (ws.root / "deploy/test/needs-secret").exists()
