@@ -516,6 +516,7 @@ def timed_promotion(ws: Workspace, store: Store) -> tuple[float, float, dict[str
     return opened, time.perf_counter() - started, req
 
 
+@pytest.mark.slow  # about 2 s of git and SQLite work plus 3 s to generate the fleet
 def test_one_thousand_models_in_one_request(tmp_path: Path) -> None:
     ws, store = fleet_of(tmp_path, 1000)
     opened, merged, req = timed_promotion(ws, store)
