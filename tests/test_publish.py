@@ -134,4 +134,5 @@ def test_without_a_registry_or_with_nothing_listening(ws: Workspace) -> None:
         push_versions(ws, store)
     with pytest.raises(NotFoundError, match="no model named 'model-7'"):
         push_versions(ws, store, ["model-7"])
+    assert push_versions(ws, store, []) == []
     assert all(uri is None for uri in pushed_uris(store).values())

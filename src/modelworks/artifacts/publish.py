@@ -126,6 +126,8 @@ def push_versions(
             "no OCI registry configured: set oci.registry (host[:port]) in "
             "modelworks.yaml or the MW_OCI_REGISTRY environment variable"
         )
+    if names is not None and not names:
+        return []  # an empty selection means nothing, not the whole fleet
     oci, auth = OCIStore(Path(ws.oci_dir)), auth_from_env()
     results: list[dict[str, Any]] = []
     pushed: dict[int, str] = {}

@@ -616,9 +616,28 @@ def approve(
     comment: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Approve a request as `actor`; the approval that completes the count merges it."""
+    """Approve a request as `actor`; the approval that completes the count merges it.
+
+    Approving again after a failed merge (a forge error, a busy repo) retries the merge.
+    """
     provider = provider_for(ws, environ)
-    with _lock(ws), store.session() as s:
+    with _lock(ws):
+        count, required = _record_approval(ws, store, request_id, actor, comment, provider)
+        if count < required:
+            return get_promotion(store, request_id)
+        return _finish(ws, store, request_id, actor, provider)
+
+
+def _record_approval(
+    ws: Workspace,
+    store: Store,
+    request_id: int,
+    actor: str,
+    comment: str | None,
+    provider: ForgeProvider,
+) -> tuple[int, int]:
+    """Check and store one approval; return (approvals now, approvals required)."""
+    with store.session() as s:
         req = _get(s, request_id)
         _require_open(req)
         if actor == req.author:
@@ -627,34 +646,27 @@ def approve(
                 "approve it; another approver must"
             )
         approved = {a.actor for a in _approvals(s, req.id) if a.decision == "approve"}
-        count = len(approved | {actor})
-        if actor in approved and count < req.required_approvals:
+        count, required = len(approved | {actor}), req.required_approvals
+        if actor in approved and count < required:
             raise ConflictError(
                 f"{actor} already approved promotion request {req.id} "
-                f"({count}/{req.required_approvals} approvals)"
+                f"({count}/{required} approvals)"
             )
-        if count >= req.required_approvals and provider.name == "local":
+        if count >= required and provider.name == "local":
             check_mergeable(ws, req)
-        if actor not in approved:
-            s.add(Approval(request_id=req.id, actor=actor, decision="approve", comment=comment))
-        tenant, required = req.tenant, req.required_approvals
-    if actor not in approved:
-        audit.record(
-            store,
-            [
-                audit.event(
-                    "promotion.approved",
-                    f"promotion/{request_id}",
-                    actor=actor,
-                    tenant=tenant,
-                    after={"approvals": count, "comment": comment},
-                )
-            ],
-        )
-    if count < required:
-        return get_promotion(store, request_id)
-    with _lock(ws):
-        return _finish(ws, store, request_id, actor, provider)
+        if actor in approved:
+            return count, required
+        s.add(Approval(request_id=req.id, actor=actor, decision="approve", comment=comment))
+        tenant = req.tenant
+    event = audit.event(
+        "promotion.approved",
+        f"promotion/{request_id}",
+        actor=actor,
+        tenant=tenant,
+        after={"approvals": count, "comment": comment},
+    )
+    audit.record(store, [event])
+    return count, required
 
 
 def reject(
