@@ -46,6 +46,25 @@ def evaluate(model, data):
 """
 
 
+SECRET_PIPELINE = '''\
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def prepare(data_path, secrets):
+    table = np.loadtxt(data_path, delimiter=",", skiprows=1, ndmin=2)
+    return {"X": table[:, :-1], "y": table[:, -1].astype(int), "n": len(secrets["API_TOKEN"])}
+
+
+def train(data):
+    return LogisticRegression().fit(data["X"], data["y"])
+
+
+def evaluate(model, data):
+    accuracy = float((model.predict(data["X"]) == data["y"]).mean())
+    return {"accuracy": accuracy, "token_len": data["n"]}
+'''
+
 STUCK_OR_DYING_PIPELINE = '''\
 import os, time
 
@@ -176,17 +195,25 @@ def test_ray_matches_local_pool(tmp_path: Path, ray_cache: Path) -> None:
 
 def test_ray_reports_a_broken_pipeline_and_trains_the_rest(tmp_path: Path, ray_cache: Path) -> None:
     from modelworks.registry.queries import runs
+    from modelworks.security.keys import seal_secret
 
     ws = make_workspace(tmp_path / "ws")
-    small_fleet(ws, models=2)
+    small_fleet(ws, models=1)
     write_pipeline(ws, "broken", source=BROKEN_PIPELINE)
     write_spec(ws, "bad-model", "data/set0/data.csv", pipeline="broken")
-    _git.commit(ws.root, ["models", "pipelines"], "a broken model")
+    write_pipeline(ws, "secret", source=SECRET_PIPELINE)
+    write_spec(ws, "uses-secret", "data/set1/data.csv", pipeline="secret")
+    _git.commit(ws.root, ["models", "pipelines"], "a broken model and one with a secret")
     store = Store(ws.registry_url)
+    seal_secret(ws, store, "API_TOKEN", b"0123456789abc", actor="alice")
 
     result = apply(ws, store, executor=RayExecutor(2))
 
-    assert sorted(t["name"] for t in result.trained) == ["model-0", "model-1"]
+    assert sorted(t["name"] for t in result.trained) == ["model-0", "uses-secret"]
+    # The sealed secret and the sealing key reached the worker; nothing private stays there.
+    by_name = {t["name"]: t for t in result.trained}
+    assert by_name["uses-secret"]["metrics"]["token_len"] == 13
+    assert not list(ray_cache.rglob("*.pem"))
     assert [f["name"] for f in result.failed] == ["bad-model"]
     assert "broken on purpose" in result.failed[0]["error"]
     bad = runs(store, model="bad-model", limit=5)

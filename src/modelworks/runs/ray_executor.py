@@ -9,7 +9,8 @@ its worker lacks into a worker-local cache and rewrites the job's paths:
     data/<md5>  --ray.put once per hash-->   <cache>/data/<md5>        (if absent)
     snapshot    --tar, ray.put per hash-->   <cache>/pipelines/<hash>  (if absent)
                                              execute(job) with a temp oci_dir and log
-    signing key --ray.put once-------------> <scratch>/signing.key (0600, removed with the job)
+    sealed secrets --tar, ray.put per hash-> <cache>/secrets/<hash>
+    signing and sealing keys --ray.put once> <scratch>/<field>.pem (0600, removed with the job)
     OCIStore(job["oci_dir"])  <--blobs----   config, layer and manifest bytes
     job["log_path"]           <--log text--
 
@@ -19,6 +20,7 @@ worker computed, and skopeo reads the driver's layout as it reads a local one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -39,6 +41,8 @@ from modelworks.pipelines.catalog import folder_files
 Job = dict[str, Any]
 Result = dict[str, Any]
 CACHE_ENV = "MW_RAY_CACHE"
+# Job fields naming private key files: sent per run, written 0600 into the job's scratch folder.
+PRIVATE_FILES = ("signing_key", "sealing_key")
 
 
 def _ray() -> Any:
@@ -96,12 +100,12 @@ def _materialize_data(ray: Any, key: str, ref: Any, cache: Path) -> Path:
     return _publish(cache / "data" / key, fill) / "content"
 
 
-def _materialize_pipeline(ray: Any, digest: str, ref: Any, cache: Path) -> Path:
+def _materialize_folder(ray: Any, kind: str, digest: str, ref: Any, cache: Path) -> Path:
     def fill(tmp: Path) -> None:
         with tarfile.open(fileobj=io.BytesIO(ray.get(ref)), mode="r") as tar:
             tar.extractall(tmp, filter="data")
 
-    return _publish(cache / "pipelines" / digest, fill)
+    return _publish(cache / kind / digest, fill)
 
 
 def _write_private(path: Path, data: bytes) -> Path:
@@ -139,7 +143,7 @@ def run_remote(job: Job, refs: dict[str, Any]) -> Result:
     ]
     p = job["pipeline"]
     local["pipeline"]["source"] = str(
-        _materialize_pipeline(ray, p["hash"], refs["pipeline"], cache)
+        _materialize_folder(ray, "pipelines", p["hash"], refs["pipeline"], cache)
     )
     (cache / "work").mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"job-{job['run_id']}-", dir=cache / "work"))
@@ -147,10 +151,11 @@ def run_remote(job: Job, refs: dict[str, Any]) -> Result:
         local.update(
             oci_dir=str(scratch / "oci"), work_dir=str(scratch), log_path=str(scratch / "run.log")
         )
-        if refs.get("signing_key") is not None:
-            local["signing_key"] = str(
-                _write_private(scratch / "signing.key", ray.get(refs["signing_key"]))
-            )
+        for field, ref in refs["private"].items():
+            local[field] = str(_write_private(scratch / f"{field}.pem", ray.get(ref)))
+        if refs["secrets"] is not None:
+            digest, ref = refs["secrets"]
+            local["secrets_dir"] = str(_materialize_folder(ray, "secrets", digest, ref, cache))
         result = execute(local)
         result["pid"] = f"{socket.gethostname()}:{result.get('pid', '')}"
         if result.get("status") == "succeeded":
@@ -251,7 +256,8 @@ class _Uploads:
         self.md5: dict[str, str] = {}
         self.data: dict[str, Any] = {}
         self.pipelines: dict[str, Any] = {}
-        self.keys: dict[str, Any] = {}
+        self.files: dict[str, Any] = {}
+        self.folders: dict[str, tuple[str, Any] | None] = {}
 
     def prepare(self, job: Job) -> tuple[Job, dict[str, Any]]:
         """The job with data keys instead of driver paths, and the refs its task needs."""
@@ -259,20 +265,30 @@ class _Uploads:
         p = job["pipeline"]
         if p["hash"] not in self.pipelines:
             self.pipelines[p["hash"]] = self.ray.put(tar_folder(Path(p["source"])))
-        remote = {**job, "data": {**job["data"], "keys": keys, "files": []}, "signing_key": None}
+        private = {f: job[f] for f in PRIVATE_FILES if job.get(f) and Path(job[f]).is_file()}
+        remote = {**job, "data": {**job["data"], "keys": keys, "files": []}}
+        remote.update(dict.fromkeys(PRIVATE_FILES), secrets_dir=None)
         refs = {
             "data": {k: self.data[k] for k in keys},
             "pipeline": self.pipelines[p["hash"]],
-            "signing_key": self._key(job.get("signing_key")),
+            "private": {f: self._file(path) for f, path in private.items()},
+            "secrets": self._folder(job.get("secrets_dir")),
         }
         return remote, refs
 
-    def _key(self, path: str | None) -> Any:
-        if not path:
+    def _file(self, path: str) -> Any:
+        if path not in self.files:
+            self.files[path] = self.ray.put(Path(path).read_bytes())
+        return self.files[path]
+
+    def _folder(self, path: str | None) -> tuple[str, Any] | None:
+        """(sha256 of its tar, ref) of a folder, or None when there is no such folder."""
+        if not path or not Path(path).is_dir():
             return None
-        if path not in self.keys:
-            self.keys[path] = self.ray.put(Path(path).read_bytes())
-        return self.keys[path]
+        if path not in self.folders:
+            tar = tar_folder(Path(path))
+            self.folders[path] = (hashlib.sha256(tar).hexdigest(), self.ray.put(tar))
+        return self.folders[path]
 
     def _data(self, path: str) -> str:
         if path not in self.md5:
