@@ -199,3 +199,66 @@ def test_secret_bad_name_and_empty_value(
     assert code == 1
     assert "the value is empty" in one_error(err)
     assert mw_json(capsys, ws, "secret", "list") == {"secrets": []}
+
+
+def _read_until(fd: int, token: bytes, seen: bytearray, timeout: float = 30.0) -> None:
+    import os
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    while token not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {token!r} within {timeout}s; got {bytes(seen)!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            chunk = b""
+        if not chunk:
+            raise AssertionError(f"terminal closed before {token!r}; got {bytes(seen)!r}")
+        seen += chunk
+
+
+def _type_hidden(master: int, slave: int, text: bytes, timeout: float = 30.0) -> None:
+    """Type `text` once the program has turned echo off (getpass flushes earlier input)."""
+    import os
+    import termios
+    import time
+
+    deadline = time.monotonic() + timeout
+    while termios.tcgetattr(slave)[3] & termios.ECHO:
+        if time.monotonic() > deadline:
+            raise AssertionError("the program never turned terminal echo off")
+        time.sleep(0.01)
+    os.write(master, text)
+
+
+def test_secret_seal_prompts_without_echo_on_a_terminal(ws: Workspace) -> None:
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelworks", "secret", "seal", "TTY_SECRET", "-C", str(ws.root)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+    )
+    seen = bytearray()
+    try:
+        _read_until(master, b"value of TTY_SECRET", seen)
+        _type_hidden(master, slave, b"hunter2\n")
+        _read_until(master, b"confirmation", seen)
+        _type_hidden(master, slave, b"hunter2\n")
+        _read_until(master, b"secrets/TTY_SECRET.sealed", seen)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert b"hunter2" not in seen
+    assert unseal("TTY_SECRET", sealing_keys(ws)[0], secrets_dir(ws)) == b"hunter2"

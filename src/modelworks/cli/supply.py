@@ -206,7 +206,7 @@ def keys_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> 
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(workspace)
-    keys = [
+    keys: list[dict[str, Any]] = [
         {"path": _rel(ws, k), "fingerprint": fingerprint(k), "current": i == 0}
         for i, k in enumerate(trusted_public_keys(ws))
     ]
