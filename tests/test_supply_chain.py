@@ -573,3 +573,34 @@ def test_step_asking_for_a_missing_secret_fails_naming_it(ws: Workspace, store: 
     assert "step asked for secret 'API_TOKEN', which is not sealed" in failed["error"]
     assert "mw secret seal API_TOKEN" in failed["error"]
     assert not (ws.root / "deploy/test/needs-secret").exists()
+
+
+def test_corrupted_signature_file_fails_verification(
+    ws: Workspace, store: Store, tmp_path: Path
+) -> None:
+    cfg = deployed(ws)
+
+    def garble(folder: Path) -> None:
+        sig = folder / "model.sig"
+        sig.write_bytes(sig.read_bytes()[: len(sig.read_bytes()) // 2])
+
+    point_at(ws, "model-0", cfg["version"], repackage(ws, cfg["artifact_digest"], tmp_path, garble))
+    with pytest.raises(VerificationError, match="signature file is corrupt or not a model signing"):
+        verify_version(ws, store, "model-0")
+
+
+def test_unusable_private_key_fails_the_run_and_deploys_nothing(
+    ws: Workspace, store: Store
+) -> None:
+    before = deployed(ws)
+    private, _public = signing_keys(ws)
+    private.write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    spec = ws.models_dir / "model-0.json"
+    spec.write_text(json.dumps(json.loads(spec.read_text()) | {"model_hyperparameters": {"C": 9}}))
+    _git.commit(ws.root, ["models"], "retrain model-0")
+    result = apply(ws, store, names=["model-0"], executor=InlineExecutor(), actor="line")
+    [failed] = result.failed
+    assert "signing-key.pem: not a usable EC private key" in failed["error"]
+    assert result.deployed == []
+    assert deployed(ws) == before
+    assert verify_version(ws, store, "model-0")["version"] == before["version"]
