@@ -262,3 +262,17 @@ def test_secret_seal_prompts_without_echo_on_a_terminal(ws: Workspace) -> None:
         os.close(slave)
     assert b"hunter2" not in seen
     assert unseal("TTY_SECRET", sealing_keys(ws)[0], secrets_dir(ws)) == b"hunter2"
+
+
+def test_audit_group_options_reach_verify(
+    capsys: pytest.CaptureFixture[str],
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # not a workspace: -C before `verify` must be honoured
+    capsys.readouterr()
+    main(["audit", "-C", str(ws.root), "--json", "verify"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["intact"] is True
+    assert report["events"] == 4

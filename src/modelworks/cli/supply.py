@@ -77,7 +77,8 @@ def audit_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List audit events, oldest first: who did what, when, before and after."""
-    if ctx.invoked_subcommand is not None:
+    if ctx.invoked_subcommand is not None:  # `mw audit -C ws --json verify` means what it says
+        ctx.obj = {"workspace": workspace, "json": json_out}
         return
     from modelworks.registry.audit import rows
 
@@ -133,12 +134,16 @@ def _short(value: Any) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def audit_verify_cmd(
+    ctx: typer.Context, workspace: WorkspaceOpt = None, json_out: JsonOpt = False
+) -> None:
     """Check the hash chain: exit 1 naming every edited, deleted or reordered event."""
     from modelworks._console import console, err_console
     from modelworks.artifacts.verify import verify_audit
 
-    ws, store = open_workspace(workspace)
+    parent = ctx.obj or {}
+    json_out = json_out or bool(parent.get("json"))
+    ws, store = open_workspace(workspace or parent.get("workspace"))
     report = verify_audit(ws, store)
     if json_out:
         emit_json(report)
