@@ -156,7 +156,7 @@ def test_argocd_warns_about_a_missing_chart(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"])
-    assert "chart 'charts/modelcar'" in capsys.readouterr().out
+    assert "chart 'charts/modelcar'" in capsys.readouterr().err
     (repo / "charts/modelcar").mkdir(parents=True)
     (repo / "charts/modelcar/Chart.yaml").write_text("apiVersion: v2\nname: modelcar\n")
     _git.commit(repo, ["charts"], "add the chart")

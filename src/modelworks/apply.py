@@ -40,6 +40,7 @@ class ApplyResult:
     skipped: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     deployed: list[dict[str, Any]] = field(default_factory=list)
+    pushed: list[dict[str, Any]] = field(default_factory=list)
     commit: str | None = None
     seconds: float = 0.0
 
@@ -52,6 +53,7 @@ class ApplyResult:
             "trained": self.trained, "failed": self.failed, "gated": self.gated,
             "rejected": self.rejected,
             "skipped": self.skipped, "errors": self.errors, "deployed": self.deployed,
+            "pushed": self.pushed,
             "commit": self.commit, "seconds": round(self.seconds, 3),
             "summary": {k: len(getattr(self, k)) for k in
                         ("trained", "failed", "gated", "rejected", "skipped", "errors", "deployed")},
@@ -260,24 +262,6 @@ class _Recorder:
             self.result.gated.append({**entry, "reasons": r.get("gates", {}).get("failures", [])})
 
 
-def deploy_config(ws: Workspace, name: str, tenant: str, runtime: str, version: str,
-                  fingerprint: str, digest: str, layout: str) -> gdeploy.DeployConfig:
-    """The deploy/<env>/<model>/config.yaml content for a registered version."""
-    oci = ws.settings.oci
-    if oci.registry:
-        repo = f"{oci.registry}/{oci.namespace}/{name}"
-        uri = f"oci://{repo}:{version}"
-    else:
-        repo = name
-        rel = os.path.relpath(layout, ws.deploy_repo) if os.path.isabs(layout) else layout
-        uri = f"oci:{rel}:{version}"
-    return gdeploy.DeployConfig(
-        name=name, image_repository=repo, image_namespace=oci.namespace, version=version,
-        runtime=runtime, artifact_digest=digest, artifact_uri=uri, fingerprint=fingerprint,
-        tenant=tenant,
-    )
-
-
 def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[dict[str, Any]], str | None]:
     """Put each model's current registered version into the auto-deploy environments."""
     envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
@@ -298,7 +282,7 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
             spec = mp.spec
             if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
                 continue
-            cfg = deploy_config(ws, spec.name, spec.tenant, spec.runtime, v.version, v.fingerprint,
+            cfg = gdeploy.deploy_config(ws, spec.name, spec.tenant, spec.runtime, v.version, v.fingerprint,
                                 v.artifact_digest or "", v.oci_layout or "")
             old = current.get(spec.name)
             if old != cfg:
@@ -344,6 +328,16 @@ def _drain(ws: Workspace, store: Store, plans: dict[str, ModelPlan], recorder: _
         recorder.flush()
 
 
+def _push(ws: Workspace, store: Store, result: ApplyResult, actor: str) -> None:
+    """Push new versions to the configured OCI registry; a failed push is an error, not a deploy."""
+    from modelworks.artifacts.publish import push_versions
+
+    result.pushed = push_versions(ws, store, [t["name"] for t in result.trained], actor=actor)
+    for p in result.pushed:
+        if p["status"] == "failed":
+            result.errors.append({"name": p["name"], "error": f"push failed: {p.get('error')}"})
+
+
 def apply(
     ws: Workspace,
     store: Store,
@@ -374,6 +368,8 @@ def apply(
                                        timeout=ws.settings.executor.timeout, address=ws.settings.ray.address)
         recorder = _Recorder(store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries)
         _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
+        if ws.settings.oci.registry and result.trained:
+            _push(ws, store, result, actor)
         result.deployed, result.commit = deploy_auto(ws, store, p, actor)
         result.seconds = time.perf_counter() - started
         return result

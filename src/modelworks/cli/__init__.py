@@ -59,14 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130, verbose)
     except Exception as exc:  # click's own usage errors come through here too
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        exit_types, usage_types, abort_types = _click_types()
+        if isinstance(exc, exit_types):
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, usage_types):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, abort_types):
             _fail("aborted", 1, verbose)
         _fail(
             f"unexpected error: {type(exc).__name__}: {exc} "
@@ -74,6 +73,23 @@ def main(argv: list[str] | None = None) -> None:
             70,
             verbose,
         )
+
+
+def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """click's Exit/ClickException/Abort, and typer's vendored copies of them where it has one."""
+    import click
+
+    mods: list[Any] = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.29 ships its own click
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    def found(name: str) -> tuple[type, ...]:
+        return tuple(getattr(m, name) for m in mods if hasattr(m, name))
+
+    return found("Exit"), found("ClickException"), found("Abort")
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
 from modelworks import _git
+
+if TYPE_CHECKING:
+    from modelworks.workspace import Workspace
 
 DEPLOY_DIR = "deploy"
 CONFIG_NAME = "config.yaml"
@@ -85,3 +90,21 @@ def deploy(
     if not changed:
         return None
     return _git.commit(repo, changed, message, author=author)
+
+
+def deploy_config(ws: Workspace, name: str, tenant: str, runtime: str, version: str,
+                  fingerprint: str, digest: str, layout: str) -> DeployConfig:
+    """The deploy/<env>/<model>/config.yaml content for a registered version."""
+    oci = ws.settings.oci
+    if oci.registry:
+        repo = f"{oci.registry}/{oci.namespace}/{name}"
+        uri = f"oci://{repo}:{version}"
+    else:
+        repo = name
+        rel = os.path.relpath(layout, ws.deploy_repo) if os.path.isabs(layout) else layout
+        uri = f"oci:{rel}:{version}"
+    return DeployConfig(
+        name=name, image_repository=repo, image_namespace=oci.namespace, version=version,
+        runtime=runtime, artifact_digest=digest, artifact_uri=uri, fingerprint=fingerprint,
+        tenant=tenant,
+    )

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from modelworks import _git
-from modelworks._console import console
+from modelworks._console import err_console
 from modelworks.errors import DeployError, did_you_mean
 from modelworks.gitops.deploy import DEPLOY_DIR, DeployConfig, read_env
 
@@ -229,12 +229,12 @@ def _check_argocd_inputs(repo: Path, env: str, ref: str, chart_path: str | None)
     """Fail on what would break the generated Applications; warn about a missing chart."""
     configs = _check_unique(env, read_env(repo, env, ref))
     if not configs:
-        console.print(f"[yellow]no models in {DEPLOY_DIR}/{env} at {ref[:12]}; "
+        err_console.print(f"[yellow]no models in {DEPLOY_DIR}/{env} at {ref[:12]}; "
                       "the ApplicationSet will generate no Applications yet[/]")
     charts = {chart_path} if chart_path else {c.chart_path for c in configs.values()}
     for chart in sorted(charts):
         if not _git.ls_files(repo, ref, f"{chart.rstrip('/')}/Chart.yaml"):
-            console.print(f"[yellow]chart {chart!r} (env {env}) has no Chart.yaml in the deploy "
+            err_console.print(f"[yellow]chart {chart!r} (env {env}) has no Chart.yaml in the deploy "
                           "repository; Argo CD cannot render it until it is committed[/]")
 
 
@@ -376,7 +376,7 @@ def _prune(out_dir: Path, env: str, keep: set[Path]) -> None:
             first = fh.readline()
         if first == header:
             path.unlink()
-            console.print(f"removed {path} (no longer deployed in {env})")
+            err_console.print(f"removed {path} (no longer deployed in {env})")
 
 
 def export_kserve(
@@ -409,6 +409,6 @@ def export_kserve(
     if out_dir.is_dir():
         _prune(out_dir, env, set(written))
     if not written:
-        console.print(f"[yellow]no models deployed in {DEPLOY_DIR}/{env} at {ref}; "
+        err_console.print(f"[yellow]no models deployed in {DEPLOY_DIR}/{env} at {ref}; "
                       "no InferenceService written[/]")
     return written

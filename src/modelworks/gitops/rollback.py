@@ -133,7 +133,7 @@ def _config_text(
     """A config.yaml for a version never served in this env, built from its registry row."""
     import yaml
 
-    from modelworks.apply import deploy_config
+    from modelworks.gitops.deploy import deploy_config
 
     runtime = (v.inputs or {}).get("spec", {}).get("runtime")
     if not runtime and current:

@@ -15,6 +15,17 @@ Job = dict[str, Any]
 Result = dict[str, Any]
 
 
+def preload() -> None:
+    """Import what every training job needs, once; forked workers inherit it warm."""
+    import model_signing.signing  # noqa: F401
+    import sklearn.base  # noqa: F401
+    import skops.io  # noqa: F401
+
+    import modelworks.artifacts.oci  # noqa: F401
+    import modelworks.artifacts.scan  # noqa: F401
+    import modelworks.artifacts.sign  # noqa: F401
+
+
 def warm() -> None:
     """In each worker: one BLAS thread (the pool is the parallelism), heavy imports done once."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -25,8 +36,7 @@ def warm() -> None:
         threadpool_limits(1)
     except ImportError:
         pass
-    import sklearn.base  # noqa: F401
-    import skops.io  # noqa: F401
+    preload()
 
 
 def _serve(conn: Connection, fn: Callable[[Job], Result]) -> None:
@@ -82,6 +92,8 @@ class ProcessPool:
             w.conn.send(w.job)
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
+        if self.ctx.get_start_method() == "fork":
+            preload()
         pending = deque(jobs)
         workers = [self._spawn() for _ in range(min(self.size, len(jobs)))]
         try:
