@@ -604,3 +604,16 @@ def test_unusable_private_key_fails_the_run_and_deploys_nothing(
     assert result.deployed == []
     assert deployed(ws) == before
     assert verify_version(ws, store, "model-0")["version"] == before["version"]
+
+
+def test_verify_the_version_an_environment_serves(ws: Workspace, store: Store) -> None:
+    with pytest.raises(NotFoundError, match="model 'model-0' is not deployed in prod"):
+        verify_version(ws, store, "model-0", env="prod")
+    with pytest.raises(ConfigError, match="environment 'staging' is not configured"):
+        verify_version(ws, store, "model-0", env="staging")
+    prod = ws.root / "deploy/prod/model-0/config.yaml"
+    prod.parent.mkdir(parents=True)
+    shutil.copy(ws.root / "deploy/test/model-0/config.yaml", prod)
+    info = verify_version(ws, store, "model-0", env="prod")
+    assert info["version"] == deployed(ws)["version"]
+    assert set(info["deployed"]) == {"test", "prod"}

@@ -56,19 +56,24 @@ CHECKPOINT = "audit-checkpoint.json"
 
 
 def verify_version(
-    ws: Workspace, store: Store, model: str, version: str | None = None
+    ws: Workspace, store: Store, model: str, version: str | None = None, *, env: str | None = None
 ) -> dict[str, Any]:
     """Check a version's registry record, blobs, signature, SBOM and scan; return what was checked.
 
     Args:
         model: the model name.
         version: a version id, an artifact digest ('sha256:…'), or None for the version
-            deployed in test (else the latest registered one).
+            deployed in `env`.
+        env: the environment whose deployed version is the default; None means test if
+            the model is deployed there, else the latest registered version.
 
     Returns:
         A dict with model, version, digest, deployments and one entry per check.
     """
-    row, digest, deployed = _resolve(ws, store, model, version)
+    if env is not None and env not in ws.settings.environments:
+        known = ", ".join(ws.settings.environments)
+        raise ConfigError(f"environment {env!r} is not configured (environments: {known})")
+    row, digest, deployed = _resolve(ws, store, model, version, env)
     name = f"{model}@{row['version'] if row else digest}"
     try:
         checks = _check_artifact(ws, model, row, digest)
@@ -141,14 +146,16 @@ def artifact_sbom(oci_layout: str, repo: str, digest: str) -> dict[str, Any]:
 
 
 def _resolve(
-    ws: Workspace, store: Store, model: str, version: str | None
+    ws: Workspace, store: Store, model: str, version: str | None, env: str | None
 ) -> tuple[dict[str, Any] | None, str, dict[str, dict[str, str]]]:
     rows = _versions(store, model)
     deployed = _deployed(ws, model)
     if version and version.startswith("sha256:"):
         row = next((r for r in rows if r["digest"] == version), None)
         return row, version, deployed
-    wanted = version or (deployed.get("test") or {}).get("version")
+    if not version and env is not None and env not in deployed:
+        raise NotFoundError(f"model {model!r} is not deployed in {env}")
+    wanted = version or (deployed.get(env or "test") or {}).get("version")
     if wanted:
         row = next((r for r in rows if r["version"] == wanted), None)
         if row is None:

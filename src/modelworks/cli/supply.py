@@ -24,6 +24,10 @@ def verify_cmd(
             metavar="MODEL[@VERSION]", help="Model, optionally @version or @sha256:digest."
         ),
     ],
+    env: Annotated[
+        str | None,
+        typer.Option("--env", "-e", help="Without @VERSION: the version served in this env."),
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -33,7 +37,7 @@ def verify_cmd(
 
     model, _, version = target.partition("@")
     ws, store = open_workspace(workspace)
-    info = verify_version(ws, store, model, version or None)
+    info = verify_version(ws, store, model, version or None, env=env)
     if json_out:
         emit_json(info)
         return
