@@ -617,3 +617,19 @@ def test_verify_the_version_an_environment_serves(ws: Workspace, store: Store) -
     info = verify_version(ws, store, "model-0", env="prod")
     assert info["version"] == deployed(ws)["version"]
     assert set(info["deployed"]) == {"test", "prod"}
+
+
+def test_file_the_scanner_cannot_judge_rejects_the_version(ws: Workspace, store: Store) -> None:
+    source = EVIL_PIPELINE.format(marker="/nonexistent").replace(
+        'output_dir / "model.pkl").write_bytes(pickle.dumps(Payload()))',
+        'output_dir / "model.weights").write_bytes(bytes(range(166, 230)))',
+    )
+    write_pipeline(ws, "opaque", "v1", source)
+    write_spec(ws, "opaque-model", "data/set0/data.csv", pipeline="opaque")
+    _git.commit(ws.root, ["models", "pipelines"], "opaque model")
+    result = apply(ws, store, names=["opaque-model"], executor=InlineExecutor(), actor="line")
+    [rejected] = result.rejected
+    assert "model.weights: not a parseable pickle stream" in rejected["reason"]
+    assert rejected["scan"]["safe"] is False
+    assert result.deployed == []
+    assert show(store, "opaque-model")["latest"]["artifact"]["digest"] is None
