@@ -1,0 +1,7 @@
+"""The continuous loop: watch Git, data folders, schedules and drift; plan, apply, reconcile serving."""
+
+from __future__ import annotations
+
+from modelworks.controller.loop import Controller, TickReport
+
+__all__ = ["Controller", "TickReport"]

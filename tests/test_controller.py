@@ -1,0 +1,245 @@
+"""The controller: commits, data folders, schedules, webhooks, graceful and hard stops.
+
+Real git, real SQLite, the real worker pool; the stop tests run `mw controller` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from anyio.from_thread import start_blocking_portal
+
+from modelworks import _git
+from modelworks.apply import workspace_lock
+from modelworks.controller import Controller
+from modelworks.controller.webhook import create_app, sign
+from modelworks.data.add import add
+from modelworks.registry import audit
+from modelworks.registry.queries import runs
+from modelworks.registry.store import Store
+from modelworks.testing import TINY_PIPELINE, make_workspace, small_fleet, write_dataset, write_pipeline, write_spec
+from modelworks.workspace import Workspace
+
+SECRET = "s3cret-for-tests"
+
+
+def _controller(ws: Workspace, **kw: Any) -> Controller:
+    return Controller(ws, Store(ws.registry_url), workers=2, lock_wait=0.2, **kw)
+
+
+def _edit_spec(ws: Workspace, name: str, **changes: Any) -> None:
+    path = ws.models_dir / f"{name}.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw, indent=2))
+    _git.commit(ws.root, [path.relative_to(ws.root)], f"edit {name}")
+
+
+def _runs(ws: Workspace) -> list[dict[str, Any]]:
+    return runs(Store(ws.registry_url), limit=1000)
+
+
+def test_first_tick_applies_all_then_a_spec_commit_applies_only_that_model(fleet: Workspace) -> None:
+    reconciles: list[int] = []
+    ctl = _controller(fleet, on_deploy=[lambda: reconciles.append(1)])
+    first = ctl.tick()
+    assert first.errors == []
+    assert first.applied[0]["names"] is None and first.applied[0]["trained"] == 3
+    assert first.applied[0]["deployed"] == 3 and reconciles == [1]
+    assert ctl.tick().changes == []  # the line's own deploy commit needs no second pass
+    (fleet.root / "deploy" / "README.md").write_text("what each environment serves\n")
+    _git.commit(fleet.root, ["deploy/README.md"], "deploy: readme")
+    moved = ctl.tick()  # a deploy-only commit reconciles serving and trains nothing
+    assert moved.applied == [] and [c["parts"] for c in moved.changes] == [["deploy"]]
+    assert moved.reconciled and len(reconciles) == 2
+
+    _edit_spec(fleet, "model-1", model_hyperparameters={"C": 9.0})
+    t = ctl.tick()
+    assert t.applied[0]["names"] == ["model-1"]
+    assert (t.applied[0]["trained"], t.applied[0]["deployed"]) == (1, 1)
+    assert [r["trigger"] for r in _runs(fleet)][:1] == ["spec"]
+    state = json.loads((fleet.state_dir / "controller" / "state.json").read_text())
+    assert state["repos"]["workspace"] == _git.head(fleet.root)
+
+
+def test_a_restarted_controller_remembers_what_it_reconciled(fleet: Workspace) -> None:
+    _controller(fleet).tick()
+    again = _controller(fleet).tick()  # a new process re-plans once (to finish any queue) ...
+    assert again.applied[0]["trained"] == 0 and again.applied[0]["skipped"] == 3
+    assert again.changes == []  # ... and knows the commits it reconciled
+
+
+def test_a_users_apply_holding_the_lock_delays_the_controller_without_deadlock(fleet: Workspace) -> None:
+    ctl = _controller(fleet)
+    lock = workspace_lock(fleet, 0)
+    try:
+        t = ctl.tick()
+    finally:
+        lock.release()
+    assert t.applied == [] and "another `mw apply` holds" in t.errors[0]
+    assert "workspace" not in ctl.state.repos  # not reconciled: the next tick tries again
+    t2 = ctl.tick()
+    assert t2.errors == [] and t2.applied[0]["trained"] == 3
+
+
+def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", data={"watch": ["data/set0"]})
+    small_fleet(ws)
+    ctl = _controller(ws)
+    assert ctl.tick().applied[0]["trained"] == 3
+    new = write_dataset(ws, "data/set0/data.csv", seed=42)
+    extra = write_dataset(ws, "data/set0/extra.csv", seed=5)
+    old = time.time() - 5
+    for p in (new, extra):
+        os.utime(p, (old, old))
+    t = ctl.tick()
+    assert t.errors == []
+    assert t.data is not None and sorted(f["dataset"] for f in t.data["files"]) == [
+        "data/set0/data.csv", "data/set0/extra.csv"]
+    show = _git.git(ws.root, "show", "--stat", "--format=%s", t.data["commit"])
+    assert show.startswith("data: 2 new file version(s)")
+    for changed in ("data.csv.dvc", "extra.csv.dvc", "model-0.json", "model-2.json"):
+        assert changed in show  # pointers and the bumped specs in one commit
+    assert (t.applied[0]["trained"], t.applied[0]["skipped"]) == (2, 1)
+    assert {r["model"] for r in _runs(ws) if r["trigger"] == "data"} == {"model-0", "model-2"}
+    assert ctl.tick().data is None  # versioned files are not taken again
+
+
+def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is_newer(
+        fleet: Workspace) -> None:
+    path = fleet.models_dir / "model-0.json"
+    raw = json.loads(path.read_text())
+    pinned = raw["data_source"]["dvc_hash"]
+    raw["schedule"] = "*/5 * * * *"
+    path.write_text(json.dumps(raw, indent=2))
+    _git.commit(fleet.root, ["models"], "schedule model-0")
+    ctl = _controller(fleet)
+    ctl.tick()
+    assert "model-0" in ctl.state.schedules  # a new schedule starts counting now
+
+    write_dataset(fleet, "data/set0/data.csv", seed=11)  # a new data version, specs not bumped
+    v = add(fleet, fleet.root / "data/set0/data.csv", update_specs=False)
+    assert ctl.tick().applied[0]["trained"] == 0  # pinned specs stay on their data version
+    ctl.state.schedules["model-0"] = (datetime.now(UTC) - timedelta(minutes=6)).isoformat()
+    t = ctl.tick()
+    assert t.scheduled == ["model-0"] and t.applied[-1]["trigger"] == "schedule"
+    assert t.applied[-1]["trained"] == 1
+    assert json.loads(path.read_text())["data_source"]["dvc_hash"] == v.md5 != pinned
+    assert _git.git(fleet.root, "log", "-1", "--format=%s", "--", "models/model-0.json").startswith(
+        "schedule: retrain 1 model(s) on the newest data")
+    latest = _runs(fleet)[0]
+    assert (latest["model"], latest["trigger"], latest["status"]) == ("model-0", "schedule", "succeeded")
+
+    ctl.state.schedules["model-0"] = (datetime.now(UTC) - timedelta(minutes=6)).isoformat()
+    again = ctl.tick()
+    assert again.applied[-1]["trained"] == 0
+    assert [n["name"] for n in again.noops] == ["model-0"]
+    noop = _runs(fleet)[0]
+    assert (noop["trigger"], noop["status"], noop["attempts"]) == ("schedule", "succeeded", 0)
+    assert "nothing was trained" in Path(noop["log_path"]).read_text()
+    events = audit.rows(Store(fleet.registry_url), action="retrain.schedule")
+    assert events[-1]["after"]["result"] == "unchanged"
+
+
+def test_failed_and_stuck_jobs_retry_with_backoff_then_stay_failed(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", executor={"timeout": 1.5, "retries": 1})
+    stuck = TINY_PIPELINE.replace("def train(data, params):",
+                                  "def train(data, params):\n    import time; time.sleep(60)")
+    write_pipeline(ws, source=stuck)
+    write_dataset(ws, "data/d/data.csv")
+    write_spec(ws, "stuck", "data/d/data.csv")
+    add(ws, ws.root / "data/d/data.csv", commit=False)
+    _git.commit(ws.root, ["models", "pipelines", "data"], "a stuck model")
+    t0 = time.monotonic()
+    t = _controller(ws).tick()
+    assert time.monotonic() - t0 < 20
+    assert t.applied[0]["failed"] == 1
+    (run,) = _runs(ws)
+    assert (run["status"], run["attempts"]) == ("failed", 2)  # the first try and one retry
+    assert "timed out after 1.5s" in run["error"]
+
+
+# -- webhook ------------------------------------------------------------------------------------
+
+
+class _Client:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __enter__(self) -> _Client:
+        self._cm = start_blocking_portal()
+        self.portal = self._cm.__enter__()
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://ctl")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.portal.call(self.http.aclose)
+        finally:
+            self._cm.__exit__(None, None, None)
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        return self.portal.call(lambda: self.http.request(method, url, **kw))
+
+
+def test_webhook_signature_refuses_and_logs_bad_requests_and_a_good_one_reconciles_now(
+        tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", controller={"webhook_secret": SECRET})
+    small_fleet(ws, models=1, datasets=1)
+    ctl = _controller(ws)
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    loop = threading.Thread(target=ctl.run, args=(300.0,), daemon=True)
+    loop.start()
+    try:
+        _wait(lambda: ctl.ticks >= 1, 60)
+        with _Client(create_app(ctl)) as c:
+            missing = c.request("POST", "/hooks/git", content=body)
+            wrong = c.request("POST", "/hooks/git", content=body,
+                              headers={"X-Hub-Signature-256": sign("not-the-secret", body)})
+            assert (missing.status_code, wrong.status_code) == (401, 403)
+            refused = audit.rows(Store(ws.registry_url), action="webhook.refused")
+            assert [e["after"]["status"] for e in refused] == [401, 403]
+            assert ctl.ticks == 1  # refused requests do not wake the controller
+
+            _edit_spec(ws, "model-0", model_hyperparameters={"C": 3.0})
+            ok = c.request("POST", "/hooks/git", content=body,
+                           headers={"X-Hub-Signature-256": sign(SECRET, body), "X-GitHub-Event": "push"})
+            assert ok.status_code == 202 and ok.json() == {"accepted": True, "event": "push"}
+            _wait(lambda: ctl.last is not None and any(a["names"] == ["model-0"] for a in ctl.last.applied), 60)
+            assert c.request("GET", "/healthz").json()["ok"] is True
+            status = c.request("GET", "/api/status").json()
+            assert status["controller"]["ticks"] >= 2
+            assert [m["name"] for m in status["models"]] == ["model-0"]
+    finally:
+        ctl.stop()
+        loop.join(60)
+    assert not loop.is_alive()
+
+
+def test_webhook_without_a_configured_secret_refuses_everything(fleet: Workspace) -> None:
+    ctl = _controller(fleet)
+    body = b"{}"
+    with _Client(create_app(ctl)) as c:
+        r = c.request("POST", "/hooks/git", content=body, headers={"X-Hub-Signature-256": sign("", body)})
+    assert r.status_code == 403 and "webhook_secret is not configured" in r.json()["error"]
+
+
+def _wait(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
