@@ -42,6 +42,14 @@ class ServingMetrics:
         self.evictions = Counter(
             "mw_serving_evictions", "Models evicted from memory by the LRU.", registry=r
         )
+        self.drift_score = Gauge(
+            "mw_drift_score", "Latest drift score (max PSI over features) by model, from `mw monitor`.",
+            ["model", "version"], registry=r,
+        )
+        self.drift_detected = Gauge(
+            "mw_drift_detected", "1 when the latest drift report says the model drifted.",
+            ["model", "version"], registry=r,
+        )
         self._children: dict[str, tuple[Any, Any]] = {}
 
     def observe(self, model: str, seconds: float) -> None:
@@ -57,6 +65,15 @@ class ServingMetrics:
         """Count one failed request (the model label is '' when the model is unknown)."""
         self.requests.labels(model).inc()
         self.errors.labels(model, str(status)).inc()
+
+    def set_drift(self, scores: dict[str, dict[str, Any]]) -> None:
+        """Replace the drift gauges with the monitoring pass's latest scores per model."""
+        self.drift_score.clear()
+        self.drift_detected.clear()
+        for model, row in scores.items():
+            labels = (model, str(row.get("version", "")))
+            self.drift_score.labels(*labels).set(float(row.get("score", 0.0)))
+            self.drift_detected.labels(*labels).set(1.0 if row.get("drifted") else 0.0)
 
     def render(self) -> bytes:
         """The exposition text of this registry."""

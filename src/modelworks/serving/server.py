@@ -185,6 +185,20 @@ class ModelServer:
         """Set the loaded-models and memory gauges from the cache."""
         self.metrics.loaded.set(len(self.cache))
         self.metrics.memory.set(self.cache.used)
+        self._update_drift()
+
+    def _update_drift(self) -> None:
+        """Export the monitoring pass's scores (`.mw/monitor/<env>.json`) when the file changed."""
+        from modelworks.monitor.run import read_scores, scores_path
+
+        path = scores_path(self.ws, self.env)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime != getattr(self, "_drift_mtime", None):
+            self._drift_mtime = mtime
+            self.metrics.set_drift(read_scores(path))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
