@@ -633,3 +633,24 @@ def test_file_the_scanner_cannot_judge_rejects_the_version(ws: Workspace, store:
     assert rejected["scan"]["safe"] is False
     assert result.deployed == []
     assert show(store, "opaque-model")["latest"]["artifact"]["digest"] is None
+
+
+def test_show_survives_a_broken_sbom(ws: Workspace, store: Store, tmp_path: Path) -> None:
+    cfg = deployed(ws)
+    digest = repackage(
+        ws, cfg["artifact_digest"], tmp_path, lambda f: (f / "sbom.json").write_text("[1, 2]")
+    )
+    point_at(ws, "model-0", cfg["version"], digest)
+    with db(ws) as conn:
+        conn.execute(
+            "UPDATE model_versions SET oci_layout = ?", (str(ws.oci_dir / "repos/model-0"),)
+        )
+    assert show(store, "model-0")["sbom"] == {
+        "version": cfg["version"],
+        "error": "sbom.json is not an object",
+    }
+    layer = OCIStore(ws.oci_dir).manifest(digest)["layers"][0]["digest"]
+    OCIStore(ws.oci_dir).blob_path(layer).write_bytes(b"gone")
+    info = show(store, "model-0")
+    assert info["sbom"]["error"].startswith("cannot read sbom.json: layer of image")
+    assert info["artifact"]["digest"] == digest

@@ -112,18 +112,23 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
 
 def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
     """Format, spec version, component count and the versions of a few key packages."""
-    components = doc.get("components") or []
+    found = doc.get("components")
+    components = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
     versions = {str(c.get("name", "")).lower(): c.get("version") for c in components}
-    meta = doc.get("metadata") or {}
+    meta = _dict(doc.get("metadata"))
     return {
         "format": doc.get("bomFormat"),
         "spec_version": doc.get("specVersion"),
         "components": len(components),
         "serial": doc.get("serialNumber"),
         "created": meta.get("timestamp"),
-        "environment": (meta.get("component") or {}).get("version"),
+        "environment": _dict(meta.get("component")).get("version"),
         "key_packages": {p: versions[p] for p in KEY_PACKAGES if p in versions},
     }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def artifact_sbom(oci_layout: str, repo: str, digest: str) -> dict[str, Any]:
