@@ -243,3 +243,95 @@ def _wait(cond: Any, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.05)
+
+
+# -- stops: SIGKILL and SIGTERM of a real `mw controller` -----------------------------------------
+
+SLOW_PIPELINE = TINY_PIPELINE.replace(
+    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.4)")
+
+
+def _slow_fleet(ws: Workspace, n: int) -> None:
+    write_pipeline(ws, source=SLOW_PIPELINE)
+    write_dataset(ws, "data/d/data.csv")
+    for i in range(n):
+        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
+    add(ws, ws.root / "data/d/data.csv", commit=False)
+    _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
+
+
+def _start(ws: Workspace) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelworks", "controller", "--interval", "0.5", "--no-http", "-j", "1"],
+        cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _rows(ws: Workspace, sql: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(ws.state_dir / "registry.db")
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return []
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def _registered(ws: Workspace) -> int:
+    return len(_rows(ws, "SELECT id FROM model_versions"))
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_sigkill_then_sigterm_then_restart_finishes_the_queue_with_no_job_lost_or_run_twice(
+        workspace: Workspace) -> None:
+    n = 10
+    _slow_fleet(workspace, n)
+    procs = []
+    try:
+        first = _start(workspace)
+        procs.append(first)
+        _wait(lambda: _registered(workspace) >= 2, 90)
+        os.killpg(first.pid, signal.SIGKILL)  # the controller and its workers, like kill -9 of the group
+        first.communicate(timeout=30)
+        killed_at = _registered(workspace)
+        assert killed_at < n
+        # the kill left claimed runs 'running': the next controller puts them back in the queue
+        assert _rows(workspace, "SELECT status FROM runs WHERE status IN ('queued', 'running')")
+        attempts_before = dict(_rows(workspace, "SELECT id, attempts FROM runs"))
+
+        second = _start(workspace)
+        procs.append(second)
+        _wait(lambda: _registered(workspace) >= killed_at + 2, 90)
+        second.send_signal(signal.SIGTERM)  # graceful: the running job finishes
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 0, err
+        assert "Traceback" not in err
+        assert _rows(workspace, "SELECT id FROM runs WHERE status = 'running'") == []
+        stopped_at = _registered(workspace)
+        assert stopped_at < n
+        requeued = _rows(workspace, "SELECT id, attempts FROM runs WHERE status = 'queued' "
+                                    "AND error LIKE 'requeued: the controller stopped%'")
+        assert requeued  # claimed but not started when SIGTERM came: back in the queue, ...
+        assert all(a == attempts_before[i] for i, a in requeued)  # ... this attempt not counted
+
+        third = _start(workspace)
+        procs.append(third)
+        _wait(lambda: _registered(workspace) == n and not _rows(
+            workspace, "SELECT id FROM runs WHERE status IN ('queued', 'running')"), 120)
+        third.send_signal(signal.SIGTERM)
+        third.communicate(timeout=60)
+        assert third.returncode == 0
+    finally:
+        for p in procs:
+            _kill(p)
+    per_model = _rows(workspace, "SELECT m.name, r.status FROM runs r JOIN models m ON m.id = r.model_id")
+    assert sorted(name for name, status in per_model if status == "succeeded") == [f"m{i:02d}" for i in range(n)]
+    assert {status for _, status in per_model} == {"succeeded"}
+    versions = _rows(workspace, "SELECT model_id, fingerprint FROM model_versions")
+    assert len(versions) == len(set(versions)) == n
+    assert len(list((workspace.root / "deploy" / "test").glob("*/config.yaml"))) == n
