@@ -126,7 +126,6 @@ class RegistryView:
     """What the plan needs from the registry, read in a few bulk queries."""
 
     fingerprints: dict[str, set[str]]
-    latest_inputs: dict[str, dict[str, Any]]
     last_failure: dict[str, tuple[str, str]]
     pipelines: dict[tuple[str, str], tuple[str, str]]
 
@@ -136,10 +135,6 @@ class RegistryView:
             fps: dict[str, set[str]] = {}
             for name, fp in s.execute(select(Model.name, ModelVersion.fingerprint).join(ModelVersion)):
                 fps.setdefault(name, set()).add(fp)
-            latest = select(func.max(ModelVersion.id)).group_by(ModelVersion.model_id)
-            inputs = dict(s.execute(
-                select(Model.name, ModelVersion.inputs).join(ModelVersion).where(ModelVersion.id.in_(latest))
-            ).tuples().all())
             last_run = select(func.max(Run.id)).group_by(Run.model_id)
             failures = {
                 name: (fp, err or "")
@@ -151,7 +146,23 @@ class RegistryView:
             pipes = {
                 (p.name, p.version): (p.hash, p.snapshot) for p in s.scalars(select(PipelineVersion))
             }
-        return cls(fps, inputs, failures, pipes)
+        return cls(fps, failures, pipes)
+
+    @staticmethod
+    def latest_inputs(store: Store, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The inputs of each named model's latest version (only for models that changed:
+        decoding every version's JSON would dominate the plan of an unchanged fleet)."""
+        found: dict[str, dict[str, Any]] = {}
+        with store.session() as s:
+            for i in range(0, len(names), 500):
+                chunk = names[i:i + 500]
+                latest = (select(func.max(ModelVersion.id)).join(Model)
+                          .where(Model.name.in_(chunk)).group_by(ModelVersion.model_id))
+                found.update(s.execute(
+                    select(Model.name, ModelVersion.inputs).join(ModelVersion)
+                    .where(ModelVersion.id.in_(latest))
+                ).tuples().all())
+        return found
 
 
 def model_inputs(spec: ModelSpec, data_hash: str, pipe: PipelineRef) -> dict[str, Any]:
@@ -168,8 +179,7 @@ def plan_one(item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: 
     spec = item.spec
     try:
         pipe = catalog.resolve(spec.pipeline, spec.version_label())
-        data_hash = data.version(spec)
-        data.resolve(spec)
+        data_hash = data.resolve(spec).hash
     except ModelworksError as exc:
         return ModelPlan(spec.name, "error", [f"{item.path}: {exc}"], loaded=item)
     inputs = model_inputs(spec, data_hash, pipe)
@@ -179,13 +189,21 @@ def plan_one(item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: 
     if known and fp in known:
         return mp
     failed = view.last_failure.get(spec.name)
-    if not known:
-        mp.action, mp.reasons = "create", ["new model"]
-    else:
-        mp.action, mp.reasons = "update", explain(view.latest_inputs.get(spec.name, {}), inputs)
+    # An update's reasons are filled in by explain_updates, from the latest version's inputs.
+    mp.action, mp.reasons = ("update", []) if known else ("create", ["new model"])
     if failed and failed[0] == fp:
         mp.reasons.append(f"retry: the last run failed: {failed[1][:200]}")
     return mp
+
+
+def explain_updates(store: Store, models: list[ModelPlan]) -> None:
+    """Put the reasons (old -> new inputs) in front of each update's notes."""
+    updates = [m for m in models if m.action == "update"]
+    if not updates:
+        return
+    latest = RegistryView.latest_inputs(store, [m.name for m in updates])
+    for m in updates:
+        m.reasons = explain(latest.get(m.name, {}), m.inputs) + m.reasons
 
 
 def plan(ws: Workspace, store: Store, names: list[str] | None = None) -> Plan:
@@ -198,5 +216,6 @@ def plan(ws: Workspace, store: Store, names: list[str] | None = None) -> Plan:
         wanted = set(names)
         loaded = [item for item in loaded if item.name in wanted]
     models = [plan_one(item, view, data, catalog) for item in loaded]
+    explain_updates(store, models)
     data.save()
     return Plan(models)

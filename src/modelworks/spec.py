@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,11 @@ def spec_files(models_dir: Path) -> list[Path]:
     """All spec files under models_dir (tenant sub-folders allowed), sorted."""
     if not models_dir.exists():
         return []
-    return sorted(p for p in models_dir.rglob("*") if p.suffix in SPEC_SUFFIXES and p.is_file())
+    # os.walk, not rglob + is_file: a fleet has thousands of specs and pathlib costs add up.
+    found = []
+    for dirpath, _dirs, files in os.walk(models_dir):
+        found += [os.path.join(dirpath, f) for f in files if f.endswith(SPEC_SUFFIXES)]
+    return [Path(p) for p in sorted(found)]
 
 
 def load_specs(models_dir: Path, files: Iterable[Path] | None = None) -> list[LoadedSpec]:

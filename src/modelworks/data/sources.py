@@ -33,7 +33,7 @@ class DataResolver:
     ws: Workspace
     hashes: HashCache = field(init=False)
     _repos: dict[str, Path] = field(default_factory=dict)
-    _pointers: dict[Path, str] = field(default_factory=dict)
+    _pointers: dict[tuple[str, str], str] = field(default_factory=dict)
     _found: dict[str, Path] = field(default_factory=dict)
     _local: dict[str, tuple[str, list[Path]]] = field(default_factory=dict)
 
@@ -67,10 +67,10 @@ class DataResolver:
         return dest
 
     def pointer_hash(self, repo: Path, dataset: str) -> str:
-        pointer = repo / f"{dataset}.dvc"
-        if pointer not in self._pointers:
-            self._pointers[pointer] = read_pointer(pointer).md5
-        return self._pointers[pointer]
+        key = (str(repo), dataset)  # no Path per spec: thousands of specs share a pointer
+        if key not in self._pointers:
+            self._pointers[key] = read_pointer(repo / f"{dataset}.dvc").md5
+        return self._pointers[key]
 
     def version(self, spec: ModelSpec) -> str:
         """The data hash that goes into the fingerprint (no content is read for dvc)."""

@@ -79,6 +79,7 @@ class Catalog:
     snapshots_dir: Path
     recorded: dict[tuple[str, str], tuple[str, str]]  # (name, version) -> (hash, snapshot)
     _current: dict[str, tuple[str, str] | PipelineError] = field(default_factory=dict)
+    _refs: dict[tuple[str, str], PipelineRef] = field(default_factory=dict)
 
     def current(self, name: str) -> tuple[str, str]:
         """(version, hash) of the pipeline folder as it is now; PipelineError if unusable."""
@@ -115,6 +116,12 @@ class Catalog:
 
     def resolve(self, name: str, version: str) -> PipelineRef:
         """The code of `name` at `version`: the folder if current, else its recorded snapshot."""
+        ref = self._refs.get((name, version))
+        if ref is None:  # thousands of specs share a few pipeline versions
+            ref = self._refs[(name, version)] = self._resolve(name, version)
+        return ref
+
+    def _resolve(self, name: str, version: str) -> PipelineRef:
         cur_version, cur_hash = self.current(name)
         if version == cur_version:
             recorded = (name, version) in self.recorded
