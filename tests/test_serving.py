@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelworks import _git
 from modelworks.artifacts.oci import OCIStore
+from modelworks.artifacts.sign import generate_keypair, sign_dir
 from modelworks.errors import ConfigError, VerificationError
 from modelworks.gitops.deploy import DeployConfig, config_path, deploy
 from modelworks.serving import create_app, parse_size
@@ -111,6 +112,7 @@ def publish(ws: Workspace, name: str, version: str, runtime: str, model: Any) ->
     """Package a model folder as a ModelCar in the workspace store; return its deploy config."""
     work = ws.root.parent / "build" / f"{name.replace('/', '_')}-{version}"
     write_model_dir(work, name, version, runtime, model)
+    sign_dir(work, ws.path(ws.settings.signing.private_key))  # the server refuses unsigned models
     repo = f"modelworks/{name}"
     ref = OCIStore(ws.oci_dir).write_image(repo, version, work, {"dev.modelworks.version": version})
     tenant = name.split("/")[0] if "/" in name else "default"
@@ -148,6 +150,7 @@ def fleet_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     (root / ".gitignore").write_text(".mw/\n")
     _git.commit(root, [".gitignore"], "init")
     ws = Workspace(root, Settings())
+    generate_keypair(ws.path(ws.settings.signing.private_key), ws.path(ws.settings.signing.public_key))
     models = {"iris@1": train(1.0), "iris@2": train(0.01), "onnx@1": train(1.0),
               "churn@1": train(0.1)}
     cfgs = {
@@ -623,3 +626,14 @@ def _wait_until(check: Any, timeout: float = 10) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_missing_public_key_refuses_to_load_unverified(deployed: Fleet) -> None:
+    deployed.ws.path(deployed.ws.settings.signing.public_key).unlink()
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+    with AppClient(app) as c:
+        resp = infer(c, "iris", X[:1])
+        assert resp.status_code >= 400
+        assert "public key" in resp.json()["error"] and "missing" in resp.json()["error"]
+        ready = c.get("/v2/models/iris/ready").json()
+        assert ready["ready"] is False and "public key" in ready["error"]

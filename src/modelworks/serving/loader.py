@@ -32,9 +32,7 @@ class ModelLoader:
         self.ws = ws
         self.cache_root = ws.state_dir / "serving-cache"
         self.allow_pickle = allow_pickle
-        self.public_key = ws.path(ws.settings.signing.public_key)
         self._store: Any = None
-        self._warned_unsigned = False
 
     @property
     def store(self) -> Any:
@@ -58,15 +56,14 @@ class ModelLoader:
             raise ArtifactError(f"cannot extract artifact {digest}: {exc}") from None
 
     def verify_signature(self, model_dir: Path) -> None:
-        """Check the folder's signature when signing is set up; say once when it is not."""
-        sign = _optional("modelworks.artifacts.sign")
-        if sign is None or not self.public_key.is_file():
-            if not self._warned_unsigned:
-                why = "no signing module" if sign is None else f"no public key at {self.public_key}"
-                log.warning("signature verification is off (%s): models load unverified", why)
-                self._warned_unsigned = True
-            return
-        sign.verify_dir(model_dir, self.public_key)
+        """Refuse a model folder whose signature does not verify with a trusted workspace key.
+
+        The current public key is tried first, then retired ones (after `mw keys rotate`); a
+        workspace with no public key is a ConfigError, never a silent unverified load.
+        """
+        from modelworks.artifacts.verify import verify_signature
+
+        verify_signature(self.ws, model_dir)
 
     def metadata(self, cfg: DeployConfig) -> dict[str, Any]:
         """metadata.json of a deployed artifact, without loading the model."""
