@@ -229,6 +229,14 @@ def show_cmd(
     if info["artifact"]:
         a = info["artifact"]
         console.print(f"  artifact  {a['skopeo']}  {a['digest']}", highlight=False)
+        console.print(f"  signed    {a.get('signed')}, scan {a.get('scan')}", highlight=False)
+    sbom = info.get("sbom") or {}
+    if sbom.get("components") is not None:
+        keys = ", ".join(f"{k} {v}" for k, v in list((sbom.get("key_packages") or {}).items())[:4])
+        console.print(f"  sbom      {sbom.get('format')} {sbom.get('spec_version')}, "
+                      f"{sbom['components']} components ({keys})", highlight=False)
+    elif sbom.get("error"):
+        console.print(f"  sbom      unreadable: {sbom['error']}", style="red", highlight=False)
     for env, d in sorted(info["deployments"].items()):
         console.print(f"  {env:<8}  {d['version']} ({d['kind']} by {d['actor']}, {d['at']})")
     for v in info["versions"]:
