@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fleet import FEATURES, build, model_name, seed_registry  # noqa: E402
+from fleet import FEATURES, build, model_name, seed_registry
 
 
 class TimedExecutor:
@@ -48,8 +48,7 @@ class TimedExecutor:
 
     def run(self, jobs: list[dict[str, Any]]) -> Any:
         self.first = self.first or time.perf_counter()
-        for r in self.inner.run(jobs):
-            yield r
+        yield from self.inner.run(jobs)
         self.last = time.perf_counter()
 
 
@@ -104,19 +103,30 @@ def latency(n: int, workdir: Path) -> dict[str, Any]:
         _git.commit(ws.root, [path.relative_to(ws.root)], f"tune {name}")
         timed.first = timed.last = None
         report = ctl.tick()
-        body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, FEATURES],
-                            "data": [0.1] * FEATURES}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": [1, FEATURES],
+                    "data": [0.1] * FEATURES,
+                }
+            ]
+        }
         resp = portal.call(lambda: http.post(f"/v2/models/{name}/infer", json=body))
         served = time.perf_counter()
         portal.call(life.__aexit__, None, None, None)
         portal.call(http.aclose)
     assert resp.status_code == 200, resp.text
     trained = report.applied[0]
-    assert trained["trained"] == 1 and trained["deployed"] == 1, report.applied
-    assert timed.first is not None and timed.last is not None
+    assert (trained["trained"], trained["deployed"]) == (1, 1), report.applied
+    assert timed.first is not None
+    assert timed.last is not None
     return {
-        "models": n, "setup_seconds": round(setup, 1),
-        "first_pass_seconds": round(first_s, 3), "idle_pass_seconds": round(idle_s, 3),
+        "models": n,
+        "setup_seconds": round(setup, 1),
+        "first_pass_seconds": round(first_s, 3),
+        "idle_pass_seconds": round(idle_s, 3),
         "commit_to_served_seconds": round(served - t0, 3),
         "detection_seconds": round(timed.first - t0, 3),
         "training_seconds": round(timed.last - timed.first, 3),
@@ -155,8 +165,12 @@ def memory(n: int, workdir: Path) -> dict[str, Any]:
     build(root, n)
     seed_registry(root)
     setup = time.perf_counter() - t
-    out = subprocess.run([sys.executable, __file__, "_memory_child", str(root)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "_memory_child", str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return {"models": n, "setup_seconds": round(setup, 1), **json.loads(out)}
 
 
@@ -174,10 +188,17 @@ def _memory_child(root: str) -> None:
         r = ctl.tick()
         times.append(round(time.perf_counter() - t, 3))
         assert not r.errors, r.errors
-    print(json.dumps({"rss_mib_at_import": round(before / 1024, 1),
-                      "rss_mib": round(_status_kib("VmRSS") / 1024, 1),
-                      "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
-                      "first_pass_seconds": times[0], "idle_pass_seconds": times[1]}))
+    print(
+        json.dumps(
+            {
+                "rss_mib_at_import": round(before / 1024, 1),
+                "rss_mib": round(_status_kib("VmRSS") / 1024, 1),
+                "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
+                "first_pass_seconds": times[0],
+                "idle_pass_seconds": times[1],
+            }
+        )
+    )
 
 
 def _status_kib(field: str) -> int:
@@ -210,12 +231,24 @@ def monitor_pass(n: int, requests: int, workdir: Path) -> dict[str, Any]:
     with PredictionLog(predictions_root(ws, "test"), flush_rows=requests) as plog:
         for i, m in enumerate(names):
             digest = f"sha256:{i:064x}"
-            configs.append(DeployConfig(name=m, image_repository=m, image_namespace="bench", version="v1",
-                                        runtime="sklearn", artifact_digest=digest, artifact_uri=f"oci://{m}"))
+            configs.append(
+                DeployConfig(
+                    name=m,
+                    image_repository=m,
+                    image_namespace="bench",
+                    version="v1",
+                    runtime="sklearn",
+                    artifact_digest=digest,
+                    artifact_uri=f"oci://{m}",
+                )
+            )
             profile = build_profile(rng.normal(size=(750, 4)), ["a", "b", "c", "d"])
             (cache.folder / f"{digest.replace(':', '-')}.json").write_text(json.dumps(profile))
             X = rng.normal(loc=1.0 if i % 2 else 0.0, size=(requests, 4))
-            plog.append(m, "v1", X, (X[:, 0] > 0).astype(np.int64), feature_names=["a", "b", "c", "d"])
+            plog.append(
+                m, "v1", X, (X[:, 0] > 0).astype(np.int64), feature_names=["a", "b", "c", "d"]
+            )
+            plog.flush()  # the writer drops rows it cannot keep up with; a benchmark wants them all
     paths = write_configs(ws.deploy_repo, "test", configs)
     _git.commit(ws.root, paths, f"deploy {n} models")
     setup = time.perf_counter() - t
@@ -224,14 +257,22 @@ def monitor_pass(n: int, requests: int, workdir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t
     errors = [r.error for r in results if r.error]
     assert not errors, errors[:3]
-    return {"models": n, "requests_per_model": requests, "setup_seconds": round(setup, 1),
-            "pass_seconds": round(seconds, 3), "ms_per_model": round(1000 * seconds / n, 2),
-            "rows_per_second": round(n * requests / seconds),
-            "drifted": sum(r.drifted for r in results)}
+    assert {r.samples for r in results} == {requests}
+    return {
+        "models": n,
+        "requests_per_model": requests,
+        "setup_seconds": round(setup, 1),
+        "pass_seconds": round(seconds, 3),
+        "ms_per_model": round(1000 * seconds / n, 2),
+        "rows_per_second": round(n * requests / seconds),
+        "drifted": sum(r.drifted for r in results),
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("what", choices=["latency", "memory", "monitor", "all", "_memory_child"])
     ap.add_argument("root", nargs="?")
     ap.add_argument("--models", type=int)

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from anyio.from_thread import start_blocking_portal
 
 from modelworks import _git
@@ -30,7 +29,14 @@ from modelworks.data.add import add
 from modelworks.registry import audit
 from modelworks.registry.queries import runs
 from modelworks.registry.store import Store
-from modelworks.testing import TINY_PIPELINE, make_workspace, small_fleet, write_dataset, write_pipeline, write_spec
+from modelworks.testing import (
+    TINY_PIPELINE,
+    make_workspace,
+    small_fleet,
+    write_dataset,
+    write_pipeline,
+    write_spec,
+)
 from modelworks.workspace import Workspace
 
 SECRET = "s3cret-for-tests"
@@ -52,19 +58,25 @@ def _runs(ws: Workspace) -> list[dict[str, Any]]:
     return runs(Store(ws.registry_url), limit=1000)
 
 
-def test_first_tick_applies_all_then_a_spec_commit_applies_only_that_model(fleet: Workspace) -> None:
+def test_first_tick_applies_all_then_a_spec_commit_applies_only_that_model(
+    fleet: Workspace,
+) -> None:
     reconciles: list[int] = []
     ctl = _controller(fleet, on_deploy=[lambda: reconciles.append(1)])
     first = ctl.tick()
     assert first.errors == []
-    assert first.applied[0]["names"] is None and first.applied[0]["trained"] == 3
-    assert first.applied[0]["deployed"] == 3 and reconciles == [1]
+    assert first.applied[0]["names"] is None
+    assert first.applied[0]["trained"] == 3
+    assert first.applied[0]["deployed"] == 3
+    assert reconciles == [1]
     assert ctl.tick().changes == []  # the line's own deploy commit needs no second pass
     (fleet.root / "deploy" / "README.md").write_text("what each environment serves\n")
     _git.commit(fleet.root, ["deploy/README.md"], "deploy: readme")
     moved = ctl.tick()  # a deploy-only commit reconciles serving and trains nothing
-    assert moved.applied == [] and [c["parts"] for c in moved.changes] == [["deploy"]]
-    assert moved.reconciled and len(reconciles) == 2
+    assert moved.applied == []
+    assert [c["parts"] for c in moved.changes] == [["deploy"]]
+    assert moved.reconciled
+    assert len(reconciles) == 2
 
     _edit_spec(fleet, "model-1", model_hyperparameters={"C": 9.0})
     t = ctl.tick()
@@ -73,12 +85,17 @@ def test_first_tick_applies_all_then_a_spec_commit_applies_only_that_model(fleet
     assert [r["trigger"] for r in _runs(fleet)][:1] == ["spec"]
     state = json.loads((fleet.state_dir / "controller" / "state.json").read_text())
     assert state["repos"]["workspace"] == _git.head(fleet.root)
-    again = _controller(fleet).tick()  # a restarted controller re-plans once (to finish any queue) ...
-    assert again.applied[0]["trained"] == 0 and again.applied[0]["skipped"] == 3
+    again = _controller(
+        fleet
+    ).tick()  # a restarted controller re-plans once (to finish any queue) ...
+    assert again.applied[0]["trained"] == 0
+    assert again.applied[0]["skipped"] == 3
     assert again.changes == []  # ... and remembers the commits it reconciled
 
 
-def test_a_users_apply_holding_the_lock_delays_the_controller_without_deadlock(workspace: Workspace) -> None:
+def test_a_users_apply_holding_the_lock_delays_the_controller_without_deadlock(
+    workspace: Workspace,
+) -> None:
     fleet = workspace
     small_fleet(fleet, models=1, datasets=1)
     ctl = _controller(fleet)
@@ -87,13 +104,17 @@ def test_a_users_apply_holding_the_lock_delays_the_controller_without_deadlock(w
         t = ctl.tick()
     finally:
         lock.release()
-    assert t.applied == [] and "another `mw apply` holds" in t.errors[0]
+    assert t.applied == []
+    assert "another `mw apply` holds" in t.errors[0]
     assert "workspace" not in ctl.state.repos  # not reconciled: the next tick tries again
     t2 = ctl.tick()
-    assert t2.errors == [] and t2.applied[0]["trained"] == 1
+    assert t2.errors == []
+    assert t2.applied[0]["trained"] == 1
 
 
-def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models(tmp_path: Path) -> None:
+def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models(
+    tmp_path: Path,
+) -> None:
     ws = make_workspace(tmp_path / "ws", data={"watch": ["data/set0"]})
     small_fleet(ws)
     ctl = _controller(ws)
@@ -105,8 +126,11 @@ def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models
         os.utime(p, (old, old))
     t = ctl.tick()
     assert t.errors == []
-    assert t.data is not None and sorted(f["dataset"] for f in t.data["files"]) == [
-        "data/set0/data.csv", "data/set0/extra.csv"]
+    assert t.data is not None
+    assert sorted(f["dataset"] for f in t.data["files"]) == [
+        "data/set0/data.csv",
+        "data/set0/extra.csv",
+    ]
     show = _git.git(ws.root, "show", "--stat", "--format=%s", t.data["commit"])
     assert show.startswith("data: 2 new file version(s)")
     for changed in ("data.csv.dvc", "extra.csv.dvc", "model-0.json", "model-2.json"):
@@ -117,7 +141,8 @@ def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models
 
 
 def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is_newer(
-        fleet: Workspace) -> None:
+    fleet: Workspace,
+) -> None:
     path = fleet.models_dir / "model-0.json"
     raw = json.loads(path.read_text())
     pinned = raw["data_source"]["dvc_hash"]
@@ -133,13 +158,19 @@ def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is
     assert ctl.tick().applied[0]["trained"] == 0  # pinned specs stay on their data version
     ctl.state.schedules["model-0"] = (datetime.now(UTC) - timedelta(minutes=6)).isoformat()
     t = ctl.tick()
-    assert t.scheduled == ["model-0"] and t.applied[-1]["trigger"] == "schedule"
+    assert t.scheduled == ["model-0"]
+    assert t.applied[-1]["trigger"] == "schedule"
     assert t.applied[-1]["trained"] == 1
     assert json.loads(path.read_text())["data_source"]["dvc_hash"] == v.md5 != pinned
     assert _git.git(fleet.root, "log", "-1", "--format=%s", "--", "models/model-0.json").startswith(
-        "schedule: retrain 1 model(s) on the newest data")
+        "schedule: retrain 1 model(s) on the newest data"
+    )
     latest = _runs(fleet)[0]
-    assert (latest["model"], latest["trigger"], latest["status"]) == ("model-0", "schedule", "succeeded")
+    assert (latest["model"], latest["trigger"], latest["status"]) == (
+        "model-0",
+        "schedule",
+        "succeeded",
+    )
 
     ctl.state.schedules["model-0"] = (datetime.now(UTC) - timedelta(minutes=6)).isoformat()
     again = ctl.tick()
@@ -154,8 +185,9 @@ def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is
 
 def test_failed_and_stuck_jobs_retry_with_backoff_then_stay_failed(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws", executor={"timeout": 1.0, "retries": 1})
-    stuck = TINY_PIPELINE.replace("def train(data, params):",
-                                  "def train(data, params):\n    import time; time.sleep(60)")
+    stuck = TINY_PIPELINE.replace(
+        "def train(data, params):", "def train(data, params):\n    import time; time.sleep(60)"
+    )
     write_pipeline(ws, source=stuck)
     write_dataset(ws, "data/d/data.csv")
     write_spec(ws, "stuck", "data/d/data.csv")
@@ -180,7 +212,9 @@ class _Client:
     def __enter__(self) -> _Client:
         self._cm = start_blocking_portal()
         self.portal = self._cm.__enter__()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://ctl")
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://ctl"
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +228,8 @@ class _Client:
 
 
 def test_webhook_signature_refuses_and_logs_bad_requests_and_a_good_one_reconciles_now(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     ws = make_workspace(tmp_path / "ws", controller={"webhook_secret": SECRET})
     small_fleet(ws, models=1, datasets=1)
     ctl = _controller(ws)
@@ -205,18 +240,33 @@ def test_webhook_signature_refuses_and_logs_bad_requests_and_a_good_one_reconcil
         _wait(lambda: ctl.ticks >= 1, 60)
         with _Client(create_app(ctl)) as c:
             missing = c.request("POST", "/hooks/git", content=body)
-            wrong = c.request("POST", "/hooks/git", content=body,
-                              headers={"X-Hub-Signature-256": sign("not-the-secret", body)})
+            wrong = c.request(
+                "POST",
+                "/hooks/git",
+                content=body,
+                headers={"X-Hub-Signature-256": sign("not-the-secret", body)},
+            )
             assert (missing.status_code, wrong.status_code) == (401, 403)
             refused = audit.rows(Store(ws.registry_url), action="webhook.refused")
             assert [e["after"]["status"] for e in refused] == [401, 403]
             assert ctl.ticks == 1  # refused requests do not wake the controller
 
             _edit_spec(ws, "model-0", model_hyperparameters={"C": 3.0})
-            ok = c.request("POST", "/hooks/git", content=body,
-                           headers={"X-Hub-Signature-256": sign(SECRET, body), "X-GitHub-Event": "push"})
-            assert ok.status_code == 202 and ok.json() == {"accepted": True, "event": "push"}
-            _wait(lambda: ctl.last is not None and any(a["names"] == ["model-0"] for a in ctl.last.applied), 60)
+            ok = c.request(
+                "POST",
+                "/hooks/git",
+                content=body,
+                headers={"X-Hub-Signature-256": sign(SECRET, body), "X-GitHub-Event": "push"},
+            )
+            assert ok.status_code == 202
+            assert ok.json() == {"accepted": True, "event": "push"}
+            _wait(
+                lambda: (
+                    ctl.last is not None
+                    and any(a["names"] == ["model-0"] for a in ctl.last.applied)
+                ),
+                60,
+            )
             assert c.request("GET", "/healthz").json()["ok"] is True
             status = c.request("GET", "/api/status").json()
             assert status["controller"]["ticks"] >= 2
@@ -231,8 +281,11 @@ def test_webhook_without_a_configured_secret_refuses_everything(fleet: Workspace
     ctl = _controller(fleet)
     body = b"{}"
     with _Client(create_app(ctl)) as c:
-        r = c.request("POST", "/hooks/git", content=body, headers={"X-Hub-Signature-256": sign("", body)})
-    assert r.status_code == 403 and "webhook_secret is not configured" in r.json()["error"]
+        r = c.request(
+            "POST", "/hooks/git", content=body, headers={"X-Hub-Signature-256": sign("", body)}
+        )
+    assert r.status_code == 403
+    assert "webhook_secret is not configured" in r.json()["error"]
 
 
 def _wait(cond: Any, timeout: float) -> None:
@@ -246,7 +299,8 @@ def _wait(cond: Any, timeout: float) -> None:
 # -- stops: SIGKILL and SIGTERM of a real `mw controller` -----------------------------------------
 
 SLOW_PIPELINE = TINY_PIPELINE.replace(
-    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.4)")
+    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.4)"
+)
 
 
 def _slow_fleet(ws: Workspace, n: int) -> None:
@@ -260,8 +314,23 @@ def _slow_fleet(ws: Workspace, n: int) -> None:
 
 def _start(ws: Workspace) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "modelworks", "controller", "--interval", "0.5", "--no-http", "-j", "1"],
-        cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "modelworks",
+            "controller",
+            "--interval",
+            "0.5",
+            "--no-http",
+            "-j",
+            "1",
+        ],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _rows(ws: Workspace, sql: str) -> list[tuple[Any, ...]]:
@@ -286,7 +355,8 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_sigterm_then_restart_finishes_the_queue_with_no_job_lost_or_run_twice(
-        workspace: Workspace) -> None:
+    workspace: Workspace,
+) -> None:
     n = 10
     _slow_fleet(workspace, n)
     procs = []
@@ -294,7 +364,9 @@ def test_sigkill_then_sigterm_then_restart_finishes_the_queue_with_no_job_lost_o
         first = _start(workspace)
         procs.append(first)
         _wait(lambda: _registered(workspace) >= 2, 90)
-        os.killpg(first.pid, signal.SIGKILL)  # the controller and its workers, like kill -9 of the group
+        os.killpg(
+            first.pid, signal.SIGKILL
+        )  # the controller and its workers, like kill -9 of the group
         first.communicate(timeout=30)
         killed_at = _registered(workspace)
         assert killed_at < n
@@ -312,27 +384,76 @@ def test_sigkill_then_sigterm_then_restart_finishes_the_queue_with_no_job_lost_o
         assert _rows(workspace, "SELECT id FROM runs WHERE status = 'running'") == []
         stopped_at = _registered(workspace)
         assert stopped_at < n
-        requeued = _rows(workspace, "SELECT id, attempts FROM runs WHERE status = 'queued' "
-                                    "AND error LIKE 'requeued: the controller stopped%'")
+        requeued = _rows(
+            workspace,
+            "SELECT id, attempts FROM runs WHERE status = 'queued' "
+            "AND error LIKE 'requeued: the controller stopped%'",
+        )
         assert requeued  # claimed but not started when SIGTERM came: back in the queue, ...
         assert all(a == attempts_before[i] for i, a in requeued)  # ... this attempt not counted
 
         third = _start(workspace)
         procs.append(third)
-        _wait(lambda: _registered(workspace) == n and not _rows(
-            workspace, "SELECT id FROM runs WHERE status IN ('queued', 'running')"), 120)
+        _wait(
+            lambda: (
+                _registered(workspace) == n
+                and not _rows(
+                    workspace, "SELECT id FROM runs WHERE status IN ('queued', 'running')"
+                )
+            ),
+            120,
+        )
         third.send_signal(signal.SIGTERM)
         third.communicate(timeout=60)
         assert third.returncode == 0
     finally:
         for p in procs:
             _kill(p)
-    per_model = _rows(workspace, "SELECT m.name, r.status FROM runs r JOIN models m ON m.id = r.model_id")
-    assert sorted(name for name, status in per_model if status == "succeeded") == [f"m{i:02d}" for i in range(n)]
+    per_model = _rows(
+        workspace, "SELECT m.name, r.status FROM runs r JOIN models m ON m.id = r.model_id"
+    )
+    assert sorted(name for name, status in per_model if status == "succeeded") == [
+        f"m{i:02d}" for i in range(n)
+    ]
     assert {status for _, status in per_model} == {"succeeded"}
     versions = _rows(workspace, "SELECT model_id, fingerprint FROM model_versions")
     assert len(versions) == len(set(versions)) == n
     assert len(list((workspace.root / "deploy" / "test").glob("*/config.yaml"))) == n
+
+
+@pytest.mark.slow
+def test_a_second_sigterm_stops_hard_and_requeues_the_killed_run(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    marker = tmp_path / "training"
+    stuck = TINY_PIPELINE.replace(
+        "def train(data, params):",
+        "def train(data, params):\n"
+        f"    open({str(marker)!r}, 'w').close()\n    import time; time.sleep(120)",
+    )
+    write_pipeline(workspace, source=stuck)
+    write_dataset(workspace, "data/d/data.csv")
+    write_spec(workspace, "slow", "data/d/data.csv")
+    add(workspace, workspace.root / "data/d/data.csv", commit=False)
+    _git.commit(workspace.root, ["models", "pipelines", "data"], "one slow model")
+    proc = _start(workspace)
+    try:
+        _wait(marker.exists, 60)  # the worker is inside train()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        _kill(proc)
+    assert proc.returncode == 0, err
+    assert "stopping now" in err, err
+    assert "Traceback" not in err, err
+    ((status, error),) = _rows(workspace, "SELECT status, error FROM runs")
+    assert status == "queued", err
+    assert error.startswith("interrupted: the controller was stopped hard"), err
+    assert _session_members(proc.pid) == []
 
 
 # -- mw up ----------------------------------------------------------------------------------------
@@ -361,21 +482,34 @@ def _session_members(sid: int) -> list[int]:
 
 def test_mw_up_trains_deploys_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     ctl_port, serve_port = _free_port(), _free_port()
-    ws = make_workspace(tmp_path / "ws", controller={"port": ctl_port},
-                       serving={"port": serve_port, "poll_interval": 120})
+    ws = make_workspace(
+        tmp_path / "ws",
+        controller={"port": ctl_port},
+        serving={"port": serve_port, "poll_interval": 120},
+    )
     small_fleet(ws, models=2, datasets=1)
-    proc = subprocess.Popen([sys.executable, "-m", "modelworks", "up", "--interval", "60", "-j", "2"],
-                            cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelworks", "up", "--interval", "60", "-j", "2"],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     base, ctl = f"http://127.0.0.1:{serve_port}", f"http://127.0.0.1:{ctl_port}"
     try:
         _wait(lambda: _get(f"{ctl}/healthz") == 200 and _get(f"{base}/v2/health/live") == 200, 60)
         # The controller's first pass trains and deploys; it then tells the server to reload
         # (the server's own Git poll is 120 s away), so the model is ready within the pass.
         _wait(lambda: _get(f"{base}/v2/models/model-0/ready") == 200, 90)
-        body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [0.5, 1, 0, 0]}]}
+        body = {
+            "inputs": [
+                {"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [0.5, 1, 0, 0]}
+            ]
+        }
         r = httpx.post(f"{base}/v2/models/model-0/infer", json=body, timeout=30)
-        assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1]
+        assert r.status_code == 200
+        assert r.json()["outputs"][0]["data"] == [1]
         status = httpx.get(f"{ctl}/api/status", timeout=30).json()
         assert {m["name"]: m["deployed"] for m in status["models"]}["model-0"]["test"]
         proc.send_signal(signal.SIGINT)
@@ -384,7 +518,8 @@ def test_mw_up_trains_deploys_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path)
         _kill(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert f"serve:test     http://127.0.0.1:{serve_port}" in out and "mw up: stopped" in out
+    assert f"serve:test     http://127.0.0.1:{serve_port}" in out
+    assert "mw up: stopped" in out
     assert _session_members(proc.pid) == []  # no worker or server left behind
 
 

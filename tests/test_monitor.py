@@ -36,7 +36,9 @@ class AppClient:
     def __enter__(self) -> AppClient:
         self._cm = start_blocking_portal()
         self.portal = self._cm.__enter__()
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://mw")
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url="http://mw"
+        )
         self._lifespan = self.app.router.lifespan_context(self.app)
         self.portal.call(self._lifespan.__aenter__)
         return self
@@ -52,8 +54,16 @@ class AppClient:
         return self.portal.call(lambda: self.http.get(url))
 
     def infer(self, model: str, x: np.ndarray) -> httpx.Response:
-        body = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": list(x.shape),
-                            "data": x.ravel().tolist()}]}
+        body = {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "datatype": "FP64",
+                    "shape": list(x.shape),
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
         return self.portal.call(lambda: self.http.post(f"/v2/models/{model}/infer", json=body))
 
 
@@ -65,12 +75,18 @@ def _monitored_fleet(ws: Workspace) -> Controller:
     for name, action in (("model-0", "retrain"), ("model-1", "alert")):
         path = ws.models_dir / f"{name}.json"
         raw = json.loads(path.read_text())
-        raw["monitoring"] = {"metric": "psi", "threshold": 0.25, "min_samples": 200, "action": action}
+        raw["monitoring"] = {
+            "metric": "psi",
+            "threshold": 0.25,
+            "min_samples": 200,
+            "action": action,
+        }
         path.write_text(json.dumps(raw, indent=2))
     _git.commit(ws.root, ["models"], "monitoring")
     ctl = Controller(ws, Store(ws.registry_url), workers=2, lock_wait=1)
     first = ctl.tick()
-    assert first.errors == [] and first.applied[0]["deployed"] == 3
+    assert first.errors == []
+    assert first.applied[0]["deployed"] == 3
     return ctl
 
 
@@ -88,7 +104,8 @@ def _serve(ws: Workspace, batches: dict[str, np.ndarray]) -> str:
 
 
 def test_served_traffic_without_drift_is_quiet_and_with_drift_retrains_only_where_asked(
-        workspace: Workspace) -> None:
+    workspace: Workspace,
+) -> None:
     ws = workspace
     ctl = _monitored_fleet(ws)
     store = Store(ws.registry_url)
@@ -96,15 +113,21 @@ def test_served_traffic_without_drift_is_quiet_and_with_drift_retrains_only_wher
     same = {m: rng.normal(size=(400, 4)) for m in ("model-0", "model-1")}
     metrics = _serve(ws, same)
     reports = {r.model: r for r in monitor(ws, store, "test", record=False)}
-    assert not reports["model-0"].drifted and not reports["model-1"].drifted
-    assert reports["model-0"].samples == 400 and reports["model-0"].score < 0.25
+    assert not reports["model-0"].drifted
+    assert not reports["model-1"].drifted
+    assert reports["model-0"].samples == 400
+    assert reports["model-0"].score < 0.25
     assert {f["name"] for f in reports["model-0"].features} == {"f0", "f1", "f2", "f3"}
     assert all(f["ks_pvalue"] is not None for f in reports["model-0"].features)
-    assert reports["model-2"].samples == 0 and "need 100" in (reports["model-2"].reason or "")
+    assert reports["model-2"].samples == 0
+    assert "need 100" in (reports["model-2"].reason or "")
     assert 'mw_drift_detected{model="model-0"' in metrics
     quiet = ctl.tick()
-    assert quiet.drift == [] and quiet.applied == []
-    assert not [r for r in runs(store, limit=100) if r["trigger"] == "drift"]  # no drift, no retrain
+    assert quiet.drift == []
+    assert quiet.applied == []
+    assert not [
+        r for r in runs(store, limit=100) if r["trigger"] == "drift"
+    ]  # no drift, no retrain
 
     write_dataset(ws, "data/set0/data.csv", seed=9)  # newer data waits in the repo, specs pinned
     newest = add(ws, ws.root / "data/set0/data.csv", update_specs=False).md5
@@ -117,14 +140,17 @@ def test_served_traffic_without_drift_is_quiet_and_with_drift_retrains_only_wher
     drifted = sorted((r.action, r.report["retrain_requested"]) for r in last.values() if r.drifted)
     assert drifted == [("alert", False), ("retrain", True)]
     scores = read_scores(scores_path(ws, "test"))
-    assert scores["model-0"]["drifted"] and scores["model-0"]["score"] >= 0.25
+    assert scores["model-0"]["drifted"]
+    assert scores["model-0"]["score"] >= 0.25
     served = scores["model-0"]["version"]
     assert f'mw_drift_detected{{model="model-0",version="{served}"}} 1.0' in metrics
     assert 'mw_drift_detected{model="model-1"' in metrics
 
     t = ctl.tick()
-    assert t.errors == [] and t.drift == ["model-0"]  # model-1 only alerts
-    assert t.applied[-1]["trigger"] == "drift" and t.applied[-1]["trained"] == 1
+    assert t.errors == []
+    assert t.drift == ["model-0"]
+    assert t.applied[-1]["trigger"] == "drift"
+    assert t.applied[-1]["trained"] == 1
     spec = json.loads((ws.models_dir / "model-0.json").read_text())
     assert spec["data_source"]["dvc_hash"] == newest  # retrained on the newest data version
     drift_runs = [r for r in runs(store, limit=100) if r["trigger"] == "drift"]
@@ -137,16 +163,33 @@ def test_monitor_cli_json_and_exit_code(workspace: Workspace) -> None:
     _monitored_fleet(fleet_ws)
     rng = np.random.default_rng(3)
     _serve(fleet_ws, {"model-1": rng.normal(loc=3.0, size=(300, 4))})
-    out = subprocess.run([sys.executable, "-m", "modelworks", "monitor", "model-1", "--env", "test", "--json"],
-                         cwd=fleet_ws.root, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "modelworks", "monitor", "model-1", "--env", "test", "--json"],
+        cwd=fleet_ws.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr  # drift found
     doc = json.loads(out.stdout)
     (m,) = doc["models"]
-    assert (m["model"], m["drifted"], m["action"], m["retrain_requested"]) == ("model-1", True, "alert", False)
-    assert m["samples"] == 300 and m["score"] >= 0.25
+    assert (m["model"], m["drifted"], m["action"], m["retrain_requested"]) == (
+        "model-1",
+        True,
+        "alert",
+        False,
+    )
+    assert m["samples"] == 300
+    assert m["score"] >= 0.25
     with pytest.raises(NotFoundError, match="not deployed in test: nope"):
         monitor(fleet_ws, Store(fleet_ws.registry_url), "test", ["nope"])
-    bad = subprocess.run([sys.executable, "-m", "modelworks", "monitor", "--env", "staging"],
-                         cwd=fleet_ws.root, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "environment 'staging' is not in modelworks.yaml" in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "modelworks", "monitor", "--env", "staging"],
+        cwd=fleet_ws.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1
+    assert "environment 'staging' is not in modelworks.yaml" in bad.stderr
     assert "Traceback" not in bad.stderr

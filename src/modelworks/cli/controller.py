@@ -12,22 +12,43 @@ from modelworks.cli._common import JsonOpt, WorkspaceOpt, open_workspace
 if TYPE_CHECKING:
     from modelworks.controller import Controller
 
-IntervalOpt = Annotated[float | None, typer.Option(
-    "--interval", help="Seconds between repository checks (default: controller.poll_interval).")]
-MonitorOpt = Annotated[float | None, typer.Option(
-    "--monitor-interval", help="Seconds between drift monitoring passes (default: off).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", "-j", help="Worker processes (default: cores).")]
+IntervalOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--interval", help="Seconds between repository checks (default: controller.poll_interval)."
+    ),
+]
+MonitorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--monitor-interval", help="Seconds between drift monitoring passes (default: off)."
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", help="Worker processes (default: cores).")
+]
 HostOpt = Annotated[str, typer.Option("--host", help="Address the HTTP endpoints bind.")]
 
 
-def _controller(workspace: object, workers: int | None, monitor_interval: float | None,
-                lock_wait: float, notify: list[str] | None = None) -> Controller:
+def _controller(
+    workspace: object,
+    workers: int | None,
+    monitor_interval: float | None,
+    lock_wait: float,
+    notify: list[str] | None = None,
+) -> Controller:
     from modelworks.controller import Controller
 
     ws, store = open_workspace(workspace)  # type: ignore[arg-type]
     hooks = [_notifier(url) for url in notify or []]
-    return Controller(ws, store, workers=workers, monitor_interval=monitor_interval,
-                      lock_wait=lock_wait, on_deploy=hooks)
+    return Controller(
+        ws,
+        store,
+        workers=workers,
+        monitor_interval=monitor_interval,
+        lock_wait=lock_wait,
+        on_deploy=hooks,
+    )
 
 
 def _notifier(url: str):  # type: ignore[no-untyped-def]
@@ -46,20 +67,31 @@ def controller_cmd(
     workers: WorkersOpt = None,
     once: Annotated[bool, typer.Option("--once", help="Run one reconcile pass and exit.")] = False,
     host: HostOpt = "127.0.0.1",
-    port: Annotated[int | None, typer.Option("--port", "-p", help="Webhook port (default: controller.port).")] = None,
-    no_http: Annotated[bool, typer.Option("--no-http", help="Do not serve the webhook endpoints.")] = False,
-    notify: Annotated[list[str] | None, typer.Option("--notify", help="A `mw serve` URL to reconcile after deploys (repeatable).")] = None,
-    lock_wait: Annotated[float, typer.Option("--lock-wait", help="Seconds to wait for a user's `mw apply` each tick.")] = 5.0,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", help="Webhook port (default: controller.port).")
+    ] = None,
+    no_http: Annotated[
+        bool, typer.Option("--no-http", help="Do not serve the webhook endpoints.")
+    ] = False,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option("--notify", help="A `mw serve` URL to reconcile after deploys (repeatable)."),
+    ] = None,
+    lock_wait: Annotated[
+        float,
+        typer.Option("--lock-wait", help="Seconds to wait for a user's `mw apply` each tick."),
+    ] = 5.0,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Keep the workspace reconciled: watch Git, data folders, schedules and drift; apply; deploy."""
+    """Keep the workspace reconciled: watch Git, data folders, schedules, drift; apply, deploy."""
     from modelworks._console import console
     from modelworks.controller.service import run_controller, setup_logging
 
     ctl = _controller(workspace, workers, monitor_interval, lock_wait, notify)
     if once:
-        report = ctl.tick()
+        with ctl.exclusive():
+            report = ctl.tick()
         if json_out:
             emit_json(report.to_dict())
         else:
@@ -68,8 +100,11 @@ def controller_cmd(
             raise typer.Exit(1)
         return
     setup_logging()
-    console.print(f"controller watching [bold]{ctl.ws.root}[/bold] every "
-                  f"{interval or ctl.ws.settings.controller.poll_interval:g}s (Ctrl-C stops)", highlight=False)
+    console.print(
+        f"controller watching [bold]{ctl.ws.root}[/bold] every "
+        f"{interval or ctl.ws.settings.controller.poll_interval:g}s (Ctrl-C stops)",
+        highlight=False,
+    )
     run_controller(ctl, host=host, port=port, interval=interval, http=not no_http)
 
 
@@ -77,15 +112,23 @@ def _print_tick(t: dict) -> None:  # type: ignore[type-arg]
     from modelworks._console import console
 
     for c in t["changes"]:
-        console.print(f"  {c['repo']}: {(c['old'] or 'new')[:10]} -> {c['new'][:10]} ({', '.join(c['parts'])})",
-                      highlight=False)
+        console.print(
+            f"  {c['repo']}: {(c['old'] or 'new')[:10]} -> {c['new'][:10]} "
+            f"({', '.join(c['parts'])})",
+            highlight=False,
+        )
     if t["data"]:
         console.print(f"  versioned {len(t['data']['files'])} watched data file(s)")
     for a in t["applied"]:
-        console.print(f"  apply ({a['trigger']}): {a['trained']} trained, {a['gated']} gated, "
-                      f"{a['failed']} failed, {a['deployed']} deployed", highlight=False)
+        console.print(
+            f"  apply ({a['trigger']}): {a['trained']} trained, {a['gated']} gated, "
+            f"{a['failed']} failed, {a['deployed']} deployed",
+            highlight=False,
+        )
     for n in t["noops"]:
-        console.print(f"  {n['name']}: already at the newest data ({n['version']}), nothing to train")
+        console.print(
+            f"  {n['name']}: already at the newest data ({n['version']}), nothing to train"
+        )
     for e in t["errors"]:
         console.print(f"  [red]error[/red] {e}", highlight=False, soft_wrap=True)
     console.print(f"Controller pass done in {t['seconds']:.1f}s.")
@@ -93,8 +136,10 @@ def _print_tick(t: dict) -> None:  # type: ignore[type-arg]
 
 def up_cmd(
     interval: IntervalOpt = None,
-    monitor_interval: Annotated[float | None, typer.Option(
-        "--monitor-interval", help="Seconds between drift monitoring passes.")] = 300.0,
+    monitor_interval: Annotated[
+        float | None,
+        typer.Option("--monitor-interval", help="Seconds between drift monitoring passes."),
+    ] = 300.0,
     workers: WorkersOpt = None,
     host: HostOpt = "127.0.0.1",
     workspace: WorkspaceOpt = None,

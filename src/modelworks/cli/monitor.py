@@ -11,10 +11,18 @@ from modelworks.cli._common import JsonOpt, WorkspaceOpt, open_workspace
 
 
 def monitor_cmd(
-    models: Annotated[list[str] | None, typer.Argument(help="Only these models (default: all served).")] = None,
-    env: Annotated[str, typer.Option("--env", "-e", help="Environment whose served inputs to check.")] = "test",
-    window: Annotated[int, typer.Option("--window", help="Newest logged rows per model to compare.")] = 10_000,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Compute, but store no report.")] = False,
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Only these models (default: all served).")
+    ] = None,
+    env: Annotated[
+        str, typer.Option("--env", "-e", help="Environment whose served inputs to check.")
+    ] = "test",
+    window: Annotated[
+        int, typer.Option("--window", help="Newest logged rows per model to compare.")
+    ] = 10_000,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compute, but store no report.")
+    ] = False,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -37,7 +45,16 @@ def _print(env: str, results: list) -> None:  # type: ignore[type-arg]
     from modelworks._console import console
 
     table = Table(title=f"drift in {env}: {len(results)} model(s)")
-    for col in ("model", "version", "samples", "score (max PSI)", "threshold", "drift", "action", "worst features"):
+    for col in (
+        "model",
+        "version",
+        "samples",
+        "score (max PSI)",
+        "threshold",
+        "drift",
+        "action",
+        "worst features",
+    ):
         table.add_column(col)
     for r in results:
         worst = sorted(r.features, key=lambda f: -f["psi"])[:3]
@@ -49,8 +66,16 @@ def _print(env: str, results: list) -> None:  # type: ignore[type-arg]
         else:
             state = "[red]DRIFT[/red]" if r.drifted else "[green]ok[/green]"
         action = r.action + (" (requested)" if r.retrain_requested else "") if r.drifted else "-"
-        table.add_row(r.model, r.version, str(r.samples), f"{r.score:.3f}", f"{r.threshold:g}",
-                      state, action, shown)
+        table.add_row(
+            r.model,
+            r.version,
+            str(r.samples),
+            f"{r.score:.3f}",
+            f"{r.threshold:g}",
+            state,
+            action,
+            shown,
+        )
     console.print(table)
 
 

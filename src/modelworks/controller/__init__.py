@@ -1,4 +1,4 @@
-"""The continuous loop: watch Git, data folders, schedules and drift; plan, apply, reconcile serving."""
+"""The continuous loop: watch Git, data folders, schedules, drift; apply, reconcile serving."""
 
 from __future__ import annotations
 

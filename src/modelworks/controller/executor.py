@@ -1,4 +1,4 @@
-"""An executor that stops gracefully: running jobs finish, jobs not yet started go back to the queue.
+"""An executor that stops gracefully: running jobs finish, unstarted ones go back to the queue.
 
 The stop flag lives in shared memory created before the worker pool forks, so a worker that
 is handed a job after the stop was asked returns it untouched instead of training it.
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from modelworks.registry.store import Store
 
 STOPPED = "stopped"
+SOFT = "requeued: the controller stopped before this run started"
+HARD = "interrupted: the controller was stopped hard while this run trained"
 
 
 class StoppingError(Exception):
@@ -39,14 +41,22 @@ def _guarded(flag: Any, job: dict[str, Any]) -> dict[str, Any]:
 class GracefulExecutor:
     """Wraps the local pool (or any executor) with a stop flag and un-claims what it did not run."""
 
-    def __init__(self, store: Store, workers: int, *, timeout: float | None = None,
-                 inner: Executor | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        workers: int,
+        *,
+        timeout: float | None = None,
+        inner: Executor | None = None,
+    ) -> None:
         self.store = store
         self.flag = multiprocessing.RawValue("b", 0)
-        self.inner = inner or LocalExecutor(workers, fn=functools.partial(_guarded, self.flag),
-                                            timeout=timeout)
+        self.inner = inner or LocalExecutor(
+            workers, fn=functools.partial(_guarded, self.flag), timeout=timeout
+        )
         self.name = getattr(self.inner, "name", "local")
         self.unfinished: set[int] = set()
+        self.interrupted: set[int] = set()
 
     @property
     def stopping(self) -> bool:
@@ -67,21 +77,34 @@ class GracefulExecutor:
             if r.get("status") == STOPPED:
                 self.requeue([r["run_id"]])
                 continue
+            if self.stopping and r.get("status") == "failed" and r.get("retryable"):
+                self.requeue([r["run_id"]], started=True)  # a hard stop killed its worker
+                continue
             yield r
 
     def requeue(self, run_ids: list[int] | set[int], *, started: bool = False) -> int:
         """Put claimed runs back in the queue: unstarted ones without counting the attempt,
-        abandoned ones (a hard stop killed them) with it."""
-        if not run_ids:
+        ones a hard stop killed with it (a run killed and then claimed once more while
+        stopping keeps the 'interrupted' reason)."""
+        ids = set(run_ids)
+        if not ids:
             return 0
-        values: dict[str, Any] = {"status": "queued", "started_at": None}
         if started:
-            values["error"] = "interrupted: the controller was stopped hard while this run trained"
-        else:
-            values.update(attempts=Run.attempts - 1,
-                          error="requeued: the controller stopped before this run started")
+            self.interrupted.update(ids)
+        hard = ids & self.interrupted
+        count = 0
         with self.store.session() as s:
-            res = s.execute(update(Run).where(Run.id.in_(list(run_ids)), Run.status == "running")
-                            .values(**values))
-        self.unfinished.difference_update(run_ids)
-        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+            for group, error in ((hard, HARD), (ids - hard, SOFT)):
+                if not group:
+                    continue
+                values: dict[str, Any] = {"status": "queued", "started_at": None, "error": error}
+                if not started:
+                    values["attempts"] = Run.attempts - 1
+                res = s.execute(
+                    update(Run)
+                    .where(Run.id.in_(list(group)), Run.status == "running")
+                    .values(**values)
+                )
+                count += int(res.rowcount or 0)  # type: ignore[attr-defined]
+        self.unfinished.difference_update(ids)
+        return count

@@ -18,11 +18,12 @@ A repository's commit is recorded as reconciled only after its apply finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,10 +71,18 @@ class TickReport:
 class Controller:
     """Watches one workspace and keeps the line reconciled with Git."""
 
-    def __init__(self, ws: Workspace, store: Store, *, executor: Any = None, workers: int | None = None,
-                 actor: str = "controller", lock_wait: float = 5.0,
-                 monitor_interval: float | None = None,
-                 on_deploy: list[Callable[[], None]] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        store: Store,
+        *,
+        executor: Any = None,
+        workers: int | None = None,
+        actor: str = "controller",
+        lock_wait: float = 5.0,
+        monitor_interval: float | None = None,
+        on_deploy: list[Callable[[], None]] | None = None,
+    ) -> None:
         self.ws, self.store, self.actor, self.lock_wait = ws, store, actor, lock_wait
         self.state_path = ws.state_dir / "controller" / "state.json"
         self.state = ControllerState.load(self.state_path)
@@ -103,24 +112,43 @@ class Controller:
             stop()
         self.wake.set()
 
-    def run(self, interval: float | None = None) -> None:
-        """Tick until stop(); one controller per workspace at a time."""
-        every = interval or self.ws.settings.controller.poll_interval
-        lock = FileLock(str(self.ws.state_dir / "controller" / "controller.lock"))
-        (self.ws.state_dir / "controller").mkdir(parents=True, exist_ok=True)
+    def hard_stop(self) -> None:
+        """Stop now: kill the training workers; their runs go back to the queue."""
+        import multiprocessing
+
+        self.stop()
+        for child in multiprocessing.active_children():
+            child.kill()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the workspace's controller lock: one controller per workspace at a time."""
+        folder = self.ws.state_dir / "controller"
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / "controller.lock"))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise ConflictError(f"another `mw controller` is running on {self.ws.root} "
-                                f"(it holds {lock.lock_file})") from None
+            raise ConflictError(
+                f"another `mw controller` (or `mw up`) is running on {self.ws.root} "
+                f"(it holds {lock.lock_file})"
+            ) from None
         try:
-            while not self.stopping.is_set():
-                self.wake.clear()
-                self.tick()
-                self.wake.wait(every)
+            yield
         finally:
-            self._abandon()
             lock.release()
+
+    def run(self, interval: float | None = None) -> None:
+        """Tick until stop()."""
+        every = interval or self.ws.settings.controller.poll_interval
+        with self.exclusive():
+            try:
+                while not self.stopping.is_set():
+                    self.wake.clear()
+                    self.tick()
+                    self.wake.wait(every)
+            finally:
+                self._abandon()
 
     def _abandon(self) -> None:
         unfinished = getattr(self.executor, "unfinished", None)
@@ -182,12 +210,13 @@ class Controller:
                 continue
             change = repos.classify(repo, self.state.repos.get(repo.key), head)
             changes.append(change)
-            r.changes.append({"repo": repo.key, "old": change.old, "new": head,
-                              "parts": sorted(change.parts)})
+            r.changes.append(
+                {"repo": repo.key, "old": change.old, "new": head, "parts": sorted(change.parts)}
+            )
         return changes
 
     def _apply_changes(self, changes: list[repos.Change], r: TickReport) -> bool:
-        """Apply what the changes touch; record their commits as reconciled. True if deploy moved."""
+        """Apply what the changes touch and mark their commits reconciled; True if deploy moved."""
         parts = set().union(*(c.parts for c in changes)) if changes else set()
         if "config" in parts or "unknown" in parts:
             self.ws = Workspace.load(self.ws.root)
@@ -211,13 +240,31 @@ class Controller:
         return sorted(names)
 
     def _apply(self, names: list[str] | None, trigger: str, r: TickReport) -> ApplyResult:
-        result = apply(self.ws, self.store, names=names, executor=self.executor, actor=self.actor,
-                       trigger=trigger, wait=self.lock_wait)
+        result = apply(
+            self.ws,
+            self.store,
+            names=names,
+            executor=self.executor,
+            actor=self.actor,
+            trigger=trigger,
+            wait=self.lock_wait,
+        )
         summary = result.to_dict()["summary"]
-        r.applied.append({"trigger": trigger, "names": names, **summary, "commit": result.commit,
-                          "seconds": round(result.seconds, 3)})
-        if any(summary[k] for k in ("trained", "gated", "failed", "rejected", "errors", "deployed")):
-            log.info("apply (%s): %s", trigger, ", ".join(f"{v} {k}" for k, v in summary.items() if v))
+        r.applied.append(
+            {
+                "trigger": trigger,
+                "names": names,
+                **summary,
+                "commit": result.commit,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+        if any(
+            summary[k] for k in ("trained", "gated", "failed", "rejected", "errors", "deployed")
+        ):
+            log.info(
+                "apply (%s): %s", trigger, ", ".join(f"{v} {k}" for k, v in summary.items() if v)
+            )
         return result
 
     def _schedules_due(self, r: TickReport) -> None:
@@ -232,7 +279,10 @@ class Controller:
                 self.state.schedules[name] = now.isoformat()
 
     def _monitor(self, r: TickReport) -> None:
-        if not self.monitor_interval or time.monotonic() - self._last_monitor < self.monitor_interval:
+        if (
+            not self.monitor_interval
+            or time.monotonic() - self._last_monitor < self.monitor_interval
+        ):
             return
         from modelworks.monitor.run import monitor
 
@@ -291,9 +341,14 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         """The controller's own state for /api/status."""
-        return {"workspace": str(self.ws.root), "pid": os.getpid(), "ticks": self.ticks,
-                "stopping": self.stopping.is_set(), "state": self.state.to_dict(),
-                "last_tick": self.last.to_dict() if self.last else None}
+        return {
+            "workspace": str(self.ws.root),
+            "pid": os.getpid(),
+            "ticks": self.ticks,
+            "stopping": self.stopping.is_set(),
+            "state": self.state.to_dict(),
+            "last_tick": self.last.to_dict() if self.last else None,
+        }
 
 
 def _executor(ws: Workspace, store: Store, workers: int | None) -> GracefulExecutor:
@@ -301,7 +356,9 @@ def _executor(ws: Workspace, store: Store, workers: int | None) -> GracefulExecu
     if ws.settings.executor.kind == "ray":
         from modelworks.runs.executor import make_executor
 
-        inner = make_executor("ray", workers or ws.workers, timeout=timeout, address=ws.settings.ray.address)
+        inner = make_executor(
+            "ray", workers or ws.workers, timeout=timeout, address=ws.settings.ray.address
+        )
         return GracefulExecutor(store, workers or ws.workers, inner=inner)
     return GracefulExecutor(store, workers or ws.workers, timeout=timeout)
 

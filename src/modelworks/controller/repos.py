@@ -65,8 +65,12 @@ def toplevel(path: Path) -> Path | None:
 
 
 def _part_dirs(ws: Workspace) -> dict[str, Path]:
-    return {"models": ws.models_dir, "pipelines": ws.pipelines_dir, "data": ws.data_dir,
-            "deploy": ws.deploy_repo / DEPLOY_DIR}
+    return {
+        "models": ws.models_dir,
+        "pipelines": ws.pipelines_dir,
+        "data": ws.data_dir,
+        "deploy": ws.deploy_repo / DEPLOY_DIR,
+    }
 
 
 def workspace_repos(ws: Workspace) -> list[WatchedRepo]:
@@ -78,8 +82,10 @@ def workspace_repos(ws: Workspace) -> list[WatchedRepo]:
         top = toplevel(folder) or root
         rel = os.path.relpath(folder.resolve(), top)
         groups.setdefault(top, []).append((part, "" if rel == "." else rel))
-    return [WatchedRepo("workspace" if top == root else f"repo:{top}", root=top, parts=tuple(p))
-            for top, p in groups.items()]
+    return [
+        WatchedRepo("workspace" if top == root else f"repo:{top}", root=top, parts=tuple(p))
+        for top, p in groups.items()
+    ]
 
 
 def data_repo_urls(ws: Workspace) -> list[WatchedRepo]:

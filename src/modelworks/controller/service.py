@@ -2,7 +2,8 @@
 `mw up` (the controller, one inference server per environment and the endpoints, in one process).
 
 Signals: the first SIGINT/SIGTERM stops gracefully (running jobs finish, unstarted ones go back
-to the queue, servers drain); a second one stops hard (running jobs are killed and re-queued).
+to the queue, servers drain); a second one stops hard (the training workers are killed and
+their runs re-queued, servers close their connections).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def setup_logging(level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         if not logger.handlers:
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
             logger.addHandler(handler)
             logger.setLevel(level)
 
@@ -65,26 +68,31 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another port "
-                              "(controller.port / serving.port in modelworks.yaml or --port)") from None
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another port "
+                "(controller.port / serving.port in modelworks.yaml or --port)"
+            ) from None
 
 
 def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                          lifespan="on")
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+    )
 
 
 @contextlib.contextmanager
-def _signals(first: Callable[[], None]) -> Iterator[None]:
-    """First SIGINT/SIGTERM calls `first`; a second raises KeyboardInterrupt (a hard stop)."""
-    seen = []
+def _signals(controller: Controller) -> Iterator[None]:
+    """First SIGINT/SIGTERM stops gracefully; a second one stops hard."""
 
     def handler(signum: int, frame: Any) -> None:
-        if seen:
-            raise KeyboardInterrupt
-        seen.append(signum)
+        if controller.stopping.is_set():
+            log.warning(
+                "stopping now (signal %d again): killing running jobs; they are re-queued", signum
+            )
+            controller.hard_stop()
+            return
         log.info("stopping (signal %d): running jobs finish, queued jobs stay queued", signum)
-        first()
+        controller.stop()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -94,8 +102,14 @@ def _signals(first: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_controller(controller: Controller, *, host: str = "127.0.0.1", port: int | None = None,
-                   interval: float | None = None, http: bool = True) -> None:
+def run_controller(
+    controller: Controller,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    interval: float | None = None,
+    http: bool = True,
+) -> None:
     """`mw controller`: the loop in this thread, the webhook endpoints in another."""
     from modelworks.controller.webhook import create_app
 
@@ -107,9 +121,13 @@ def run_controller(controller: Controller, *, host: str = "127.0.0.1", port: int
         server = _Server(_config(create_app(controller), host, port))
         thread = threading.Thread(target=server.run, name="mw-controller-http", daemon=True)
         thread.start()
-        log.info("controller endpoints on http://%s:%d (POST /hooks/git, /healthz, /api/status)", host, port)
+        log.info(
+            "controller endpoints on http://%s:%d (POST /hooks/git, /healthz, /api/status)",
+            host,
+            port,
+        )
     try:
-        with _signals(controller.stop), contextlib.suppress(KeyboardInterrupt):
+        with _signals(controller):
             controller.run(interval)
     finally:
         if server is not None and thread is not None:
@@ -125,14 +143,22 @@ def serving_envs(ws: Workspace) -> list[str]:
     has_commit = ws.deploy_repo.is_dir() and _git.head(ws.deploy_repo) is not None
     envs = []
     for env, cfg in ws.settings.environments.items():
-        deployed = has_commit and bool(_git.ls_files(ws.deploy_repo, "HEAD", f"{DEPLOY_DIR}/{env}/"))
+        deployed = has_commit and bool(
+            _git.ls_files(ws.deploy_repo, "HEAD", f"{DEPLOY_DIR}/{env}/")
+        )
         if deployed or cfg.auto_deploy:
             envs.append(env)
     return envs
 
 
-def up(controller: Controller, *, host: str = "127.0.0.1", interval: float | None = None,
-       envs: list[str] | None = None, on_ready: Callable[[list[Endpoint]], None] | None = None) -> None:
+def up(
+    controller: Controller,
+    *,
+    host: str = "127.0.0.1",
+    interval: float | None = None,
+    envs: list[str] | None = None,
+    on_ready: Callable[[list[Endpoint]], None] | None = None,
+) -> None:
     """`mw up`: the controller, an inference server per environment and the controller's
     endpoints in this process, until SIGINT/SIGTERM stops them all."""
     from modelworks.controller.webhook import create_app as controller_app
@@ -158,8 +184,13 @@ def _reconciler(apps: list[Any], loop: asyncio.AbstractEventLoop) -> Callable[[]
     return reconcile
 
 
-async def _up(controller: Controller, endpoints: list[Endpoint], host: str, interval: float | None,
-              on_ready: Callable[[list[Endpoint]], None] | None) -> None:
+async def _up(
+    controller: Controller,
+    endpoints: list[Endpoint],
+    host: str,
+    interval: float | None,
+    on_ready: Callable[[list[Endpoint]], None] | None,
+) -> None:
     loop = asyncio.get_running_loop()
     controller.on_deploy.append(_reconciler([e.app for e in endpoints[1:]], loop))
     servers = [_Server(_config(e.app, host, e.port)) for e in endpoints]
@@ -177,11 +208,17 @@ async def _up(controller: Controller, endpoints: list[Endpoint], host: str, inte
             s.should_exit = True
 
     def on_signal(signum: int) -> None:
-        if controller.stopping.is_set():  # a second signal: stop serving at once
+        if controller.stopping.is_set():  # a second signal: stop now
+            log.warning(
+                "stopping now (signal %d again): killing running jobs; they are re-queued", signum
+            )
             for s in servers:
                 s.force_exit = True
+            controller.hard_stop()
             return
-        log.info("stopping (signal %d): the controller finishes running jobs, servers drain", signum)
+        log.info(
+            "stopping (signal %d): the controller finishes running jobs, servers drain", signum
+        )
         controller.stop()
         stop_servers()
 

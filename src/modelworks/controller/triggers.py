@@ -42,8 +42,11 @@ IGNORED_SUFFIXES = (".dvc", ".tmp", ".part", ".crdownload", ".swp")
 
 def schedules(ws: Workspace) -> dict[str, str]:
     """Model name -> cron expression, for every valid spec with a `schedule`."""
-    return {item.spec.name: item.spec.schedule for item in load_specs(ws.models_dir)
-            if item.spec is not None and item.spec.schedule}
+    return {
+        item.spec.name: item.spec.schedule
+        for item in load_specs(ws.models_dir)
+        if item.spec is not None and item.spec.schedule
+    }
 
 
 def due_schedules(table: dict[str, str], state: ControllerState, now: datetime) -> list[str]:
@@ -113,8 +116,9 @@ def _commit_files(ws: Workspace, paths: list[Path], message: str, actor: str) ->
     return _git.commit(top, rel, message, author=actor)
 
 
-def record_noops(ws: Workspace, store: Store, p: Plan, names: list[str], trigger: str,
-                 actor: str) -> list[dict[str, Any]]:
+def record_noops(
+    ws: Workspace, store: Store, p: Plan, names: list[str], trigger: str, actor: str
+) -> list[dict[str, Any]]:
     """A succeeded, zero-attempt run per named model whose fingerprint is already registered."""
     wanted = set(names)
     now = datetime.now(UTC)
@@ -124,19 +128,41 @@ def record_noops(ws: Workspace, store: Store, p: Plan, names: list[str], trigger
         for mp in p.models:
             if mp.name not in wanted or mp.action != "unchanged" or mp.name not in ids:
                 continue
-            run = Run(model_id=ids[mp.name], fingerprint=mp.fingerprint, version=mp.version,
-                      status="succeeded", trigger=trigger, attempts=0, worker="controller",
-                      duration=0.0, created_at=now, started_at=now, finished_at=now)
+            run = Run(
+                model_id=ids[mp.name],
+                fingerprint=mp.fingerprint,
+                version=mp.version,
+                status="succeeded",
+                trigger=trigger,
+                attempts=0,
+                worker="controller",
+                duration=0.0,
+                created_at=now,
+                started_at=now,
+                finished_at=now,
+            )
             s.add(run)
             s.flush()
             run.log_path = str(_noop_log(ws, mp.name, run.id, trigger, mp.version or "", now))
-            done.append({"name": mp.name, "version": mp.version, "run_id": run.id})
-    audit.record(store, [audit.event(f"retrain.{trigger}", d["name"], actor=actor, after={
-        "version": d["version"], "run_id": d["run_id"], "result": "unchanged"}) for d in done])
+            done.append({"name": mp.name, "version": mp.version or "", "run_id": run.id})
+    audit.record(
+        store,
+        [
+            audit.event(
+                f"retrain.{trigger}",
+                str(d["name"]),
+                actor=actor,
+                after={"version": d["version"], "run_id": d["run_id"], "result": "unchanged"},
+            )
+            for d in done
+        ],
+    )
     return done
 
 
-def _noop_log(ws: Workspace, name: str, run_id: int, trigger: str, version: str, now: datetime) -> Path:
+def _noop_log(
+    ws: Workspace, name: str, run_id: int, trigger: str, version: str, now: datetime
+) -> Path:
     path = ws.state_dir / "logs" / name / f"{run_id}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -176,8 +202,12 @@ def scan_watched(ws: Workspace, state: ControllerState, settle: float = 1.0) -> 
 
 def _candidate(path: Path) -> bool:
     name = path.name
-    return (path.is_file() and not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
-            and ".git" not in path.parts)
+    return (
+        path.is_file()
+        and not name.startswith(".")
+        and not name.endswith(IGNORED_SUFFIXES)
+        and ".git" not in path.parts
+    )
 
 
 def _versioned(path: Path) -> bool:
@@ -190,7 +220,9 @@ def _versioned(path: Path) -> bool:
         return False
 
 
-def version_files(ws: Workspace, state: ControllerState, files: list[Path], actor: str) -> dict[str, Any]:
+def version_files(
+    ws: Workspace, state: ControllerState, files: list[Path], actor: str
+) -> dict[str, Any]:
     """Version each file as `mw data add` does and commit pointers and bumped specs together."""
     from modelworks.data.add import add
 
@@ -203,9 +235,16 @@ def version_files(ws: Workspace, state: ControllerState, files: list[Path], acto
         state.watch[v.dataset] = [st.st_size, st.st_mtime_ns]
     commit = None
     if added and _git.is_repo(ws.root):
-        lines = "\n".join(f"- {v.dataset} {(v.previous or 'new')[:8]} -> {v.md5[:8]}"
-                          + (f" (bumps {', '.join(v.bumped)})" if v.bumped else "") for v in added)
+        lines = "\n".join(
+            f"- {v.dataset} {(v.previous or 'new')[:8]} -> {v.md5[:8]}"
+            + (f" (bumps {', '.join(v.bumped)})" if v.bumped else "")
+            for v in added
+        )
         rel = sorted({str(p.relative_to(ws.root)) for p in paths})
-        commit = _git.commit(ws.root, rel, f"data: {len(added)} new file version(s) in watched "
-                             f"folders\n\n{lines}\n", author=actor)
+        commit = _git.commit(
+            ws.root,
+            rel,
+            f"data: {len(added)} new file version(s) in watched folders\n\n{lines}\n",
+            author=actor,
+        )
     return {"files": [v.to_dict() for v in added], "commit": commit}

@@ -56,9 +56,18 @@ def create_app(controller: Controller) -> Starlette:
             status, reason = refused
             client = request.client.host if request.client else "?"
             log.warning("webhook refused from %s: %s", client, reason)
-            await run_in_threadpool(audit.record, controller.store, [audit.event(
-                "webhook.refused", "/hooks/git", actor=f"webhook:{client}",
-                after={"reason": reason, "event": event, "status": status})])
+            await run_in_threadpool(
+                audit.record,
+                controller.store,
+                [
+                    audit.event(
+                        "webhook.refused",
+                        "/hooks/git",
+                        actor=f"webhook:{client}",
+                        after={"reason": reason, "event": event, "status": status},
+                    )
+                ],
+            )
             return JSONResponse({"error": reason}, status_code=status)
         if event == "ping":
             return JSONResponse({"accepted": True, "event": "ping"})
@@ -76,8 +85,10 @@ def create_app(controller: Controller) -> Starlette:
         models: list[dict[str, Any]] = await run_in_threadpool(fleet, controller.store)
         return JSONResponse({"controller": controller.status(), "models": models})
 
-    return Starlette(routes=[
-        Route("/hooks/git", hook, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/status", status, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/hooks/git", hook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/api/status", status, methods=["GET"]),
+        ]
+    )

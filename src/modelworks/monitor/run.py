@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
 
-DEFAULT = Monitoring()
+DEFAULT = Monitoring.model_validate({})
 
 
 @dataclass
@@ -78,27 +79,44 @@ def read_scores(path: Path) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def monitor(ws: Workspace, store: Store, env: str, names: list[str] | None = None, *,
-            window: int = 10_000, since: datetime | None = None, record: bool = True,
-            actor: str = "monitor") -> list[ModelDrift]:
+def monitor(
+    ws: Workspace,
+    store: Store,
+    env: str,
+    names: list[str] | None = None,
+    *,
+    window: int = 10_000,
+    since: datetime | None = None,
+    record: bool = True,
+    actor: str = "monitor",
+) -> list[ModelDrift]:
     """Check every model served in `env` (or the named ones) for drift; store the reports."""
     from modelworks.gitops.deploy import read_env
 
     if env not in ws.settings.environments:
-        raise ConfigError(f"environment '{env}' is not in modelworks.yaml "
-                              f"(environments: {', '.join(ws.settings.environments)})")
+        raise ConfigError(
+            f"environment '{env}' is not in modelworks.yaml "
+            f"(environments: {', '.join(ws.settings.environments)})"
+        )
     configs = read_env(ws.deploy_repo, env) if _has_commit(ws) else {}
     if names:
         unknown = sorted(set(names) - set(configs))
         if unknown:
-            raise NotFoundError(f"not deployed in {env}: {', '.join(unknown)} "
-                                f"(deployed: {', '.join(sorted(configs)) or 'none'})")
+            raise NotFoundError(
+                f"not deployed in {env}: {', '.join(unknown)} "
+                f"(deployed: {', '.join(sorted(configs)) or 'none'})"
+            )
         configs = {n: configs[n] for n in names}
-    settings = {i.spec.name: i.spec.monitoring or DEFAULT for i in load_specs(ws.models_dir)
-                if i.spec is not None}
+    settings = {
+        i.spec.name: i.spec.monitoring or DEFAULT
+        for i in load_specs(ws.models_dir)
+        if i.spec is not None
+    }
     profiles = ProfileCache(ws)
-    results = [_one(ws, env, cfg, settings.get(name, DEFAULT), profiles, window, since)
-               for name, cfg in sorted(configs.items())]
+    results = [
+        _one(ws, env, cfg, settings.get(name, DEFAULT), profiles, window, since)
+        for name, cfg in sorted(configs.items())
+    ]
     if record:
         _record(store, results, actor)
         _write_scores(ws, env, results)
@@ -111,17 +129,31 @@ def _has_commit(ws: Workspace) -> bool:
     return ws.deploy_repo.is_dir() and _git.head(ws.deploy_repo) is not None
 
 
-def _one(ws: Workspace, env: str, cfg: DeployConfig, m: Monitoring, profiles: ProfileCache,
-         window: int, since: datetime | None) -> ModelDrift:
+def _one(
+    ws: Workspace,
+    env: str,
+    cfg: DeployConfig,
+    m: Monitoring,
+    profiles: ProfileCache,
+    window: int,
+    since: datetime | None,
+) -> ModelDrift:
     from modelworks.monitor.drift import drift_report
     from modelworks.monitor.predlog import read_log
 
-    out = ModelDrift(cfg.name, env, cfg.version, threshold=m.threshold,
-                     min_samples=m.min_samples, action=m.action)
+    out = ModelDrift(
+        cfg.name,
+        env,
+        cfg.version,
+        threshold=m.threshold,
+        min_samples=m.min_samples,
+        action=m.action,
+    )
     try:
         profile = profiles.get(cfg.artifact_digest)
-        X, _names, _info = read_log(predictions_root(ws, env), cfg.name, since=since,
-                                    version=cfg.version, limit=window)
+        X, _names, _info = read_log(
+            predictions_root(ws, env), cfg.name, since=since, version=cfg.version, limit=window
+        )
         rep = drift_report(profile, X, psi_threshold=m.threshold, min_samples=m.min_samples)
     except ModelworksError as exc:
         out.error = str(exc)
@@ -144,6 +176,7 @@ class ProfileCache:
         if digest in self.memory:
             return self.memory[digest]
         path = self.folder / f"{digest.replace(':', '-')}.json"
+        profile: dict[str, Any]
         if path.exists():
             profile = json.loads(path.read_text())
         else:
@@ -158,7 +191,7 @@ class ProfileCache:
 def _record(store: Store, results: list[ModelDrift], actor: str) -> None:
     """Add a drift report per checked model; mark a first retrain request per served version."""
     now = datetime.now(UTC)
-    events = []
+    events: list[Mapping[str, Any]] = []
     with store.session() as s:
         ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
         asked = _already_requested(s, results)
@@ -168,26 +201,50 @@ def _record(store: Store, results: list[ModelDrift], actor: str) -> None:
             want = r.drifted and r.action == "retrain"
             r.retrain_requested = want and (r.model, r.env, r.version) not in asked
             row = DriftReportRow(
-                model_id=ids[r.model], env=r.env, version=r.version, score=r.score,
-                drifted=r.drifted, samples=r.samples, action=r.action if r.drifted else None,
-                report={"features": r.features, "threshold": r.threshold,
-                        "min_samples": r.min_samples, "reason": r.reason,
-                        "retrain_requested": r.retrain_requested},
-                created_at=now)
+                model_id=ids[r.model],
+                env=r.env,
+                version=r.version,
+                score=r.score,
+                drifted=r.drifted,
+                samples=r.samples,
+                action=r.action if r.drifted else None,
+                report={
+                    "features": r.features,
+                    "threshold": r.threshold,
+                    "min_samples": r.min_samples,
+                    "reason": r.reason,
+                    "retrain_requested": r.retrain_requested,
+                },
+                created_at=now,
+            )
             s.add(row)
             s.flush()
             r.report_id = row.id
             if r.drifted:
-                events.append(audit.event("drift.detected", r.model, actor=actor, after={
-                    "env": r.env, "version": r.version, "score": round(r.score, 4),
-                    "samples": r.samples, "action": r.action, "report": row.id}))
+                events.append(
+                    audit.event(
+                        "drift.detected",
+                        r.model,
+                        actor=actor,
+                        after={
+                            "env": r.env,
+                            "version": r.version,
+                            "score": round(r.score, 4),
+                            "samples": r.samples,
+                            "action": r.action,
+                            "report": row.id,
+                        },
+                    )
+                )
     audit.record(store, events)
 
 
 def _already_requested(s: Any, results: list[ModelDrift]) -> set[tuple[str, str, str]]:
-    rows = s.execute(select(Model.name, DriftReportRow.env, DriftReportRow.version,
-                            DriftReportRow.report).join(Model)
-                     .where(DriftReportRow.drifted.is_(True), DriftReportRow.action == "retrain"))
+    rows = s.execute(
+        select(Model.name, DriftReportRow.env, DriftReportRow.version, DriftReportRow.report)
+        .join(Model)
+        .where(DriftReportRow.drifted.is_(True), DriftReportRow.action == "retrain")
+    )
     return {(n, e, v) for n, e, v, rep in rows if (rep or {}).get("retrain_requested")}
 
 
@@ -197,11 +254,20 @@ def retrain_requests(store: Store, after_id: int) -> tuple[list[dict[str, Any]],
 
     with store.session() as s:
         top = s.scalar(select(func.max(DriftReportRow.id))) or after_id
-        rows = s.execute(select(DriftReportRow, Model.name).join(Model)
-                         .where(DriftReportRow.id > after_id, DriftReportRow.drifted.is_(True),
-                                DriftReportRow.action == "retrain")).all()
-    found = [{"model": name, "env": r.env, "version": r.version, "score": r.score, "report": r.id}
-             for r, name in rows if (r.report or {}).get("retrain_requested")]
+        rows = s.execute(
+            select(DriftReportRow, Model.name)
+            .join(Model)
+            .where(
+                DriftReportRow.id > after_id,
+                DriftReportRow.drifted.is_(True),
+                DriftReportRow.action == "retrain",
+            )
+        ).all()
+    found = [
+        {"model": name, "env": r.env, "version": r.version, "score": r.score, "report": r.id}
+        for r, name in rows
+        if (r.report or {}).get("retrain_requested")
+    ]
     return found, max(top, after_id)
 
 
@@ -211,8 +277,13 @@ def _write_scores(ws: Workspace, env: str, results: list[ModelDrift]) -> None:
     at = datetime.now(UTC).isoformat()
     for r in results:
         if r.error is None:
-            scores[r.model] = {"version": r.version, "score": r.score, "drifted": r.drifted,
-                               "samples": r.samples, "at": at}
+            scores[r.model] = {
+                "version": r.version,
+                "score": r.score,
+                "drifted": r.drifted,
+                "samples": r.samples,
+                "at": at,
+            }
     _atomic_write(path, json.dumps(scores, sort_keys=True))
 
 
