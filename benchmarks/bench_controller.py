@@ -5,7 +5,7 @@
     python benchmarks/bench_controller.py monitor --models 1000 --requests 10000
     python benchmarks/bench_controller.py all --json out.json
 
-latency: a 1,000-model workspace (benchmarks/fleet.py; the registry is seeded from the plan so
+latency: a 1,000-model workspace (tiny test pipeline; the registry is seeded from the plan so
   the other 999 models count as trained), the controller in this process and the `test`
   inference app in-process. One commit changes one spec; the controller pass starts at once
   (as a webhook-poked pass does; with polling add on average half of controller.poll_interval).
@@ -31,8 +31,80 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fleet import FEATURES, build, model_name, seed_registry
+FEATURES = 4  # modelworks.testing.write_dataset's default
+
+
+def model_name(i: int) -> str:
+    """The name of model i."""
+    return f"m{i:05d}"
+
+
+def build(root: Path, n: int) -> None:
+    """A committed workspace of n specs over a few hundred datasets (the tiny test pipeline)."""
+    from modelworks import _git
+    from modelworks.data.add import add
+    from modelworks.testing import make_workspace, write_dataset, write_pipeline
+
+    ws = make_workspace(root)
+    write_pipeline(ws)
+    datasets = max(2, min(300, n // 30))
+    for j in range(datasets):
+        path = write_dataset(ws, f"data/set{j:04d}/data.csv", seed=j)
+        add(ws, path, update_specs=False, commit=False)
+    ws.models_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        spec = {
+            "data_source": {"type": "dvc", "dataset": f"data/set{i % datasets:04d}/data.csv"},
+            "model_name": model_name(i),
+            "kubeflow_pipeline": "tiny",
+            "kubeflow_pipeline_version": "tiny-v1",
+            "runtime_name": "sklearn",
+            "model_hyperparameters": {"C": round(0.5 + (i % 17) / 8, 4)},
+        }
+        (ws.models_dir / f"{model_name(i)}.json").write_text(json.dumps(spec, indent=2))
+    _git.commit(root, ["models", "pipelines", "data"], f"benchmark fleet: {n} models")
+
+
+def seed_registry(root: Path) -> None:
+    """Register every planned model from the plan (fingerprints only, no training): training
+    thousands of models would take the benchmark an hour; the controller only needs the
+    registry to know them to plan them as unchanged."""
+    from modelworks.pipelines.catalog import snapshot
+    from modelworks.plan import plan
+    from modelworks.registry.models import Model, ModelVersion, PipelineVersion
+    from modelworks.registry.store import Store
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(root)
+    store = Store(ws.registry_url)
+    todo = plan(ws, store).changes
+    with store.session() as s:
+        refs = {(m.pipeline.name, m.pipeline.version): m.pipeline for m in todo if m.pipeline}
+        for ref in refs.values():
+            snap = snapshot(ref.source, ref.hash, ws.state_dir / "pipelines")
+            s.add(
+                PipelineVersion(
+                    name=ref.name, version=ref.version, hash=ref.hash, snapshot=str(snap)
+                )
+            )
+        rows = [
+            Model(name=m.name, pipeline=m.spec.pipeline, spec_path=f"models/{m.name}.json")
+            for m in todo
+        ]
+        s.add_all(rows)
+        s.flush()
+        s.add_all(
+            ModelVersion(
+                model_id=row.id,
+                version=m.version,
+                fingerprint=m.fingerprint,
+                status="registered",
+                inputs=m.inputs,
+                metrics={"accuracy": 1.0},
+            )
+            for row, m in zip(rows, todo, strict=True)
+        )
+    store.close()
 
 
 class TimedExecutor:
