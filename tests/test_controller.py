@@ -26,6 +26,7 @@ from modelworks.apply import workspace_lock
 from modelworks.controller import Controller
 from modelworks.controller.webhook import create_app, sign
 from modelworks.data.add import add
+from modelworks.errors import ConfigError
 from modelworks.registry import audit
 from modelworks.registry.queries import runs
 from modelworks.registry.store import Store
@@ -138,6 +139,36 @@ def test_a_file_dropped_in_a_watched_folder_is_versioned_and_retrains_its_models
     assert (t.applied[0]["trained"], t.applied[0]["skipped"]) == (2, 1)
     assert {r["model"] for r in _runs(ws) if r["trigger"] == "data"} == {"model-0", "model-2"}
     assert ctl.tick().data is None  # versioned files are not taken again
+
+
+def test_a_separate_deploy_repo_is_watched_and_a_watch_folder_outside_is_refused(
+    tmp_path: Path,
+) -> None:
+    deploy = tmp_path / "deploy-repo"
+    _git.init(deploy)
+    (deploy / "README.md").write_text("deploy repository\n")
+    _git.commit(deploy, ["README.md"], "init")
+    ws = make_workspace(tmp_path / "ws", paths={"deploy": str(deploy)})
+    small_fleet(ws, models=1, datasets=1)
+    reconciles: list[int] = []
+    ctl = _controller(ws, on_deploy=[lambda: reconciles.append(1)])
+    assert ctl.tick().applied[0]["deployed"] == 1
+    assert (deploy / "deploy" / "test" / "model-0" / "config.yaml").exists()
+    assert set(ctl.state.repos) == {"workspace", f"repo:{deploy.resolve()}"}
+    assert ctl.tick().changes == []
+    (deploy / "NOTES.md").write_text("not a deploy config\n")
+    _git.commit(deploy, ["NOTES.md"], "notes")
+    assert ctl.tick().changes[0]["parts"] == []  # outside deploy/: nothing to reconcile
+    (deploy / "deploy" / "test" / "README.md").write_text("test serves these\n")
+    _git.commit(deploy, ["deploy/test/README.md"], "readme")
+    moved = ctl.tick()
+    assert moved.changes[0]["parts"] == ["deploy"]
+    assert moved.reconciled
+    assert len(reconciles) == 2
+
+    outside = make_workspace(tmp_path / "ws2", data={"watch": ["../elsewhere"]})
+    with pytest.raises(ConfigError, match=r"'\.\./elsewhere' is outside the workspace"):
+        _controller(outside)
 
 
 def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is_newer(

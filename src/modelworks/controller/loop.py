@@ -83,6 +83,7 @@ class Controller:
         monitor_interval: float | None = None,
         on_deploy: list[Callable[[], None]] | None = None,
     ) -> None:
+        triggers.check_watch(ws)
         self.ws, self.store, self.actor, self.lock_wait = ws, store, actor, lock_wait
         self.state_path = ws.state_dir / "controller" / "state.json"
         self.state = ControllerState.load(self.state_path)
@@ -198,6 +199,7 @@ class Controller:
                 r.data = triggers.version_files(self.ws, self.state, files, self.actor)
             finally:
                 lock.release()
+            r.errors += r.data["errors"]
             log.info("versioned %d new data file(s) from watched folders", len(files))
 
     def _detect(self, r: TickReport) -> list[repos.Change]:

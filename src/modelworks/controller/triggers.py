@@ -23,7 +23,7 @@ from modelworks import _git
 from modelworks.controller.repos import toplevel
 from modelworks.data.dvc import file_md5, read_pointer
 from modelworks.data.sources import DataResolver
-from modelworks.errors import DataError
+from modelworks.errors import ConfigError, DataError
 from modelworks.registry import audit
 from modelworks.registry.models import Model, Run
 from modelworks.spec import _read_raw, dump_spec, load_specs
@@ -176,6 +176,17 @@ def _noop_log(
 # -- watched data folders ----------------------------------------------------------------------
 
 
+def check_watch(ws: Workspace) -> None:
+    """Refuse, at start, a data.watch folder outside the workspace (versions live in its Git)."""
+    root = ws.root.resolve()
+    for folder in ws.settings.data.watch:
+        if not ws.path(folder).resolve().is_relative_to(root):
+            raise ConfigError(
+                f"modelworks.yaml: field 'data.watch': folder {folder!r} is outside the workspace "
+                f"{root}; watched folders must be inside it (their pointers are committed there)"
+            )
+
+
 def scan_watched(ws: Workspace, state: ControllerState, settle: float = 1.0) -> list[Path]:
     """Files in data.watch folders that are new or changed since they were last versioned."""
     found = []
@@ -226,13 +237,17 @@ def version_files(
     """Version each file as `mw data add` does and commit pointers and bumped specs together."""
     from modelworks.data.add import add
 
-    added, paths = [], []
+    added, paths, errors = [], [], []
     for path in files:
-        v = add(ws, path, update_specs=True, commit=False, actor=actor)
+        st = path.stat()
+        state.watch[str(path.relative_to(ws.root))] = [st.st_size, st.st_mtime_ns]
+        try:
+            v = add(ws, path, update_specs=True, commit=False, actor=actor)
+        except DataError as exc:  # reported once; taken again when the file changes
+            errors.append(str(exc))
+            continue
         paths += [v.pointer, path.parent / ".gitignore", *(ws.root / b for b in v.bumped)]
         added.append(v)
-        st = path.stat()
-        state.watch[v.dataset] = [st.st_size, st.st_mtime_ns]
     commit = None
     if added and _git.is_repo(ws.root):
         lines = "\n".join(
@@ -247,4 +262,4 @@ def version_files(
             f"data: {len(added)} new file version(s) in watched folders\n\n{lines}\n",
             author=actor,
         )
-    return {"files": [v.to_dict() for v in added], "commit": commit}
+    return {"files": [v.to_dict() for v in added], "commit": commit, "errors": errors}
