@@ -28,7 +28,7 @@ from modelworks.controller.webhook import create_app, sign
 from modelworks.data.add import add
 from modelworks.errors import ConfigError
 from modelworks.registry import audit
-from modelworks.registry.queries import runs
+from modelworks.registry.queries import runs, show
 from modelworks.registry.store import Store
 from modelworks.testing import (
     TINY_PIPELINE,
@@ -169,6 +169,52 @@ def test_a_separate_deploy_repo_is_watched_and_a_watch_folder_outside_is_refused
     outside = make_workspace(tmp_path / "ws2", data={"watch": ["../elsewhere"]})
     with pytest.raises(ConfigError, match=r"'\.\./elsewhere' is outside the workspace"):
         _controller(outside)
+
+
+def test_a_data_repo_given_by_url_is_checked_each_tick_and_its_new_commit_retrains(
+    tmp_path: Path,
+) -> None:
+    from modelworks.data.dvc import file_md5, store, write_pointer
+
+    remote, data_repo = tmp_path / "remote", tmp_path / "data-repo"
+    _git.init(data_repo)
+
+    def publish(seed: int) -> str:
+        scratch = make_workspace(tmp_path / f"scratch{seed}")
+        csv = write_dataset(scratch, "x.csv", seed=seed)
+        md5 = file_md5(csv)
+        store(remote, csv, md5)
+        (data_repo / "sets").mkdir(exist_ok=True)
+        write_pointer(data_repo / "sets" / "x.csv.dvc", md5, csv.stat().st_size, "x.csv")
+        _git.commit(data_repo, ["sets"], f"x.csv {md5[:8]}")
+        return md5
+
+    first = publish(1)
+    ws = make_workspace(tmp_path / "ws", data={"remote": str(remote)})
+    write_pipeline(ws)
+    url = f"file://{data_repo}"
+    write_spec(
+        ws,
+        "remote-data",
+        "sets/x.csv",
+        data_source={"type": "dvc", "dataset": "sets/x.csv", "repo_url": url},
+    )
+    _git.commit(ws.root, ["models", "pipelines"], "a model on a remote data repo")
+    ctl = _controller(ws)
+    t = ctl.tick()
+    assert t.applied[0]["trained"] == 1
+    assert ctl.state.repos[f"url:{url}"] == _git.head(data_repo)
+    assert ctl.tick().changes == []
+    second = publish(2)
+    moved = ctl.tick()
+    assert [c["repo"] for c in moved.changes] == [f"url:{url}"]
+    assert moved.applied[0]["trained"] == 1
+    (run,) = [r for r in _runs(ws) if r["trigger"] == "data"]
+    assert run["model"] == "remote-data"
+    hashes = [
+        v["lineage"]["data_hash"] for v in show(Store(ws.registry_url), "remote-data")["versions"]
+    ]
+    assert hashes == [second, first]
 
 
 def test_schedule_retrains_on_the_newest_data_and_records_a_noop_when_nothing_is_newer(
