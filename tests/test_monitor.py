@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -146,16 +148,38 @@ def test_served_traffic_without_drift_is_quiet_and_with_drift_retrains_only_wher
     assert f'mw_drift_detected{{model="model-0",version="{served}"}} 1.0' in metrics
     assert 'mw_drift_detected{model="model-1"' in metrics
 
-    t = ctl.tick()
-    assert t.errors == []
-    assert t.drift == ["model-0"]
-    assert t.applied[-1]["trigger"] == "drift"
-    assert t.applied[-1]["trained"] == 1
+    # The running controller acts on the request; its own monitoring pass runs in a thread.
+    ctl.monitor_interval = 0.2
+    loop = threading.Thread(target=ctl.run, args=(300.0,), daemon=True)
+    loop.start()
+    try:
+        _wait(
+            lambda: ("drift", "succeeded") in {(r["trigger"], r["status"]) for r in runs(store)}, 60
+        )
+        _wait(lambda: _report_count(store) > len(rows), 60)
+    finally:
+        ctl.stop()
+        loop.join(60)
+    assert not loop.is_alive()
+    assert ctl.last is not None
+    assert ctl.last.errors == []
     spec = json.loads((ws.models_dir / "model-0.json").read_text())
     assert spec["data_source"]["dvc_hash"] == newest  # retrained on the newest data version
     drift_runs = [r for r in runs(store, limit=100) if r["trigger"] == "drift"]
     assert [(r["model"], r["status"]) for r in drift_runs] == [("model-0", "succeeded")]
     assert ctl.tick().drift == []  # one request per drifted version, acted on once
+
+
+def _report_count(store: Store) -> int:
+    with store.session() as s:
+        return len(s.scalars(select(DriftReportRow.id)).all())
+
+
+def _wait(cond: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
 
 
 def test_monitor_cli_json_and_exit_code(workspace: Workspace) -> None:

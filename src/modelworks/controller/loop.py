@@ -97,7 +97,9 @@ class Controller:
         self.ticks = 0
         self._schedules: dict[str, str] | None = None
         self._urls: list[repos.WatchedRepo] | None = None
-        self._last_monitor = 0.0
+        self._last_monitor: float | None = None
+        self._monitor_thread: threading.Thread | None = None
+        self.background = False
 
     # -- control -------------------------------------------------------------------------------
 
@@ -143,12 +145,14 @@ class Controller:
         """Tick until stop()."""
         every = interval or self.ws.settings.controller.poll_interval
         with self.exclusive():
+            self.background = True
             try:
                 while not self.stopping.is_set():
                     self.wake.clear()
                     self.tick()
                     self.wake.wait(every)
             finally:
+                self.background = False
                 self._abandon()
 
     def _abandon(self) -> None:
@@ -281,18 +285,42 @@ class Controller:
                 self.state.schedules[name] = now.isoformat()
 
     def _monitor(self, r: TickReport) -> None:
-        if (
-            not self.monitor_interval
-            or time.monotonic() - self._last_monitor < self.monitor_interval
-        ):
+        """Run the monitoring pass when due: in a thread of its own under run() (a pass over
+        a big fleet takes a while and must not hold up commits), inline for a single tick."""
+        if not self.monitor_interval:
             return
+        now = time.monotonic()
+        if self._last_monitor is not None and now - self._last_monitor < self.monitor_interval:
+            return
+        if self._monitor_thread is not None and self._monitor_thread.is_alive():
+            return
+        self._last_monitor = now
+        if not self.background:
+            r.monitored = self._monitor_pass()
+            return
+        self._monitor_thread = threading.Thread(
+            target=self._monitor_safely, name="mw-monitor", daemon=True
+        )
+        self._monitor_thread.start()
+
+    def _monitor_pass(self) -> dict[str, dict[str, int]]:
         from modelworks.monitor.run import monitor
 
-        self._last_monitor = time.monotonic()
+        out = {}
         for env in self.ws.settings.environments:
             found = monitor(self.ws, self.store, env, actor=self.actor)
             if found:
-                r.monitored[env] = {"models": len(found), "drifted": sum(d.drifted for d in found)}
+                out[env] = {"models": len(found), "drifted": sum(d.drifted for d in found)}
+            if any(d.retrain_requested for d in found):
+                self.poke()  # the next tick retrains now, not at the next poll
+        return out
+
+    def _monitor_safely(self) -> None:
+        try:
+            done = self._monitor_pass()
+            log.info("monitoring pass: %s", done or "nothing served")
+        except Exception:  # the next pass tries again
+            log.exception("monitoring pass failed")
 
     def _drift(self, r: TickReport) -> None:
         from modelworks.monitor.run import retrain_requests

@@ -9,6 +9,7 @@ defaults apply (PSI 0.2, 100 samples, action alert). When a drifted model's acti
 `retrain`, the report carries `retrain_requested` (once per served version): the
 controller picks it up and retrains on the newest data. The latest score per model is
 also written to `.mw/monitor/<env>.json`, which the inference server exports as gauges.
+A model with no logged traffic gets no report (there is nothing to compare).
 """
 
 from __future__ import annotations
@@ -196,8 +197,8 @@ def _record(store: Store, results: list[ModelDrift], actor: str) -> None:
         ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
         asked = _already_requested(s, results)
         for r in results:
-            if r.model not in ids or r.error is not None:
-                continue
+            if r.model not in ids or r.error is not None or r.samples == 0:
+                continue  # no served traffic: nothing to report
             want = r.drifted and r.action == "retrain"
             r.retrain_requested = want and (r.model, r.env, r.version) not in asked
             row = DriftReportRow(
@@ -276,7 +277,7 @@ def _write_scores(ws: Workspace, env: str, results: list[ModelDrift]) -> None:
     scores = read_scores(path)
     at = datetime.now(UTC).isoformat()
     for r in results:
-        if r.error is None:
+        if r.error is None and r.samples:
             scores[r.model] = {
                 "version": r.version,
                 "score": r.score,
