@@ -25,8 +25,11 @@ For each spec the plan looks the fingerprint up among the model's registered ver
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -206,8 +209,30 @@ def explain_updates(store: Store, models: list[ModelPlan]) -> None:
         m.reasons = explain(latest.get(m.name, {}), m.inputs) + m.reasons
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bounded burst of allocations.
+
+    Planning 9,000 specs allocates some 10^5 objects that all live until the plan is done;
+    the collector's repeated full passes over them (and over the imported libraries) cost
+    about a third of the plan and free nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def plan(ws: Workspace, store: Store, names: list[str] | None = None) -> Plan:
     """Compute the plan for the workspace (or only the named models)."""
+    with gc_paused():
+        return _plan(ws, store, names)
+
+
+def _plan(ws: Workspace, store: Store, names: list[str] | None) -> Plan:
     view = RegistryView.read(store)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
     data = DataResolver(ws)
