@@ -111,9 +111,6 @@ def test_audit_chain_on_each_backend(registry_url: str) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(reason="concurrent controllers race on unique keys (pipeline_versions, models, "
-                   "model_versions) and a pipeline snapshot recorded elsewhere; apply.py fix "
-                   "proposed in the scale report; remove this marker with it", strict=False)
 def test_two_controllers_sharing_postgres_never_register_twice(tmp_path: Path, pg_url: str) -> None:
     first = make_workspace(tmp_path / "a", registry={"url": pg_url}, executor={"workers": 1})
     small_fleet(first, models=3)

@@ -74,18 +74,31 @@ def workspace_lock(ws: Workspace, wait: float) -> FileLock:
     return lock
 
 
+def _insert_new(s: Any, table: Any, values: dict[str, Any]) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: None when another apply sharing the
+    registry (a second controller on PostgreSQL) inserted the same unique key first."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(table.id)
+    return s.execute(stmt).scalar()  # type: ignore[no-any-return]
+
+
 def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> None:
-    """Snapshot and record each pipeline version the first time it is used."""
+    """Snapshot each pipeline version used here (another controller may have recorded it,
+    but the snapshot must exist on this machine) and record it the first time it is used."""
     seen: set[tuple[str, str]] = set()
     with store.session() as s:
         for mp in changes:
             p = mp.pipeline
             assert p is not None
-            if p.recorded or (p.name, p.version) in seen:
+            if (p.name, p.version) in seen:
                 continue
             seen.add((p.name, p.version))
             snap = snapshot(p.source, p.hash, ws.state_dir / "pipelines")
-            s.add(PipelineVersion(name=p.name, version=p.version, hash=p.hash, snapshot=str(snap)))
+            if not p.recorded:
+                _insert_new(s, PipelineVersion, {"name": p.name, "version": p.version,
+                                                 "hash": p.hash, "snapshot": str(snap)})
 
 
 def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict[str, int]:
@@ -96,11 +109,13 @@ def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict
                 continue
             spec = mp.spec
             if spec.name not in ids:
-                row = Model(name=spec.name, tenant=spec.tenant, spec_path=_rel(ws, mp.loaded.path),
-                            pipeline=spec.pipeline, labels=spec.labels)
-                s.add(row)
-                s.flush()
-                ids[spec.name] = row.id
+                new = _insert_new(s, Model, {
+                    "name": spec.name, "tenant": spec.tenant, "spec_path": _rel(ws, mp.loaded.path),
+                    "pipeline": spec.pipeline, "labels": spec.labels,
+                })
+                if new is None:  # another controller sharing the registry added it first
+                    new = s.execute(select(Model.id).where(Model.name == spec.name)).scalar_one()
+                ids[spec.name] = new
     return ids
 
 
@@ -242,13 +257,17 @@ class _Recorder:
             "pipeline_hash": job["pipeline"]["hash"], "dataset": job["data"]["dataset"],
             "data_hash": job["data"]["hash"], "run_id": run.id,
         }
-        s.add(ModelVersion(
+        added = _insert_new(s, ModelVersion, dict(
             model_id=self.ids[name], version=run.version, fingerprint=run.fingerprint,
             status="registered" if status == "succeeded" else status, reason=r.get("error"),
             inputs=inputs, metrics=r.get("metrics", {}), gates=r.get("gates", {}), lineage=lineage,
             artifact_digest=r.get("digest"), artifact_ref=r.get("ref"), oci_layout=r.get("layout"),
             run_id=run.id, scan=r.get("scan"), signed=bool(r.get("signed")),
         ))
+        if added is None:  # another controller sharing the registry registered it first
+            run.status, run.error = "cancelled", f"{run.version} was registered by another apply"
+            self.result.skipped.append(name)
+            return
         entry = {"name": name, "version": run.version, "metrics": r.get("metrics", {})}
         action = "version.registered" if status == "succeeded" else f"version.{status}"
         self.events.append(audit.event(action, name, actor=self.actor, tenant=job["tenant"], after={
