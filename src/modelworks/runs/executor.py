@@ -41,5 +41,5 @@ def make_executor(kind: str, workers: int, *, timeout: float | None = None, addr
     if kind == "ray":
         from modelworks.runs.ray_executor import RayExecutor
 
-        return RayExecutor(workers, address=address)
+        return RayExecutor(workers, address=address, timeout=timeout)
     return LocalExecutor(workers, timeout=timeout)
