@@ -277,3 +277,17 @@ def test_ray_kills_a_stuck_task_and_reports_a_dead_worker(tmp_path: Path, ray_ca
     errors = {f["name"]: f["error"] for f in result.failed}
     assert "timed out after 6s" in errors["stuck"]
     assert errors["dies"].startswith("ray task failed:")
+
+
+@pytest.mark.slow
+def test_mw_apply_with_executor_ray_starts_a_local_instance(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", executor={"kind": "ray", "workers": 1})
+    small_fleet(ws, models=2)
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(["mw", "apply", "--json", "-C", str(ws.root)], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert sorted(t["name"] for t in report["trained"]) == ["model-0", "model-1"]
+    assert (tmp_path / "cache" / "pipelines").is_dir()  # the jobs ran as Ray tasks
