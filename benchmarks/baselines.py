@@ -94,6 +94,7 @@ import mlflow, mlflow.sklearn
 from sklearn.linear_model import LogisticRegression
 
 work = json.load(open(sys.argv[1]))
+MLFLOW_3 = int(mlflow.__version__.split(".")[0]) >= 3  # log_model's name= (2.x: artifact_path=)
 mlflow.set_tracking_uri(sys.argv[2])
 mlflow.set_experiment("bench")
 started = time.perf_counter()
@@ -105,8 +106,8 @@ for name, data, c, _ in work:
         cut = int(len(X) * 0.75)
         model = LogisticRegression(C=c, max_iter=200).fit(X[:cut], y[:cut])
         mlflow.log_metric("accuracy", float((model.predict(X[cut:]) == y[cut:]).mean()))
-        mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                 input_example=X[:2])
+        where = {"name": "model"} if MLFLOW_3 else {"artifact_path": "model"}
+        mlflow.sklearn.log_model(model, registered_model_name=name, input_example=X[:2], **where)
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """
 
