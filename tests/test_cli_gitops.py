@@ -11,20 +11,13 @@ import yaml
 from test_promote import retrain, served, trained_copy
 
 from modelworks import _git
-from modelworks.cli import main
+from modelworks.testing import run_cli
 from modelworks.workspace import Workspace
 
 
 def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
     """Run `mw ARGS -C ws`; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = 0
-    try:
-        main([*args, "-C", str(ws.root)])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def mw_json(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> Any:

@@ -18,19 +18,13 @@ from modelworks.artifacts.oci import OCIStore
 from modelworks.cli import main
 from modelworks.security.keys import sealing_keys, secrets_dir
 from modelworks.security.secrets import unseal
+from modelworks.testing import run_cli
 from modelworks.workspace import Workspace
 
 
 def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
     """Run `mw ARGS -C ws`; return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = 0
-    try:
-        main([*args, "-C", str(ws.root)])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def mw_json(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> Any:

@@ -114,3 +114,17 @@ def small_fleet(ws: Workspace, models: int = 3, datasets: int = 2) -> list[str]:
         add(ws, ws.root / f"data/set{d}/data.csv", commit=False)
     _git.commit(ws.root, ["models", "pipelines", "data"], "small fleet")
     return names
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run `mw ARGS` in-process under pytest's capsys; return (exit code, stdout, stderr)."""
+    from modelworks.cli import main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
