@@ -153,3 +153,37 @@ def test_two_controllers_sharing_postgres_never_register_twice(tmp_path: Path, p
             assert plan(ws, store).summary["unchanged"] == 3
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_claim_skips_runs_another_controller_is_claiming(tmp_path: Path, pg_url: str) -> None:
+    import threading
+
+    from modelworks.runs import queue
+
+    ws = make_workspace(tmp_path / "ws", registry={"url": pg_url})
+    small_fleet(ws)
+    store = Store(pg_url)
+    try:
+        changes = plan(ws, store).changes
+        with store.session() as s:
+            s.add_all(Model(name=m.name) for m in changes)
+        with store.session() as s:
+            ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        assert queue.enqueue(store, changes, ids, "manual") == 3
+        wanted = {m.name: str(m.fingerprint) for m in changes}
+        got: list[list[queue.Claimed]] = []
+        with store.engine.connect() as other:  # another controller, mid-claim
+            tx = other.begin()
+            other.execute(text("SELECT id FROM runs WHERE status = 'queued' FOR UPDATE"))
+            worker = threading.Thread(target=lambda: got.append(queue.claim(store, wanted)))
+            worker.start()
+            worker.join(10)
+            blocked = worker.is_alive()
+            tx.rollback()
+            worker.join(10)
+        assert not blocked, "claim waited for another controller's locked runs"
+        assert got == [[]]
+        assert sorted(c.model for c in queue.claim(store, wanted)) == sorted(wanted)
+    finally:
+        store.close()

@@ -79,7 +79,10 @@ def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
     now = datetime.now(UTC)
     claimed: list[Claimed] = []
     with store.session() as s:
-        rows = s.execute(select(Run, Model.name).join(Model).where(Run.status == "queued")).all()
+        # Two controllers may share one registry: rows another one is claiming are skipped,
+        # not claimed twice (PostgreSQL; SQLite has one writer at a time anyway).
+        rows = s.execute(select(Run, Model.name).join(Model).where(Run.status == "queued")
+                         .with_for_update(skip_locked=True, of=Run)).all()
         done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
         for run, name in rows:
             if name not in wanted:
