@@ -21,7 +21,7 @@ from modelworks.runs.executor import LocalExecutor
 from modelworks.testing import make_workspace, small_fleet, write_pipeline
 from modelworks.workspace import Workspace
 
-# train() waits (up to 5 s) for a second process to reach it, so both applies overlap.
+# train() waits (up to 3 s) for a second process to reach it, so both applies overlap.
 BARRIER_PIPELINE = '''\
 import os, time
 from pathlib import Path
@@ -41,7 +41,7 @@ def train(data, params):
     mine = barrier / str(os.getpid())
     if not mine.exists():  # only the first model of each process waits
         mine.touch()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3
         while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
     model = LogisticRegression(C=params.get("C", 1.0), max_iter=200)
