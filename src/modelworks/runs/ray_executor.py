@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -186,10 +187,12 @@ class RayExecutor:
         if ray.is_initialized():
             return ray
         try:
+            # Ray's own INFO/WARNING lines would interleave with the progress bar and --json.
+            quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
             if self.address:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, **quiet)
             else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=self.workers, include_dashboard=False, **quiet)
                 self._started = True
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(
