@@ -63,5 +63,9 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
     return meta
 
 
-def write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
+def write_json(path: Path, payload: Any, *, compact: bool = False) -> None:
+    """Write JSON; `compact` for large machine-read files (a profile holds thousands of floats)."""
+    if compact:
+        path.write_text(json.dumps(payload, separators=(",", ":"), default=float))
+    else:
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))

@@ -96,6 +96,8 @@ def _hashing() -> Any:
     from model_signing import hashing
 
     config = hashing.Config()  # type: ignore[no-untyped-call]
+    # Model folders are a few small files: a thread pool per signature costs more than it saves.
+    config.use_file_serialization(max_workers=1)
     return config.set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False)
 
 

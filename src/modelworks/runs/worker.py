@@ -109,7 +109,7 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
     if X is not None:
         from modelworks.monitor.profile import build_profile
 
-        write_json(out / "profile.json", build_profile(X, names))
+        write_json(out / "profile.json", build_profile(X, names), compact=True)
     (out / "sbom.json").write_bytes(sbom_bytes())
     return out
 
