@@ -11,10 +11,8 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -36,21 +34,11 @@ from modelworks.gitops.rollback import history
 from modelworks.registry import audit
 from modelworks.registry.models import Approval, Deployment, Model
 from modelworks.registry.store import Store
-from modelworks.runs.worker import execute
+from modelworks.runs.executor import InlineExecutor
 from modelworks.testing import make_workspace, small_fleet, write_spec
 from modelworks.workspace import CONFIG_FILE, ForgeSettings, Workspace
 
 _TEMPLATES: dict[str, Path] = {}
-
-
-class InlineExecutor:
-    """The real training job (`runs.worker.execute`) run in this process: no pool start-up."""
-
-    name = "inline"
-
-    def run(self, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for job in jobs:
-            yield execute(job)
 
 
 MODELS = ["model-0", "model-1", "model-2"]

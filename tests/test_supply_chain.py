@@ -29,7 +29,7 @@ from modelworks.pipelines.steps import MissingSecretError, SealedSecrets, load_m
 from modelworks.registry import audit
 from modelworks.registry.queries import show
 from modelworks.registry.store import Store
-from modelworks.runs.worker import execute
+from modelworks.runs.executor import InlineExecutor
 from modelworks.security.audit import event_hash
 from modelworks.security.keys import (
     fingerprint,
@@ -43,16 +43,6 @@ from modelworks.testing import make_workspace, small_fleet, write_pipeline, writ
 from modelworks.workspace import CONFIG_FILE, Workspace
 
 _TEMPLATE: dict[str, Path] = {}
-
-
-class InlineExecutor:
-    """The real training job (`runs.worker.execute`) in this process: no pool start-up."""
-
-    name = "inline"
-
-    def run(self, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for job in jobs:
-            yield execute(job)
 
 
 def trained(tmp_path: Path, factory: pytest.TempPathFactory) -> Workspace:

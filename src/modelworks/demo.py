@@ -17,9 +17,9 @@ CHANGED_DATASET = "data/wine/wine.csv"
 def _apply(ws: Any, store: Any, workers: int | None, quiet: bool) -> Any:
     from modelworks.apply import apply
     from modelworks.cli.core import _progress
-    from modelworks.runs.executor import make_executor
+    from modelworks.runs.executor import for_workspace
 
-    ex = make_executor(ws.settings.executor.kind, workers or ws.workers)
+    ex = for_workspace(ws, workers)
     with _progress(quiet) as (on_start, on_result):
         return apply(ws, store, executor=ex, actor="demo", on_start=on_start, on_result=on_result)
 

@@ -108,10 +108,10 @@ def apply_cmd(
 ) -> None:
     """Train, gate, package and register what changed; deploy passing versions to test."""
     from modelworks.apply import apply
-    from modelworks.runs.executor import make_executor
+    from modelworks.runs.executor import for_workspace
 
     ws, store = open_workspace(workspace)
-    ex = make_executor(ws.settings.executor.kind, workers or ws.workers)
+    ex = for_workspace(ws, workers)
     with _progress(json_out) as (on_start, on_result):
         result = apply(ws, store, names=models or None, executor=ex, actor=actor(ws, as_user),
                        wait=wait, on_start=on_start, on_result=on_result)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelworks.runs.pool import ProcessPool
 from modelworks.runs.worker import execute
+
+if TYPE_CHECKING:
+    from modelworks.workspace import Workspace
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -34,6 +37,26 @@ class LocalExecutor:
         if not jobs:
             return iter(())
         return ProcessPool(min(self.workers, len(jobs)), self.fn, self.timeout).run(jobs)
+
+
+class InlineExecutor:
+    """Runs each job in this process, one after another: for notebooks, debuggers and tests."""
+
+    name = "inline"
+
+    def __init__(self, fn: Callable[[Job], Result] = execute) -> None:
+        self.fn = fn
+
+    def run(self, jobs: list[Job]) -> Iterator[Result]:
+        for job in jobs:
+            yield self.fn(job)
+
+
+def for_workspace(ws: Workspace, workers: int | None = None) -> Executor:
+    """The executor modelworks.yaml asks for (kind, workers, job timeout, Ray address)."""
+    s = ws.settings
+    return make_executor(s.executor.kind, workers or ws.workers, timeout=s.executor.timeout,
+                         address=s.ray.address)
 
 
 def make_executor(kind: str, workers: int, *, timeout: float | None = None, address: str | None = None) -> Executor:
