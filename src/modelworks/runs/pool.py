@@ -24,6 +24,9 @@ def preload() -> None:
     import modelworks.artifacts.oci  # noqa: F401
     import modelworks.artifacts.scan  # noqa: F401
     import modelworks.artifacts.sign  # noqa: F401
+    from modelworks.runs.worker import sbom_bytes
+
+    sbom_bytes()  # the environment scan behind each version's SBOM, done once before forking
 
 
 def warm() -> None:

@@ -79,19 +79,27 @@ def used_packages() -> list[str]:
 
 
 def sbom_bytes() -> bytes:
-    """The CycloneDX SBOM of the packages this process uses, built once per set of modules."""
+    """The CycloneDX SBOM of the packages this process uses, built once per set of packages.
+
+    The set is recomputed only when new modules were imported since the last call, so the
+    steady state costs a dictionary lookup.
+    """
     import json
 
     from modelworks.artifacts.sbom import environment_sbom
 
-    key = len(sys.modules)
-    if key not in _SBOMS:
-        _SBOMS[key] = json.dumps(environment_sbom(used_packages()), indent=1).encode()
-    return _SBOMS[key]
+    global _SEEN_MODULES, _PACKAGES
+    if len(sys.modules) != _SEEN_MODULES:
+        _SEEN_MODULES, _PACKAGES = len(sys.modules), tuple(used_packages())
+    if _PACKAGES not in _SBOMS:
+        _SBOMS[_PACKAGES] = json.dumps(environment_sbom(list(_PACKAGES)), indent=1).encode()
+    return _SBOMS[_PACKAGES]
 
 
+_SEEN_MODULES = 0
+_PACKAGES: tuple[str, ...] = ()
+_SBOMS: dict[tuple[str, ...], bytes] = {}
 _DISTS: dict[str, list[str]] | None = None
-_SBOMS: dict[int, bytes] = {}
 
 
 def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
