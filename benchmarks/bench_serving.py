@@ -56,17 +56,29 @@ def build_fleet(root: Path, n: int) -> list[str]:
         folder = root.parent / "build" / name
         folder.mkdir(parents=True)
         sio.dump(LogisticRegression().fit(x, y), folder / "model.skops")
-        meta = {"name": name, "version": "1", "runtime": "sklearn", "model_file": "model.skops",
-                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, N_FEATURES]}],
-                "outputs": [{"name": "output-0", "datatype": "INT64", "shape": [-1]}],
-                "feature_names": [f"f{j}" for j in range(N_FEATURES)], "task": "classification"}
+        meta = {
+            "name": name,
+            "version": "1",
+            "runtime": "sklearn",
+            "model_file": "model.skops",
+            "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, N_FEATURES]}],
+            "outputs": [{"name": "output-0", "datatype": "INT64", "shape": [-1]}],
+            "feature_names": [f"f{j}" for j in range(N_FEATURES)],
+            "task": "classification",
+        }
         (folder / "metadata.json").write_text(json.dumps(meta))
         ref = store.write_image(f"bench/{name}", "1", folder, {})
-        configs.append(DeployConfig(
-            name=name, image_repository=f"bench/{name}", image_namespace="bench", version="1",
-            runtime="sklearn", artifact_digest=ref.digest,
-            artifact_uri=f"oci://bench/{name}@{ref.digest}",
-        ))
+        configs.append(
+            DeployConfig(
+                name=name,
+                image_repository=f"bench/{name}",
+                image_namespace="bench",
+                version="1",
+                runtime="sklearn",
+                artifact_digest=ref.digest,
+                artifact_uri=f"oci://bench/{name}@{ref.digest}",
+            )
+        )
         names.append(name)
     deploy(root, "test", configs, f"deploy {n} models")
     return names
@@ -107,10 +119,15 @@ def bare_app(root: Path) -> Any:
         tensor = req["inputs"][0]
         x = np.array(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
         y = model.predict(x)
-        out = {"model_name": request.path_params["name"], "outputs": [
-            {"name": "output-0", "shape": list(y.shape), "datatype": "INT64", "data": y}]}
-        return Response(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY),
-                        media_type="application/json")
+        out = {
+            "model_name": request.path_params["name"],
+            "outputs": [
+                {"name": "output-0", "shape": list(y.shape), "datatype": "INT64", "data": y}
+            ],
+        }
+        return Response(
+            orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        )
 
     return Starlette(routes=[Route("/v2/models/{name:path}/infer", infer, methods=["POST"])])
 
@@ -124,10 +141,20 @@ def serve_bare(root: Path, port: int) -> None:
 
 async def _asgi_post(app: Any, path: str, payload: bytes) -> int:
     """One POST through the ASGI app directly (no sockets); return the status."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "headers": [(b"content-type", b"application/json")],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     messages = [{"type": "http.request", "body": payload, "more_body": False}]
     status = 0
 
@@ -158,8 +185,13 @@ def in_process(root: Path, names: list[str], requests: int) -> dict[str, Any]:
         return (time.perf_counter() - t0) / len(payloads) * 1e6
 
     mw_us, bare_us = asyncio.run(go(mw_app(root))), asyncio.run(go(bare_app(root)))
-    return {"requests": requests, "mw_us": round(mw_us, 1), "bare_us": round(bare_us, 1),
-            "overhead_us": round(mw_us - bare_us, 1), "ratio": round(bare_us / mw_us, 3)}
+    return {
+        "requests": requests,
+        "mw_us": round(mw_us, 1),
+        "bare_us": round(bare_us, 1),
+        "overhead_us": round(mw_us - bare_us, 1),
+        "ratio": round(bare_us / mw_us, 3),
+    }
 
 
 def _free_port() -> int:
@@ -193,8 +225,9 @@ def start(kind: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def body(rng: random.Random) -> bytes:
     row = [round(rng.uniform(-2, 2), 3) for _ in range(N_FEATURES)]
-    return json.dumps({"inputs": [{"name": "input-0", "shape": [1, N_FEATURES],
-                                   "datatype": "FP64", "data": row}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "input-0", "shape": [1, N_FEATURES], "datatype": "FP64", "data": row}]}
+    ).encode()
 
 
 async def _drive(base: str, names: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
@@ -211,8 +244,11 @@ async def _drive(base: str, names: list[str], seconds: float, concurrency: int) 
         while time.perf_counter() < deadline:
             name = rng.choice(names)
             t0 = time.perf_counter()
-            r = await http.post(f"/v2/models/{name}/infer", content=body(rng),
-                                headers={"content-type": "application/json"})
+            r = await http.post(
+                f"/v2/models/{name}/infer",
+                content=body(rng),
+                headers={"content-type": "application/json"},
+            )
             latencies.append(time.perf_counter() - t0)
             errors += r.status_code != 200
 
@@ -221,10 +257,14 @@ async def _drive(base: str, names: list[str], seconds: float, concurrency: int) 
         await asyncio.gather(*(worker(i, http) for i in range(concurrency)))
         elapsed = time.perf_counter() - start_t
     lat = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
-            "rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 3),
-            "p99_ms": round(float(np.percentile(lat, 99)), 3)}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rps": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+    }
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -250,10 +290,13 @@ def cold_pass(base: str, names: list[str]) -> dict[str, Any]:
     total = _metric(metrics, r'mw_serving_model_load_seconds_sum\{runtime="sklearn"\}')
     count = _metric(metrics, r'mw_serving_model_load_seconds_count\{runtime="sklearn"\}')
     ms = np.array(lat) * 1000
-    return {"models": len(names), "first_request_p50_ms": round(float(np.median(ms)), 2),
-            "first_request_p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "load_ms_mean": round(total / count * 1000, 2) if count else None,
-            "loaded_models": _metric(metrics, r"mw_serving_loaded_models")}
+    return {
+        "models": len(names),
+        "first_request_p50_ms": round(float(np.median(ms)), 2),
+        "first_request_p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "load_ms_mean": round(total / count * 1000, 2) if count else None,
+        "loaded_models": _metric(metrics, r"mw_serving_loaded_models"),
+    }
 
 
 def _metric(text: str, pattern: str) -> float:
@@ -283,7 +326,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):  # interleaved, so load from elsewhere hits both alike
                 for key, base in (("mw", mw_base), ("bare", bare_base)):
                     runs[key].append(
-                        asyncio.run(_drive(base, names, args.seconds, args.concurrency)))
+                        asyncio.run(_drive(base, names, args.seconds, args.concurrency))
+                    )
             served, ceiling = _median(runs["mw"]), _median(runs["bare"])
         finally:
             for proc in (mw, bare):
@@ -292,13 +336,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "benchmark": "serving", "models": args.models, "concurrency": args.concurrency,
-        "seconds": args.seconds, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "benchmark": "serving",
+        "models": args.models,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
         "build_seconds": round(build_s, 1),
-        "mw_serve": served, "bare_starlette": ceiling,
+        "mw_serve": served,
+        "bare_starlette": ceiling,
         "ratio_rps": round(served["rps"] / ceiling["rps"], 3),
         "ratio_p50": round(served["p50_ms"] / ceiling["p50_ms"], 3),
-        "cold": cold, "in_process": inproc,
+        "cold": cold,
+        "in_process": inproc,
     }
 
 

@@ -25,7 +25,9 @@ def test_add_writes_dvc_layout_pointer_and_gitignore(workspace: Workspace) -> No
     assert cached == cache_path(workspace.cache_dir, md5)
     assert cached.read_bytes() == path.read_bytes()
     pointer = yaml.safe_load((path.parent / "data.csv.dvc").read_text())
-    assert pointer == {"outs": [{"md5": md5, "size": path.stat().st_size, "hash": "md5", "path": "data.csv"}]}
+    assert pointer == {
+        "outs": [{"md5": md5, "size": path.stat().st_size, "hash": "md5", "path": "data.csv"}]
+    }
     assert "/data.csv" in (path.parent / ".gitignore").read_text().splitlines()
     tracked = _git.git(workspace.root, "ls-files").split()
     assert "data/churn/data.csv.dvc" in tracked and "data/churn/data.csv" not in tracked
@@ -42,14 +44,25 @@ def test_add_bumps_only_specs_of_that_dataset_and_commits(workspace: Workspace) 
     assert sorted(v1.bumped) == ["models/uses-a-yaml.yaml", "models/uses-a.json"]
     spec_a = json.loads((workspace.models_dir / "uses-a.json").read_text())
     assert spec_a["data_source"]["dvc_hash"] == v1.md5
-    assert "dvc_hash" not in json.loads((workspace.models_dir / "uses-b.json").read_text())["data_source"]
-    assert yaml.safe_load((workspace.models_dir / "uses-a-yaml.yaml").read_text())["data_source"]["dvc_hash"] == v1.md5
+    assert (
+        "dvc_hash"
+        not in json.loads((workspace.models_dir / "uses-b.json").read_text())["data_source"]
+    )
+    assert (
+        yaml.safe_load((workspace.models_dir / "uses-a-yaml.yaml").read_text())["data_source"][
+            "dvc_hash"
+        ]
+        == v1.md5
+    )
     assert _git.git(workspace.root, "status", "--porcelain", "models", "data/a").strip() == ""
     # A second version moves the hash and names the old one.
     a.write_text(a.read_text() + "0,0,0,0,1\n")
     v2 = add(workspace, a)
     assert v2.previous == v1.md5 and v2.md5 != v1.md5
-    assert json.loads((workspace.models_dir / "uses-a.json").read_text())["data_source"]["dvc_hash"] == v2.md5
+    assert (
+        json.loads((workspace.models_dir / "uses-a.json").read_text())["data_source"]["dvc_hash"]
+        == v2.md5
+    )
     assert f"{v1.md5[:8]} -> {v2.md5[:8]}" in _git.git(workspace.root, "log", "-1", "--format=%s")
 
 
@@ -58,7 +71,10 @@ def test_no_update_specs(workspace: Workspace) -> None:
     write_spec(workspace, "uses-a", "data/a/data.csv")
     v = add(workspace, a, update_specs=False)
     assert v.bumped == []
-    assert "dvc_hash" not in json.loads((workspace.models_dir / "uses-a.json").read_text())["data_source"]
+    assert (
+        "dvc_hash"
+        not in json.loads((workspace.models_dir / "uses-a.json").read_text())["data_source"]
+    )
 
 
 def test_add_refuses_missing_and_outside_files(workspace: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -60,9 +60,15 @@ def config(
     name: str, runtime: str, *, tenant: str = "default", uri: str | None = None
 ) -> DeployConfig:
     return DeployConfig(
-        name=name, image_repository="quay.io", image_namespace="acme", version="f7844fe3d7",
-        runtime=runtime, artifact_digest=DIGEST, fingerprint="f7844fe3d7" + "0" * 54,
-        artifact_uri=uri or f"oci-layout://.mw/oci:{name}", tenant=tenant,
+        name=name,
+        image_repository="quay.io",
+        image_namespace="acme",
+        version="f7844fe3d7",
+        runtime=runtime,
+        artifact_digest=DIGEST,
+        fingerprint="f7844fe3d7" + "0" * 54,
+        artifact_uri=uri or f"oci-layout://.mw/oci:{name}",
+        tenant=tenant,
     )
 
 
@@ -70,8 +76,11 @@ def config(
 def repo(tmp_path: Path) -> Path:
     root = tmp_path / "deploy-repo"
     _git.init(root)
-    models = [config("iris", "sklearn"), config("digits", "onnx"),
-              config("team-a/churn", "sklearn", tenant="team-a")]
+    models = [
+        config("iris", "sklearn"),
+        config("digits", "onnx"),
+        config("team-a/churn", "sklearn", tenant="team-a"),
+    ]
     assert deploy(root, "test", models, "deploy three models to test")
     return root
 
@@ -82,8 +91,14 @@ def load(path: Path) -> dict[str, Any]:
 
 def test_argocd_appset_per_env_is_valid_and_complete(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "argocd"
-    paths = export_argocd(repo, out, repo_url=REPO_URL, envs=["test", "prod"],
-                          revision="main", auto_sync={"test": True, "prod": False})
+    paths = export_argocd(
+        repo,
+        out,
+        repo_url=REPO_URL,
+        envs=["test", "prod"],
+        revision="main",
+        auto_sync={"test": True, "prod": False},
+    )
     assert [p.name for p in paths] == ["appset-test.yaml", "appset-prod.yaml"]
     for path in paths:
         doc = load(path)
@@ -94,18 +109,24 @@ def test_argocd_appset_per_env_is_valid_and_complete(repo: Path, tmp_path: Path)
     assert test["apiVersion"] == "argoproj.io/v1alpha1"
     assert test["kind"] == "ApplicationSet"
     assert test["metadata"] == {
-        "name": "modelworks-test", "namespace": "argocd",
+        "name": "modelworks-test",
+        "namespace": "argocd",
         "labels": {"app.kubernetes.io/managed-by": "modelworks", "modelworks.dev/env": "test"},
     }
     spec = test["spec"]
     assert spec["goTemplate"] is True
     assert spec["goTemplateOptions"] == ["missingkey=error"]
-    assert spec["generators"] == [{"git": {
-        "repoURL": REPO_URL, "revision": "main",
-        "files": [{"path": "deploy/test/**/config.yaml"}],
-    }}]
+    assert spec["generators"] == [
+        {
+            "git": {
+                "repoURL": REPO_URL,
+                "revision": "main",
+                "files": [{"path": "deploy/test/**/config.yaml"}],
+            }
+        }
+    ]
     app = spec["template"]
-    assert app["metadata"]["name"].endswith("(lower .name) \"-\" | trimAll \"-\" }}-test")
+    assert app["metadata"]["name"].endswith('(lower .name) "-" | trimAll "-" }}-test')
     source = app["spec"]["source"]
     assert source["repoURL"] == REPO_URL
     assert source["targetRevision"] == "main"
@@ -116,8 +137,10 @@ def test_argocd_appset_per_env_is_valid_and_complete(repo: Path, tmp_path: Path)
     assert params["model.artifactUri"] == "{{ .artifact_uri }}"
     assert params["model.artifactDigest"] == "{{ .artifact_digest }}"
     assert all(p["forceString"] for p in source["helm"]["parameters"])
-    assert app["spec"]["destination"] == {"server": "https://kubernetes.default.svc",
-                                          "namespace": "modelworks-test"}
+    assert app["spec"]["destination"] == {
+        "server": "https://kubernetes.default.svc",
+        "namespace": "modelworks-test",
+    }
     assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
 
     prod = load(out / "appset-prod.yaml")
@@ -138,8 +161,14 @@ def test_argocd_every_go_template_names_a_config_key(repo: Path, tmp_path: Path)
 
 
 def test_argocd_chart_override_and_manual_default(repo: Path, tmp_path: Path) -> None:
-    [path] = export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"],
-                           chart_path="charts/kserve-model", project="ml")
+    [path] = export_argocd(
+        repo,
+        tmp_path,
+        repo_url=REPO_URL,
+        envs=["test"],
+        chart_path="charts/kserve-model",
+        project="ml",
+    )
     doc = load(path)
     assert doc["spec"]["template"]["spec"]["source"]["path"] == "charts/kserve-model"
     assert doc["spec"]["template"]["spec"]["project"] == "ml"
@@ -171,8 +200,7 @@ def test_argocd_rejects_bad_env_name(repo: Path, tmp_path: Path) -> None:
 
 def test_kserve_inference_services(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "kserve"
-    paths = export_kserve(repo, "test", out, registry="registry.acme.io:5000",
-                          namespace="models")
+    paths = export_kserve(repo, "test", out, registry="registry.acme.io:5000", namespace="models")
     assert sorted(p.name for p in paths) == ["digits.yaml", "iris.yaml", "team-a-churn.yaml"]
     docs = {p.stem: load(p) for p in paths}
     isvc_schema = schema("kserve-inferenceservice-v1beta1")
@@ -196,15 +224,18 @@ def test_kserve_inference_services(repo: Path, tmp_path: Path) -> None:
     assert model["modelFormat"] == {"name": "sklearn"}
     assert docs["digits"]["spec"]["predictor"]["model"]["modelFormat"] == {"name": "onnx"}
     assert docs["iris"]["spec"]["predictor"]["model"]["storageUri"] == (
-        "oci://registry.acme.io:5000/models/iris:f7844fe3d7")
+        "oci://registry.acme.io:5000/models/iris:f7844fe3d7"
+    )
 
 
 def test_kserve_namespace_defaults_to_config_image_namespace(repo: Path, tmp_path: Path) -> None:
-    paths = export_kserve(repo, "test", tmp_path, registry="localhost:5000",
-                          target_namespace="serving")
+    paths = export_kserve(
+        repo, "test", tmp_path, registry="localhost:5000", target_namespace="serving"
+    )
     iris = load(next(p for p in paths if p.name == "iris.yaml"))
     assert iris["spec"]["predictor"]["model"]["storageUri"] == (
-        "oci://localhost:5000/acme/iris:f7844fe3d7")
+        "oci://localhost:5000/acme/iris:f7844fe3d7"
+    )
     assert iris["metadata"]["namespace"] == "serving"
 
 
@@ -251,8 +282,9 @@ def test_kserve_unknown_runtime(tmp_path: Path) -> None:
 def test_kserve_name_collision_is_an_error(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     _git.init(root)
-    deploy(root, "test", [config("team-a/churn", "sklearn"), config("team-a-churn", "onnx")],
-           "deploy")
+    deploy(
+        root, "test", [config("team-a/churn", "sklearn"), config("team-a-churn", "onnx")], "deploy"
+    )
     with pytest.raises(DeployError, match="both map to the Kubernetes name 'team-a-churn'"):
         export_kserve(root, "test", tmp_path / "out", registry="localhost:5000")
 
@@ -265,7 +297,10 @@ def test_kserve_prunes_models_no_longer_deployed(repo: Path, tmp_path: Path) -> 
     _git.git(repo, "commit", "-q", "-m", "undeploy digits")
     paths = export_kserve(repo, "test", out, registry="localhost:5000")
     assert sorted(p.name for p in out.iterdir()) == [
-        "iris.yaml", "kustomization.yaml", "team-a-churn.yaml"]
+        "iris.yaml",
+        "kustomization.yaml",
+        "team-a-churn.yaml",
+    ]
     assert len(paths) == 2
     # reading an older commit still gives the three models
     assert len(export_kserve(repo, "test", tmp_path / "old", registry="x.io", ref="HEAD~1")) == 3
@@ -278,8 +313,12 @@ def test_kserve_unknown_ref_is_a_clear_error(repo: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("model", "expected"),
-    [("iris", "iris"), ("team-a/churn", "team-a-churn"), ("Churn_Model.v2", "churn-model-v2"),
-     ("9lives", "m-9lives")],
+    [
+        ("iris", "iris"),
+        ("team-a/churn", "team-a-churn"),
+        ("Churn_Model.v2", "churn-model-v2"),
+        ("9lives", "m-9lives"),
+    ],
 )
 def test_k8s_name(model: str, expected: str) -> None:
     assert k8s_name(model) == expected
@@ -341,11 +380,17 @@ GOPATH = Path("/usr/share/gocode")  # Debian's golang-github-masterminds-sprig-d
 
 def _template_strings(doc: Any, path: str = "") -> dict[str, str]:
     if isinstance(doc, dict):
-        return {k: v for key, value in doc.items()
-                for k, v in _template_strings(value, f"{path}.{key}").items()}
+        return {
+            k: v
+            for key, value in doc.items()
+            for k, v in _template_strings(value, f"{path}.{key}").items()
+        }
     if isinstance(doc, list):
-        return {k: v for i, value in enumerate(doc)
-                for k, v in _template_strings(value, f"{path}[{i}]").items()}
+        return {
+            k: v
+            for i, value in enumerate(doc)
+            for k, v in _template_strings(value, f"{path}[{i}]").items()
+        }
     return {path: doc} if isinstance(doc, str) and "{{" in doc else {}
 
 
@@ -355,19 +400,37 @@ def _template_strings(doc: Any, path: str = "") -> dict[str, str]:
 )
 def test_argocd_go_templates_render_like_argocd(repo: Path, tmp_path: Path) -> None:
     (tmp_path / "render.go").write_text(GO_RENDER)
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH),
-           "GOCACHE": str(tmp_path / "gocache")}
-    subprocess.run(["go", "build", "-o", "render", "render.go"], cwd=tmp_path, env=env,
-                   check=True, capture_output=True)
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(GOPATH),
+        "GOCACHE": str(tmp_path / "gocache"),
+    }
+    subprocess.run(
+        ["go", "build", "-o", "render", "render.go"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     templates = _template_strings(applicationset("test", repo_url=REPO_URL)["spec"]["template"])
     names = ["iris", "digits", "team-a/churn"]
     params = []
     for name in names:
         rel = f"deploy/test/{name}"
-        params.append({**yaml.safe_load((repo / rel / "config.yaml").read_text()),
-                       "path": {"path": rel, "basename": rel.rsplit("/", 1)[-1]}})
-    proc = subprocess.run([str(tmp_path / "render")], input=json.dumps(
-        {"templates": templates, "params": params}), capture_output=True, text=True, check=True)
+        params.append(
+            {
+                **yaml.safe_load((repo / rel / "config.yaml").read_text()),
+                "path": {"path": rel, "basename": rel.rsplit("/", 1)[-1]},
+            }
+        )
+    proc = subprocess.run(
+        [str(tmp_path / "render")],
+        input=json.dumps({"templates": templates, "params": params}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = json.loads(proc.stdout)
     for name, row in zip(names, rows, strict=True):
         assert row[".metadata.name"] == f"{k8s_name(name)}-test"

@@ -34,9 +34,15 @@ def _slow_fleet(ws: Workspace, n: int) -> None:
 
 
 def _mw(ws: Workspace, *args: str, **kw):  # type: ignore[no-untyped-def]
-    return subprocess.Popen([sys.executable, "-m", "modelworks", *args], cwd=ws.root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kw,
+    )
 
 
 def _versions(ws: Workspace) -> list[tuple[str, str, str]]:
@@ -44,8 +50,10 @@ def _versions(ws: Workspace) -> list[tuple[str, str, str]]:
     try:
         if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'model_versions'").fetchone():
             return []
-        return db.execute("SELECT m.name, v.fingerprint, v.status FROM model_versions v "
-                          "JOIN models m ON m.id = v.model_id").fetchall()
+        return db.execute(
+            "SELECT m.name, v.fingerprint, v.status FROM model_versions v "
+            "JOIN models m ON m.id = v.model_id"
+        ).fetchall()
     finally:
         db.close()
 
@@ -59,7 +67,9 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
         if (workspace.state_dir / "registry.db").exists() and len(_versions(workspace)) >= 4:
             break
     assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGKILL)  # the apply and its workers, as a kill -9 of the group would
+    os.killpg(
+        proc.pid, signal.SIGKILL
+    )  # the apply and its workers, as a kill -9 of the group would
     proc.wait()
     partial = len(_versions(workspace))
     assert 0 < partial < 24
@@ -68,8 +78,11 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
     assert done.returncode == 0, err
     result = json.loads(out)
     assert result["summary"]["trained"] == 24 - partial
-    recovered = [line for line in (workspace.state_dir / "logs").rglob("*.log")
-                 if "recovered" in line.read_text()]
+    recovered = [
+        line
+        for line in (workspace.state_dir / "logs").rglob("*.log")
+        if "recovered" in line.read_text()
+    ]
     assert len(recovered) <= 2  # only runs killed between packaging and recording
     rows = _versions(workspace)
     assert len(rows) == 24 and len({(n, fp) for n, fp, _ in rows}) == 24
@@ -78,8 +91,11 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
     for name, fp, _ in rows:
         image = store.resolve(name, fp[:10])
         store.verify(image.digest)  # every registered artifact is complete
-    runs = sqlite3.connect(workspace.state_dir / "registry.db").execute(
-        "SELECT status, attempts, error FROM runs").fetchall()
+    runs = (
+        sqlite3.connect(workspace.state_dir / "registry.db")
+        .execute("SELECT status, attempts, error FROM runs")
+        .fetchall()
+    )
     # Runs the kill interrupted were requeued and finished by the second apply: none is lost,
     # none is left running, and each model has exactly one run that succeeded.
     assert {s for s, _, _ in runs} == {"succeeded"} and len(runs) == 24
@@ -109,8 +125,11 @@ def test_two_applies_at_once_one_waits_or_refuses(workspace: Workspace) -> None:
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "modelworks", "plan", "-C", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelworks", "plan", "-C", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "no modelworks.yaml found" in proc.stderr and "mw init" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -118,8 +137,12 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_bad_config_is_named(workspace: Workspace) -> None:
     (workspace.root / "modelworks.yaml").write_text("executor:\n  kind: spark\n")
-    proc = subprocess.run([sys.executable, "-m", "modelworks", "plan"], cwd=workspace.root,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelworks", "plan"],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "modelworks.yaml: field 'executor.kind'" in proc.stderr and "spark" in proc.stderr
 
@@ -128,19 +151,35 @@ def test_bad_config_is_named(workspace: Workspace) -> None:
 def test_plan_detailed_exitcode(workspace: Workspace, flag: str | None) -> None:
     _slow_fleet(workspace, 2)
     args = ["plan", "--detailed-exitcode"] + ([flag] if flag else [])
-    changes = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
-                             capture_output=True, text=True)
+    changes = subprocess.run(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+    )
     assert changes.returncode == 2, changes.stderr
     if flag:
         doc = json.loads(changes.stdout)
         assert doc["summary"] == {"create": 2, "update": 0, "unchanged": 0, "error": 0}
         assert set(doc["models"][0]) == {"name", "action", "reasons", "fingerprint", "version"}
-    subprocess.run([sys.executable, "-m", "modelworks", "apply"], cwd=workspace.root, check=True,
-                   capture_output=True)
-    same = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
-                          capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "modelworks", "apply"],
+        cwd=workspace.root,
+        check=True,
+        capture_output=True,
+    )
+    same = subprocess.run(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+    )
     assert same.returncode == 0
     (workspace.models_dir / "broken.json").write_text("[]")
-    broken = subprocess.run([sys.executable, "-m", "modelworks", *args], cwd=workspace.root,
-                            capture_output=True, text=True)
+    broken = subprocess.run(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+    )
     assert broken.returncode == 1

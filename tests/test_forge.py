@@ -45,15 +45,17 @@ class FakeGitHub:
         self.calls.append({"method": method, "path": path, "headers": headers, "body": body})
         if headers.get("authorization") != f"Bearer {TOKEN}":
             return 401, {"message": "Bad credentials", "documentation_url": DOCS, "status": "401"}
-        if (headers.get("accept") != "application/vnd.github+json"
-                or headers.get("x-github-api-version") != "2022-11-28"):
+        if (
+            headers.get("accept") != "application/vnd.github+json"
+            or headers.get("x-github-api-version") != "2022-11-28"
+        ):
             return 400, {"message": "missing GitHub API headers"}
         if body is not None and headers.get("content-type") != "application/json":
             return 415, {"message": "expected JSON"}
         prefix = f"/repos/{REPO}"
         if not path.startswith(prefix + "/"):
             return 404, {"message": "Not Found", "documentation_url": DOCS, "status": "404"}
-        return self.route(method, path[len(prefix):].strip("/").split("/"), body)
+        return self.route(method, path[len(prefix) :].strip("/").split("/"), body)
 
     def route(self, method: str, parts: list[str], body: Any) -> tuple[int, Any]:
         if parts == ["pulls"] and method == "POST":
@@ -76,19 +78,44 @@ class FakeGitHub:
         missing = [k for k in ("title", "head", "base") if not body.get(k)]
         if missing or body["head"] not in self.branches:
             field = missing[0] if missing else "head"
-            return 422, {"message": "Validation Failed", "documentation_url": DOCS, "status": "422",
-                         "errors": [{"resource": "PullRequest", "field": field,
-                                     "code": "missing_field" if missing else "invalid"}]}
-        if any(p["head"]["ref"] == body["head"] and p["state"] == "open"
-               for p in self.pulls.values()):
-            return 422, {"message": "Validation Failed", "documentation_url": DOCS, "status": "422",
-                         "errors": [{"resource": "PullRequest", "code": "custom", "message":
-                                     f"A pull request already exists for acme:{body['head']}."}]}
+            return 422, {
+                "message": "Validation Failed",
+                "documentation_url": DOCS,
+                "status": "422",
+                "errors": [
+                    {
+                        "resource": "PullRequest",
+                        "field": field,
+                        "code": "missing_field" if missing else "invalid",
+                    }
+                ],
+            }
+        if any(
+            p["head"]["ref"] == body["head"] and p["state"] == "open" for p in self.pulls.values()
+        ):
+            return 422, {
+                "message": "Validation Failed",
+                "documentation_url": DOCS,
+                "status": "422",
+                "errors": [
+                    {
+                        "resource": "PullRequest",
+                        "code": "custom",
+                        "message": f"A pull request already exists for acme:{body['head']}.",
+                    }
+                ],
+            }
         n = len(self.pulls) + 1
         self.pulls[n] = {
-            "number": n, "html_url": f"https://github.com/{REPO}/pull/{n}", "state": "open",
-            "merged": False, "merged_at": None, "title": body["title"], "body": body.get("body"),
-            "head": {"ref": body["head"]}, "base": {"ref": body["base"]},
+            "number": n,
+            "html_url": f"https://github.com/{REPO}/pull/{n}",
+            "state": "open",
+            "merged": False,
+            "merged_at": None,
+            "title": body["title"],
+            "body": body.get("body"),
+            "head": {"ref": body["head"]},
+            "base": {"ref": body["base"]},
         }
         return 201, self.pulls[n]
 
@@ -96,14 +123,23 @@ class FakeGitHub:
         if body.get("merge_method") not in ("merge", "squash", "rebase"):
             return 422, {"message": "Invalid merge_method", "status": "422"}
         if n in self.moved:
-            return 409, {"message": "Head branch was modified. Review and try the merge again.",
-                         "documentation_url": DOCS, "status": "409"}
+            return 409, {
+                "message": "Head branch was modified. Review and try the merge again.",
+                "documentation_url": DOCS,
+                "status": "409",
+            }
         if n in self.unmergeable or self.pulls[n]["state"] != "open":
-            return 405, {"message": "Pull Request is not mergeable", "documentation_url": DOCS,
-                         "status": "405"}
+            return 405, {
+                "message": "Pull Request is not mergeable",
+                "documentation_url": DOCS,
+                "status": "405",
+            }
         self.pulls[n].update(state="closed", merged=True, merged_at="2026-11-23T12:00:00Z")
-        return 200, {"sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e", "merged": True,
-                     "message": "Pull Request successfully merged"}
+        return 200, {
+            "sha": "6dcb09b5b57875f334f61aebed695e2e4193db5e",
+            "merged": True,
+            "message": "Pull Request successfully merged",
+        }
 
 
 def _handler(fake: FakeGitHub) -> type[BaseHTTPRequestHandler]:
@@ -153,13 +189,21 @@ def test_github_open_merge(github: tuple[FakeGitHub, str]) -> None:
     fake, url = github
     gh = forge(url)
     assert isinstance(gh, ForgeProvider)
-    req = gh.open(branch="promote/prod-1", base="main", title="Promote 3 models to prod",
-                  body="| model | accuracy |\n|---|---|")
+    req = gh.open(
+        branch="promote/prod-1",
+        base="main",
+        title="Promote 3 models to prod",
+        body="| model | accuracy |\n|---|---|",
+    )
     assert req == ForgeRequest(id="1", url=f"https://github.com/{REPO}/pull/1", state="open")
     call = fake.calls[0]
     assert (call["method"], call["path"]) == ("POST", f"/repos/{REPO}/pulls")
-    assert call["body"] == {"title": "Promote 3 models to prod", "head": "promote/prod-1",
-                            "base": "main", "body": "| model | accuracy |\n|---|---|"}
+    assert call["body"] == {
+        "title": "Promote 3 models to prod",
+        "head": "promote/prod-1",
+        "base": "main",
+        "body": "| model | accuracy |\n|---|---|",
+    }
     assert call["headers"]["authorization"] == f"Bearer {TOKEN}"
     assert call["headers"]["accept"] == "application/vnd.github+json"
     assert call["headers"]["x-github-api-version"] == "2022-11-28"
@@ -168,8 +212,11 @@ def test_github_open_merge(github: tuple[FakeGitHub, str]) -> None:
     assert merged == ForgeRequest(id="1", url=f"https://github.com/{REPO}/pull/1", state="merged")
     put = fake.calls[1]
     assert (put["method"], put["path"]) == ("PUT", f"/repos/{REPO}/pulls/1/merge")
-    assert put["body"] == {"commit_title": "Promote 3 models to prod",
-                           "commit_message": "Approved by alice", "merge_method": "merge"}
+    assert put["body"] == {
+        "commit_title": "Promote 3 models to prod",
+        "commit_message": "Approved by alice",
+        "merge_method": "merge",
+    }
     assert fake.pr(1)["merged"] is True
     assert gh.get("1").state == "merged"
 
@@ -193,8 +240,11 @@ def test_github_422_names_githubs_errors(github: tuple[FakeGitHub, str]) -> None
     fake, url = github
     gh = forge(url)
     gh.open(branch="promote/prod-1", base="main", title="t", body="b")
-    with pytest.raises(DeployError, match=r"failed with 422: Validation Failed \(A pull request "
-                                          r"already exists for acme:promote/prod-1\.\)"):
+    with pytest.raises(
+        DeployError,
+        match=r"failed with 422: Validation Failed \(A pull request "
+        r"already exists for acme:promote/prod-1\.\)",
+    ):
         gh.open(branch="promote/prod-1", base="main", title="t", body="b")
     with pytest.raises(DeployError, match=r"422: Validation Failed \(PullRequest\.head invalid\)"):
         gh.open(branch="no-such-branch", base="main", title="t", body="b")
@@ -203,8 +253,11 @@ def test_github_422_names_githubs_errors(github: tuple[FakeGitHub, str]) -> None
 
 def test_github_401_bad_token(github: tuple[FakeGitHub, str]) -> None:
     _, url = github
-    with pytest.raises(DeployError, match=r"failed with 401: Bad credentials; the token was "
-                                          r"rejected") as exc:
+    with pytest.raises(
+        DeployError,
+        match=r"failed with 401: Bad credentials; the token was "
+        r"rejected",
+    ) as exc:
         forge(url, token="expired").open(branch="promote/prod-1", base="main", title="t", body="")
     assert "expired" not in str(exc.value)
 
@@ -239,7 +292,9 @@ def test_github_connection_refused() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     gh = GitHubForge(REPO, TOKEN, api_url=f"http://127.0.0.1:{port}", timeout=2.0)
-    with pytest.raises(DeployError, match=rf"cannot reach the GitHub API at http://127.0.0.1:{port}"):
+    with pytest.raises(
+        DeployError, match=rf"cannot reach the GitHub API at http://127.0.0.1:{port}"
+    ):
         gh.open(branch="b", base="main", title="t", body="")
 
 
@@ -247,8 +302,7 @@ def test_github_timeout() -> None:
     with socket.socket() as s:  # listens but never answers
         s.bind(("127.0.0.1", 0))
         s.listen(1)
-        gh = GitHubForge(REPO, TOKEN, api_url=f"http://127.0.0.1:{s.getsockname()[1]}",
-                         timeout=0.3)
+        gh = GitHubForge(REPO, TOKEN, api_url=f"http://127.0.0.1:{s.getsockname()[1]}", timeout=0.3)
         with pytest.raises(DeployError, match=r"did not answer within 0.3s"):
             gh.get("1")
 
@@ -296,7 +350,12 @@ def test_provider_from_settings(tmp_path: Path) -> None:
     assert isinstance(local, LocalForge)
     assert local.path == tmp_path / "forge-requests.json"
     gh = provider_from_settings(
-        {"provider": "github", "repo": REPO, "token_env": "MW_GH", "api_url": "http://127.0.0.1:9/"},
+        {
+            "provider": "github",
+            "repo": REPO,
+            "token_env": "MW_GH",
+            "api_url": "http://127.0.0.1:9/",
+        },
         {"MW_GH": TOKEN},
     )
     assert isinstance(gh, GitHubForge)
@@ -307,8 +366,9 @@ def test_provider_from_settings_errors() -> None:
     with pytest.raises(ConfigError, match="environment variable GITHUB_TOKEN, which is not set"):
         provider_from_settings({"provider": "github", "repo": REPO}, {})
     with pytest.raises(ConfigError, match="variable MY_TOKEN, which is not set"):
-        provider_from_settings({"provider": "github", "repo": REPO, "token_env": "MY_TOKEN"},
-                               {"GITHUB_TOKEN": "x"})
+        provider_from_settings(
+            {"provider": "github", "repo": REPO, "token_env": "MY_TOKEN"}, {"GITHUB_TOKEN": "x"}
+        )
     with pytest.raises(ConfigError, match=r"never put a token in modelworks.yaml"):
         provider_from_settings({"provider": "github", "repo": REPO, "token": "x"}, {})
     with pytest.raises(ConfigError, match=r"forge.repo is required"):

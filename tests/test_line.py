@@ -53,18 +53,29 @@ def test_show_artifact_is_readable_by_skopeo(fleet: Workspace) -> None:
     _apply(fleet)
     info = show(Store(fleet.registry_url), "model-0")
     art = info["artifact"]
-    out = subprocess.run(["skopeo", "inspect", f"oci:{art['oci_layout']}:{art['ref']}"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci:{art['oci_layout']}:{art['ref']}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     inspected = json.loads(out.stdout)
     assert inspected["Digest"] == art["digest"]
-    manifest = json.loads(subprocess.run(
-        ["skopeo", "inspect", "--raw", f"oci:{art['oci_layout']}:{art['ref']}"],
-        capture_output=True, text=True, check=True).stdout)
+    manifest = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci:{art['oci_layout']}:{art['ref']}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     notes = manifest["annotations"]
     assert notes["dev.modelworks.fingerprint"] == info["latest"]["fingerprint"]
     assert notes["dev.modelworks.data.hash"] == info["latest"]["lineage"]["data_hash"]
     assert notes["dev.modelworks.pipeline.version"] == "v1"
-    assert notes["dev.modelworks.spec.commit"] == _git.head(fleet.root, "HEAD~1")  # before the deploy commit
+    assert notes["dev.modelworks.spec.commit"] == _git.head(
+        fleet.root, "HEAD~1"
+    )  # before the deploy commit
     assert "dev.modelworks.metrics.accuracy" in notes
 
 
@@ -105,7 +116,9 @@ def test_hyperparameter_and_pipeline_version_reasons(fleet: Workspace) -> None:
 
 def test_pinned_old_version_trains_with_its_snapshot(fleet: Workspace) -> None:
     _apply(fleet)
-    write_pipeline(fleet, version="v2", source=TINY_PIPELINE.replace("max_iter=200", "max_iter=300"))
+    write_pipeline(
+        fleet, version="v2", source=TINY_PIPELINE.replace("max_iter=200", "max_iter=300")
+    )
     write_spec(fleet, "late-v1", "data/set0/data.csv")  # a new model pinned to the old version
     result = _apply(fleet)
     assert [t["name"] for t in result.trained] == ["late-v1"]
@@ -131,7 +144,10 @@ def test_gates_block_deploy_and_are_recorded(fleet: Workspace) -> None:
     spec.write_text(json.dumps(raw))
     result = _apply(fleet)
     assert [g["name"] for g in result.gated] == ["model-2"]
-    assert "accuracy" in result.gated[0]["reasons"][0] and "< min 1.01" in result.gated[0]["reasons"][0]
+    assert (
+        "accuracy" in result.gated[0]["reasons"][0]
+        and "< min 1.01" in result.gated[0]["reasons"][0]
+    )
     assert not (fleet.root / "deploy/test/model-2").exists()
     assert (fleet.root / "deploy/test/model-1/config.yaml").exists()
     latest = show(Store(fleet.registry_url), "model-2")["latest"]
@@ -158,8 +174,15 @@ def test_no_regression_gate_against_test(fleet: Workspace) -> None:
 
 
 def test_failing_model_does_not_stop_the_fleet(fleet: Workspace) -> None:
-    write_pipeline(fleet, name="broken", version="v1", source=TINY_PIPELINE.replace(
-        "def train(data, params):", "def train(data, params):\n    raise ValueError('boom in train')"))
+    write_pipeline(
+        fleet,
+        name="broken",
+        version="v1",
+        source=TINY_PIPELINE.replace(
+            "def train(data, params):",
+            "def train(data, params):\n    raise ValueError('boom in train')",
+        ),
+    )
     write_spec(fleet, "bad-model", "data/set0/data.csv", pipeline="broken")
     result = _apply(fleet, workers=2)
     assert [f["name"] for f in result.failed] == ["bad-model"]
@@ -178,17 +201,34 @@ def test_failing_model_does_not_stop_the_fleet(fleet: Workspace) -> None:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda ws: write_spec(ws, "no-pipe", "data/set0/data.csv", pipeline="nope"), "pipeline 'nope' not found"),
-        (lambda ws: write_spec(ws, "old-ver", "data/set0/data.csv", version="v9"), "version 'v9' is unknown"),
-        (lambda ws: write_spec(ws, "no-cache", "data/set0/data.csv",
-                               data_source={"type": "dvc", "dataset": "data/set0/data.csv",
-                                            "dvc_hash": "0" * 32}), "is not in the cache"),
+        (
+            lambda ws: write_spec(ws, "no-pipe", "data/set0/data.csv", pipeline="nope"),
+            "pipeline 'nope' not found",
+        ),
+        (
+            lambda ws: write_spec(ws, "old-ver", "data/set0/data.csv", version="v9"),
+            "version 'v9' is unknown",
+        ),
+        (
+            lambda ws: write_spec(
+                ws,
+                "no-cache",
+                "data/set0/data.csv",
+                data_source={"type": "dvc", "dataset": "data/set0/data.csv", "dvc_hash": "0" * 32},
+            ),
+            "is not in the cache",
+        ),
         (lambda ws: write_spec(ws, "no-pointer", "data/none/data.csv"), "pointer file not found"),
         (lambda ws: (ws.models_dir / "garbage.json").write_text("{nope"), "not valid JSON"),
-        (lambda ws: write_spec(ws, "s3-model", "x", data_source={"type": "s3", "bucket": "b"}), "needs an S3 store"),
+        (
+            lambda ws: write_spec(ws, "s3-model", "x", data_source={"type": "s3", "bucket": "b"}),
+            "needs an S3 store",
+        ),
     ],
 )
-def test_bad_input_is_one_model_error_and_the_rest_applies(fleet: Workspace, setup, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_model_error_and_the_rest_applies(
+    fleet: Workspace, setup, message
+) -> None:  # type: ignore[no-untyped-def]
     setup(fleet)
     result = _apply(fleet)
     assert len(result.errors) == 1 and message in result.errors[0]["error"]
@@ -198,8 +238,12 @@ def test_bad_input_is_one_model_error_and_the_rest_applies(fleet: Workspace, set
 def test_local_data_source(workspace: Workspace) -> None:
     write_pipeline(workspace)
     write_dataset(workspace, "raw/part.csv")
-    write_spec(workspace, "local-model", "raw/part.csv",
-               data_source={"type": "local", "path": "raw/part.csv"})
+    write_spec(
+        workspace,
+        "local-model",
+        "raw/part.csv",
+        data_source={"type": "local", "path": "raw/part.csv"},
+    )
     store = Store(workspace.registry_url)
     assert [t["name"] for t in _apply(workspace).trained] == ["local-model"]
     assert plan(workspace, store).summary["unchanged"] == 1

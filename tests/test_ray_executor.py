@@ -46,7 +46,7 @@ def evaluate(model, data):
 """
 
 
-SECRET_PIPELINE = '''\
+SECRET_PIPELINE = """\
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
@@ -63,9 +63,9 @@ def train(data):
 def evaluate(model, data):
     accuracy = float((model.predict(data["X"]) == data["y"]).mean())
     return {"accuracy": accuracy, "token_len": data["n"]}
-'''
+"""
 
-STUCK_OR_DYING_PIPELINE = '''\
+STUCK_OR_DYING_PIPELINE = """\
 import os, time
 
 import numpy as np
@@ -83,7 +83,7 @@ def train(data, params):
 
 def evaluate(model, data):
     return {}
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -265,8 +265,9 @@ def test_ray_kills_a_stuck_task_and_reports_a_dead_worker(tmp_path: Path, ray_ca
     small_fleet(ws, models=1)
     write_pipeline(ws, "bad", source=STUCK_OR_DYING_PIPELINE)
     for mode in ("stuck", "dies"):
-        write_spec(ws, mode, "data/set0/data.csv", pipeline="bad",
-                   model_hyperparameters={"mode": mode})
+        write_spec(
+            ws, mode, "data/set0/data.csv", pipeline="bad", model_hyperparameters={"mode": mode}
+        )
     _git.commit(ws.root, ["models", "pipelines"], "a stuck and a dying model")
     store = Store(ws.registry_url)
 
@@ -285,8 +286,13 @@ def test_mw_apply_with_executor_ray_starts_a_local_instance(tmp_path: Path) -> N
     small_fleet(ws, models=2)
     env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(["mw", "apply", "--json", "-C", str(ws.root)], env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        ["mw", "apply", "--json", "-C", str(ws.root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert sorted(t["name"] for t in report["trained"]) == ["model-0", "model-1"]

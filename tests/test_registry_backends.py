@@ -22,7 +22,7 @@ from modelworks.testing import make_workspace, small_fleet, write_pipeline
 from modelworks.workspace import Workspace
 
 # train() waits (up to 3 s) for a second process to reach it, so both applies overlap.
-BARRIER_PIPELINE = '''\
+BARRIER_PIPELINE = """\
 import os, time
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def train(data, params):
 
 def evaluate(model, data):
     return {"accuracy": float((model.predict(data["X_test"]) == data["y_test"]).mean())}
-'''
+"""
 
 
 def test_migrations_reach_head(registry_url: str) -> None:
@@ -95,9 +95,20 @@ def test_plan_and_apply_on_each_backend(tmp_path: Path, registry_url: str) -> No
 def test_audit_chain_on_each_backend(registry_url: str) -> None:
     store = Store(registry_url)
     try:
-        audit.record(store, [audit.event("model.created", "m1", actor="alice", after={"x": [1, 2]}),
-                             audit.event("deployment", "m1", actor="bob", tenant="t1",
-                                         before={"v": None}, after={"v": "abc"})])
+        audit.record(
+            store,
+            [
+                audit.event("model.created", "m1", actor="alice", after={"x": [1, 2]}),
+                audit.event(
+                    "deployment",
+                    "m1",
+                    actor="bob",
+                    tenant="t1",
+                    before={"v": None},
+                    after={"v": "abc"},
+                ),
+            ],
+        )
         audit.record(store, [audit.event("model.deleted", "m1", actor="alice")])
         assert audit.verify(store) == []
         actions = [r["action"] for r in audit.rows(store)]
@@ -123,9 +134,16 @@ def test_two_controllers_sharing_postgres_never_register_twice(tmp_path: Path, p
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     env = {**os.environ, "MW_TEST_BARRIER": str(barrier)}
-    procs = [subprocess.Popen(["mw", "apply", "--json", "-C", str(tmp_path / d)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for d in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            ["mw", "apply", "--json", "-C", str(tmp_path / d)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in ("a", "b")
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
 
     assert list(barrier.iterdir()), outs  # at least one trained (two, if both claimed runs)
@@ -137,8 +155,11 @@ def test_two_controllers_sharing_postgres_never_register_twice(tmp_path: Path, p
     store = Store(pg_url)
     try:
         with store.session() as s:
-            dupes = s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint, func.count())
-                              .group_by(ModelVersion.model_id, ModelVersion.fingerprint)).all()
+            dupes = s.execute(
+                select(ModelVersion.model_id, ModelVersion.fingerprint, func.count()).group_by(
+                    ModelVersion.model_id, ModelVersion.fingerprint
+                )
+            ).all()
             statuses = set(s.scalars(select(Run.status)))
             models = s.scalar(select(func.count()).select_from(Model))
             events = s.scalar(select(func.count()).select_from(AuditEvent))

@@ -65,7 +65,6 @@ class AppClient:
         return self.portal.call(lambda: self.http.post(url, **kw))
 
 
-
 def _schema(name: str) -> dict[str, Any]:
     spec = yaml.safe_load(OIP.read_text())
     return {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
@@ -96,7 +95,10 @@ def write_model_dir(out: Path, name: str, version: str, runtime: str, model: Any
         (out / "model.json").write_text("{}")
         model_file, dtype = "model.json", "FP32"
     meta = {
-        "name": name, "version": version, "runtime": runtime, "model_file": model_file,
+        "name": name,
+        "version": version,
+        "runtime": runtime,
+        "model_file": model_file,
         "inputs": [{"name": "input-0", "datatype": dtype, "shape": [-1, 4]}],
         "outputs": [{"name": "output-0", "datatype": "INT64", "shape": [-1]}],
         "feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
@@ -117,8 +119,13 @@ def publish(ws: Workspace, name: str, version: str, runtime: str, model: Any) ->
     ref = OCIStore(ws.oci_dir).write_image(repo, version, work, {"dev.modelworks.version": version})
     tenant = name.split("/")[0] if "/" in name else "default"
     return DeployConfig(
-        name=name, image_repository=repo, image_namespace="modelworks", version=version,
-        runtime=runtime, artifact_digest=ref.digest, artifact_uri=f"oci://{repo}@{ref.digest}",
+        name=name,
+        image_repository=repo,
+        image_namespace="modelworks",
+        version=version,
+        runtime=runtime,
+        artifact_digest=ref.digest,
+        artifact_uri=f"oci://{repo}@{ref.digest}",
         tenant=tenant,
     )
 
@@ -150,9 +157,15 @@ def fleet_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
     (root / ".gitignore").write_text(".mw/\n")
     _git.commit(root, [".gitignore"], "init")
     ws = Workspace(root, Settings())
-    generate_keypair(ws.path(ws.settings.signing.private_key), ws.path(ws.settings.signing.public_key))
-    models = {"iris@1": train(1.0), "iris@2": train(0.01), "onnx@1": train(1.0),
-              "churn@1": train(0.1)}
+    generate_keypair(
+        ws.path(ws.settings.signing.private_key), ws.path(ws.settings.signing.public_key)
+    )
+    models = {
+        "iris@1": train(1.0),
+        "iris@2": train(0.01),
+        "onnx@1": train(1.0),
+        "churn@1": train(0.1),
+    }
     cfgs = {
         "iris@1": publish(ws, "iris", "1", "sklearn", models["iris@1"]),
         "iris@2": publish(ws, "iris", "2", "sklearn", models["iris@2"]),
@@ -181,8 +194,14 @@ def client(deployed: Fleet) -> Any:
 
 def infer_body(rows: np.ndarray, dtype: str = "FP64", **extra: Any) -> dict[str, Any]:
     return {
-        "inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": dtype,
-                    "data": rows.ravel().tolist()}],
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(rows.shape),
+                "datatype": dtype,
+                "data": rows.ravel().tolist(),
+            }
+        ],
         **extra,
     }
 
@@ -196,8 +215,14 @@ def infer(client: AppClient, name: str, rows: np.ndarray, **extra: Any) -> Any:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512MiB", 512 * 2**20), ("1GiB", 2**30), ("300MB", 300 * 10**6), ("4096", 4096),
-     ("1.5 KiB", 1536), ("2g", 2 * 10**9)],
+    [
+        ("512MiB", 512 * 2**20),
+        ("1GiB", 2**30),
+        ("300MB", 300 * 10**6),
+        ("4096", 4096),
+        ("1.5 KiB", 1536),
+        ("2g", 2 * 10**9),
+    ],
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
@@ -224,9 +249,10 @@ def test_health_and_server_metadata(client: AppClient) -> None:
     assert [m["name"] for m in listing["models"]] == ["acme/churn", "iris", "iris-onnx"]
 
 
-@pytest.mark.parametrize(("name", "platform"), [("iris", "sklearn"),
-                                                ("iris-onnx", "onnxruntime_onnx"),
-                                                ("acme/churn", "sklearn")])
+@pytest.mark.parametrize(
+    ("name", "platform"),
+    [("iris", "sklearn"), ("iris-onnx", "onnxruntime_onnx"), ("acme/churn", "sklearn")],
+)
 def test_model_metadata_and_ready(client: AppClient, name: str, platform: str) -> None:
     meta = client.get(f"/v2/models/{name}")
     assert meta.status_code == 200
@@ -244,11 +270,17 @@ def test_model_metadata_and_ready(client: AppClient, name: str, platform: str) -
     _err(client.get(f"/v2/models/{name}/versions/7"), 404, "has no version '7'")
 
 
-@pytest.mark.parametrize(("name", "key", "dtype"), [("iris", "iris@1", "FP64"),
-                                                    ("iris-onnx", "onnx@1", "FP32"),
-                                                    ("acme/churn", "churn@1", "FP64")])
-def test_infer_matches_the_model(client: AppClient, deployed: Fleet, name: str, key: str,
-                                 dtype: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "key", "dtype"),
+    [
+        ("iris", "iris@1", "FP64"),
+        ("iris-onnx", "onnx@1", "FP32"),
+        ("acme/churn", "churn@1", "FP64"),
+    ],
+)
+def test_infer_matches_the_model(
+    client: AppClient, deployed: Fleet, name: str, key: str, dtype: str
+) -> None:
     rows = X[::7]
     resp = client.post(f"/v2/models/{name}/infer", json=infer_body(rows, dtype, id="req-42"))
     assert resp.status_code == 200, resp.text
@@ -266,14 +298,17 @@ def test_infer_matches_the_model(client: AppClient, deployed: Fleet, name: str, 
 
 def test_infer_nested_data_and_version_route(client: AppClient, deployed: Fleet) -> None:
     rows = X[:3]
-    body = {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64",
-                        "data": rows.tolist()}], "outputs": [{"name": "output-0"}]}
+    body = {
+        "inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": rows.tolist()}],
+        "outputs": [{"name": "output-0"}],
+    }
     resp = client.post("/v2/models/iris/versions/1/infer", json=body)
     assert resp.status_code == 200, resp.text
     assert resp.json()["outputs"][0]["data"] == deployed.models["iris@1"].predict(rows).tolist()
     # An integer tensor is cast to the model's FP64 input.
-    ints = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32",
-                        "data": [5, 3, 1, 0]}]}
+    ints = {
+        "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "INT32", "data": [5, 3, 1, 0]}]
+    }
     assert client.post("/v2/models/iris/infer", json=ints).status_code == 200
 
 
@@ -298,10 +333,16 @@ def test_unknown_model_suggests(client: AppClient) -> None:
 def test_bad_requests_say_what_is_wrong(client: AppClient) -> None:
     rows = X[:2, :3]
     _err(infer(client, "iris", rows), 400, "input-0 has shape [2, 3], model expects [-1, 4]")
-    bytes_body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "BYTES",
-                              "data": ["a", "b", "c", "d"]}]}
-    _err(client.post("/v2/models/iris/infer", json=bytes_body), 400,
-         "input-0 has datatype BYTES, model expects FP64")
+    bytes_body = {
+        "inputs": [
+            {"name": "input-0", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}
+        ]
+    }
+    _err(
+        client.post("/v2/models/iris/infer", json=bytes_body),
+        400,
+        "input-0 has datatype BYTES, model expects FP64",
+    )
     _err(client.post("/v2/models/iris/infer", content=b"{not json"), 400, "not valid JSON")
     _err(client.post("/v2/models/iris/infer", json={"inputs": []}), 400, "non-empty list")
     wrong_name = infer_body(X[:1])
@@ -310,11 +351,15 @@ def test_bad_requests_say_what_is_wrong(client: AppClient) -> None:
     short = infer_body(X[:2])
     short["inputs"][0]["data"] = short["inputs"][0]["data"][:-1]
     _err(client.post("/v2/models/iris/infer", json=short), 400, "has 7 values, shape [2, 4]")
-    floaty = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FLOAT",
-                          "data": [1, 2, 3, 4]}]}
+    floaty = {
+        "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FLOAT", "data": [1, 2, 3, 4]}]
+    }
     _err(client.post("/v2/models/iris/infer", json=floaty), 400, "unknown datatype 'FLOAT'")
-    _err(client.post("/v2/models/iris/versions/9/infer", json=infer_body(X[:1])), 404,
-         "has no version '9'")
+    _err(
+        client.post("/v2/models/iris/versions/9/infer", json=infer_body(X[:1])),
+        404,
+        "has no version '9'",
+    )
     _err(client.get("/v3/whatever"), 404, "Not Found")
 
 
@@ -357,8 +402,9 @@ def test_reconcile_swaps_version_and_unloads_removed(client: AppClient, deployed
     assert again["unchanged"] == 2
 
 
-def test_tampered_new_version_is_refused_old_keeps_serving(client: AppClient,
-                                                           deployed: Fleet) -> None:
+def test_tampered_new_version_is_refused_old_keeps_serving(
+    client: AppClient, deployed: Fleet
+) -> None:
     assert infer(client, "iris", X[:1]).json()["model_version"] == "1"
     new = deployed.configs["iris@2"]
     blob = deployed.layer_blob(new.artifact_digest)
@@ -411,8 +457,9 @@ def test_lru_evicts_and_reloads(deployed: Fleet) -> None:
 
 def test_lru_keeps_recent_models_within_budget(deployed: Fleet) -> None:
     budget = 10 * 2**20
-    app = create_app(deployed.ws, ENV, max_memory=budget, reconcile_in_background=False,
-                     sample_rate=0.0)
+    app = create_app(
+        deployed.ws, ENV, max_memory=budget, reconcile_in_background=False, sample_rate=0.0
+    )
     server = app.state.server
     with AppClient(app) as c:
         for name in ["iris", "acme/churn"]:
@@ -483,8 +530,7 @@ def test_skops_untrusted_types_are_refused(tmp_path: Path) -> None:
     model = make_pipeline(FunctionTransformer(_double), LogisticRegression(max_iter=2000)).fit(X, Y)
     folder = write_model_dir(tmp_path / "m", "evil", "1", "sklearn", model)
     with pytest.raises(VerificationError, match="outside the sklearn/numpy allowlist"):
-        load_model(folder, name="evil", version="1", digest="sha256:" + "0" * 64,
-                   runtime="sklearn")
+        load_model(folder, name="evil", version="1", digest="sha256:" + "0" * 64, runtime="sklearn")
 
 
 def test_joblib_needs_explicit_trust(tmp_path: Path) -> None:
@@ -494,8 +540,12 @@ def test_joblib_needs_explicit_trust(tmp_path: Path) -> None:
     joblib.dump(train(), folder / "model.joblib")
     meta = json.loads((folder / "metadata.json").read_text())
     (folder / "metadata.json").write_text(json.dumps({**meta, "model_file": "model.joblib"}))
-    kwargs: dict[str, Any] = {"name": "j", "version": "1", "digest": "sha256:" + "0" * 64,
-                              "runtime": "sklearn"}
+    kwargs: dict[str, Any] = {
+        "name": "j",
+        "version": "1",
+        "digest": "sha256:" + "0" * 64,
+        "runtime": "sklearn",
+    }
     with pytest.raises(VerificationError, match="loads pickles only when"):
         load_model(folder, **kwargs)
     model = load_model(folder, allow_pickle=True, **kwargs)
@@ -519,8 +569,11 @@ def test_signed_models_verify_and_a_wrong_key_is_refused(deployed: Fleet, tmp_pa
         folder = write_model_dir(tmp_path / f"signed-{key}", "iris", version, "sklearn", train())
         sign_dir(folder, keys / f"{key}.pem")
         ref = OCIStore(deployed.ws.oci_dir).write_image("modelworks/iris", version, folder, {})
-        cfgs.append(deployed.configs["iris@1"].model_copy(
-            update={"version": version, "artifact_digest": ref.digest}))
+        cfgs.append(
+            deployed.configs["iris@1"].model_copy(
+                update={"version": version, "artifact_digest": ref.digest}
+            )
+        )
     deployed.deploy(cfgs[0])
     app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
     with AppClient(app) as c:

@@ -10,9 +10,12 @@ import pytest
 from modelworks.spec import load_spec, load_specs
 
 REFERENCE = {
-    "data_source": {"type": "dvc", "dataset": "datasets/churn/data.parquet",
-                    "repo_url": "https://git.example.com/data.git",
-                    "dvc_hash": "5c2145f3f900c69fb20c0af2657b7876"},
+    "data_source": {
+        "type": "dvc",
+        "dataset": "datasets/churn/data.parquet",
+        "repo_url": "https://git.example.com/data.git",
+        "dvc_hash": "5c2145f3f900c69fb20c0af2657b7876",
+    },
     "model_name": "churn-predictor-model",
     "kubeflow_pipeline": "classification-training-pipeline",
     "kubeflow_pipeline_version": "classification-training-pipeline-v1.23.0",
@@ -58,10 +61,16 @@ def test_short_aliases_and_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"model_hyperparamters": {}}, r"field 'model_hyperparamters': unknown field\. Did you mean 'model_hyperparameters'\?"),
+        (
+            {"model_hyperparamters": {}},
+            r"field 'model_hyperparamters': unknown field\. Did you mean 'model_hyperparameters'\?",
+        ),
         ({"runtime_name": "tensorflow"}, r"field 'runtime_name'.*unknown runtime 'tensorflow'"),
         ({"model_hyperparameters": [1, 2]}, r"field 'model_hyperparameters'.*dictionary"),
-        ({"data_source": {"type": "dvc", "dataset": "x", "dvc_hash": "nothex"}}, r"field 'data_source\.dvc_hash'"),
+        (
+            {"data_source": {"type": "dvc", "dataset": "x", "dvc_hash": "nothex"}},
+            r"field 'data_source\.dvc_hash'",
+        ),
         ({"data_source": {"type": "ftp"}}, r"field 'data_source\.type'"),
         ({"schedule": "every day"}, r"field 'schedule'.*not a valid cron"),
         ({"model_name": "Bad Name!"}, r"field 'model_name'"),
@@ -77,7 +86,9 @@ def test_bad_fields_are_named(tmp_path: Path, change: dict[str, object], expecte
 
 def test_missing_field_and_invalid_json(tmp_path: Path) -> None:
     missing = {k: v for k, v in REFERENCE.items() if k != "kubeflow_pipeline"}
-    assert "field 'kubeflow_pipeline': is required but missing" in str(load_spec(_write(tmp_path, missing)).error)
+    assert "field 'kubeflow_pipeline': is required but missing" in str(
+        load_spec(_write(tmp_path, missing)).error
+    )
     broken = tmp_path / "broken.json"
     broken.write_text('{"model_name": "x",')
     err = load_spec(broken).error

@@ -69,9 +69,7 @@ def commit(
 
 def show(repo: Path, ref: str, path: str) -> str | None:
     """The content of `path` at `ref`, or None when it does not exist there."""
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "show", f"{ref}:{path}"], capture_output=True
-    )
+    proc = subprocess.run(["git", "-C", str(repo), "show", f"{ref}:{path}"], capture_output=True)
     return proc.stdout.decode() if proc.returncode == 0 else None
 
 
@@ -88,7 +86,9 @@ def cat_files(repo: Path, ref: str, paths: Sequence[str]) -> dict[str, str]:
     request = "".join(f"{ref}:{p}\n" for p in paths).encode()
     out = subprocess.run(
         ["git", "-C", str(repo), "cat-file", "--batch"],
-        input=request, capture_output=True, check=True,
+        input=request,
+        capture_output=True,
+        check=True,
     ).stdout
     result: dict[str, str] = {}
     pos = 0

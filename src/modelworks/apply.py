@@ -50,13 +50,20 @@ class ApplyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "trained": self.trained, "failed": self.failed, "gated": self.gated,
+            "trained": self.trained,
+            "failed": self.failed,
+            "gated": self.gated,
             "rejected": self.rejected,
-            "skipped": self.skipped, "errors": self.errors, "deployed": self.deployed,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "deployed": self.deployed,
             "pushed": self.pushed,
-            "commit": self.commit, "seconds": round(self.seconds, 3),
-            "summary": {k: len(getattr(self, k)) for k in
-                        ("trained", "failed", "gated", "rejected", "skipped", "errors", "deployed")},
+            "commit": self.commit,
+            "seconds": round(self.seconds, 3),
+            "summary": {
+                k: len(getattr(self, k))
+                for k in ("trained", "failed", "gated", "rejected", "skipped", "errors", "deployed")
+            },
         }
 
 
@@ -97,8 +104,11 @@ def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> 
             seen.add((p.name, p.version))
             snap = snapshot(p.source, p.hash, ws.state_dir / "pipelines")
             if not p.recorded:
-                _insert_new(s, PipelineVersion, {"name": p.name, "version": p.version,
-                                                 "hash": p.hash, "snapshot": str(snap)})
+                _insert_new(
+                    s,
+                    PipelineVersion,
+                    {"name": p.name, "version": p.version, "hash": p.hash, "snapshot": str(snap)},
+                )
 
 
 def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict[str, int]:
@@ -109,17 +119,26 @@ def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict
                 continue
             spec = mp.spec
             if spec.name not in ids:
-                new = _insert_new(s, Model, {
-                    "name": spec.name, "tenant": spec.tenant, "spec_path": _rel(ws, mp.loaded.path),
-                    "pipeline": spec.pipeline, "labels": spec.labels,
-                })
+                new = _insert_new(
+                    s,
+                    Model,
+                    {
+                        "name": spec.name,
+                        "tenant": spec.tenant,
+                        "spec_path": _rel(ws, mp.loaded.path),
+                        "pipeline": spec.pipeline,
+                        "labels": spec.labels,
+                    },
+                )
                 if new is None:  # another controller sharing the registry added it first
                     new = s.execute(select(Model.id).where(Model.name == spec.name)).scalar_one()
                 ids[spec.name] = new
     return ids
 
 
-def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[str, dict[str, float]]:
+def _baselines(
+    ws: Workspace, store: Store, changes: list[ModelPlan]
+) -> dict[str, dict[str, float]]:
     """Metrics of the versions deployed in test, for no-regression gates."""
     wanted = {mp.name for mp in changes if mp.spec.gates.no_regression}
     if not wanted:
@@ -128,15 +147,20 @@ def _baselines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> dict[st
     pairs = {(n, deployed[n].version) for n in wanted if n in deployed}
     out: dict[str, dict[str, float]] = {}
     with store.session() as s:
-        rows = s.execute(select(Model.name, ModelVersion.version, ModelVersion.metrics).join(ModelVersion)
-                         .where(Model.name.in_([p[0] for p in pairs])))
+        rows = s.execute(
+            select(Model.name, ModelVersion.version, ModelVersion.metrics)
+            .join(ModelVersion)
+            .where(Model.name.in_([p[0] for p in pairs]))
+        )
         for name, version, metrics in rows:
             if (name, version) in pairs:
                 out[name] = metrics
     return out
 
 
-def _jobs(ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict[str, ModelPlan]) -> list[dict[str, Any]]:
+def _jobs(
+    ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict[str, ModelPlan]
+) -> list[dict[str, Any]]:
     """The job for each claimed run, with everything a worker needs (paths, not objects)."""
     from modelworks.security.keys import sealing_keys, secrets_dir
 
@@ -155,21 +179,42 @@ def _jobs(ws: Workspace, store: Store, claimed: list[queue.Claimed], plans: dict
         ref = data.resolve(spec)
         log_path = ws.state_dir / "logs" / spec.name / f"{c.run_id}.log"
         logs[c.run_id] = str(log_path)
-        jobs.append({
-            "run_id": c.run_id, "attempt": c.attempts, "model": spec.name, "version": mp.version,
-            "fingerprint": mp.fingerprint, "runtime": spec.runtime, "tenant": spec.tenant,
-            "hyperparameters": spec.hyperparameters, "gates": spec.gates.model_dump(),
-            "baseline": baselines.get(spec.name),
-            "pipeline": {"name": pipe.name, "version": pipe.version, "hash": pipe.hash,
-                         "source": str(ws.state_dir / "pipelines" / pipe.hash)},
-            "data": {"kind": ref.kind, "hash": ref.hash, "dataset": ref.dataset,
-                     "files": [str(f) for f in ref.files],
-                     "names": _names(ref.kind, ref.dataset, ref.files)},
-            "oci_dir": str(ws.oci_dir), "work_dir": str(work_dir), "log_path": str(log_path),
-            "signing_key": str(key), "scan_threshold": ws.settings.scan.severity,
-            "spec_commit": commit, "spec_path": _rel(ws, mp.loaded.path),
-            "secrets_dir": str(secrets_dir(ws)), "sealing_key": str(sealing_keys(ws)[0]),
-        })
+        jobs.append(
+            {
+                "run_id": c.run_id,
+                "attempt": c.attempts,
+                "model": spec.name,
+                "version": mp.version,
+                "fingerprint": mp.fingerprint,
+                "runtime": spec.runtime,
+                "tenant": spec.tenant,
+                "hyperparameters": spec.hyperparameters,
+                "gates": spec.gates.model_dump(),
+                "baseline": baselines.get(spec.name),
+                "pipeline": {
+                    "name": pipe.name,
+                    "version": pipe.version,
+                    "hash": pipe.hash,
+                    "source": str(ws.state_dir / "pipelines" / pipe.hash),
+                },
+                "data": {
+                    "kind": ref.kind,
+                    "hash": ref.hash,
+                    "dataset": ref.dataset,
+                    "files": [str(f) for f in ref.files],
+                    "names": _names(ref.kind, ref.dataset, ref.files),
+                },
+                "oci_dir": str(ws.oci_dir),
+                "work_dir": str(work_dir),
+                "log_path": str(log_path),
+                "signing_key": str(key),
+                "scan_threshold": ws.settings.scan.severity,
+                "spec_commit": commit,
+                "spec_path": _rel(ws, mp.loaded.path),
+                "secrets_dir": str(secrets_dir(ws)),
+                "sealing_key": str(sealing_keys(ws)[0]),
+            }
+        )
     with store.session() as s:
         for run_id, path in logs.items():
             s.execute(update(Run).where(Run.id == run_id).values(log_path=path))
@@ -210,8 +255,15 @@ def _names(kind: str, dataset: str, files: tuple[Path, ...]) -> list[str]:
 class _Recorder:
     """Writes results to the registry in batches, so thousands of tiny runs stay cheap."""
 
-    def __init__(self, store: Store, ids: dict[str, int], plans: dict[str, ModelPlan],
-                 result: ApplyResult, actor: str, retries: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ids: dict[str, int],
+        plans: dict[str, ModelPlan],
+        result: ApplyResult,
+        actor: str,
+        retries: int,
+    ) -> None:
         self.store, self.ids, self.plans, self.result, self.actor = store, ids, plans, result, actor
         self.retries = retries
         self.jobs: dict[int, dict[str, Any]] = {}
@@ -239,40 +291,83 @@ class _Recorder:
         status = r["status"]
         run = s.get(Run, r["run_id"])
         run.status, run.error, run.finished_at = status, r.get("error"), now
-        run.duration, run.train_seconds, run.worker = r.get("duration"), r.get("train_seconds"), str(r.get("pid", ""))
+        run.duration, run.train_seconds, run.worker = (
+            r.get("duration"),
+            r.get("train_seconds"),
+            str(r.get("pid", "")),
+        )
         name = r["model"]
         job = self.jobs[run.id]
         if status == "failed" and r.get("retryable") and run.attempts <= self.retries:
             queue.retry_later(run, r.get("error") or "failed")
             return
         if status == "failed":
-            self.result.failed.append({"name": name, "version": run.version, "error": r.get("error")})
-            self.events.append(audit.event("run.failed", name, actor=self.actor, tenant=job["tenant"],
-                                           after={"version": run.version, "error": r.get("error")}))
+            self.result.failed.append(
+                {"name": name, "version": run.version, "error": r.get("error")}
+            )
+            self.events.append(
+                audit.event(
+                    "run.failed",
+                    name,
+                    actor=self.actor,
+                    tenant=job["tenant"],
+                    after={"version": run.version, "error": r.get("error")},
+                )
+            )
             return
         inputs = self.plans[name].inputs
         lineage = {
-            "spec_path": job["spec_path"], "spec_commit": job["spec_commit"],
-            "pipeline": job["pipeline"]["name"], "pipeline_version": job["pipeline"]["version"],
-            "pipeline_hash": job["pipeline"]["hash"], "dataset": job["data"]["dataset"],
-            "data_hash": job["data"]["hash"], "run_id": run.id,
+            "spec_path": job["spec_path"],
+            "spec_commit": job["spec_commit"],
+            "pipeline": job["pipeline"]["name"],
+            "pipeline_version": job["pipeline"]["version"],
+            "pipeline_hash": job["pipeline"]["hash"],
+            "dataset": job["data"]["dataset"],
+            "data_hash": job["data"]["hash"],
+            "run_id": run.id,
         }
-        added = _insert_new(s, ModelVersion, dict(
-            model_id=self.ids[name], version=run.version, fingerprint=run.fingerprint,
-            status="registered" if status == "succeeded" else status, reason=r.get("error"),
-            inputs=inputs, metrics=r.get("metrics", {}), gates=r.get("gates", {}), lineage=lineage,
-            artifact_digest=r.get("digest"), artifact_ref=r.get("ref"), oci_layout=r.get("layout"),
-            run_id=run.id, scan=r.get("scan"), signed=bool(r.get("signed")),
-        ))
+        added = _insert_new(
+            s,
+            ModelVersion,
+            dict(
+                model_id=self.ids[name],
+                version=run.version,
+                fingerprint=run.fingerprint,
+                status="registered" if status == "succeeded" else status,
+                reason=r.get("error"),
+                inputs=inputs,
+                metrics=r.get("metrics", {}),
+                gates=r.get("gates", {}),
+                lineage=lineage,
+                artifact_digest=r.get("digest"),
+                artifact_ref=r.get("ref"),
+                oci_layout=r.get("layout"),
+                run_id=run.id,
+                scan=r.get("scan"),
+                signed=bool(r.get("signed")),
+            ),
+        )
         if added is None:  # another controller sharing the registry registered it first
             run.status, run.error = "cancelled", f"{run.version} was registered by another apply"
             self.result.skipped.append(name)
             return
         entry = {"name": name, "version": run.version, "metrics": r.get("metrics", {})}
         action = "version.registered" if status == "succeeded" else f"version.{status}"
-        self.events.append(audit.event(action, name, actor=self.actor, tenant=job["tenant"], after={
-            "version": run.version, "fingerprint": run.fingerprint, "digest": r.get("digest"),
-            "metrics": r.get("metrics", {}), "reason": r.get("error")}))
+        self.events.append(
+            audit.event(
+                action,
+                name,
+                actor=self.actor,
+                tenant=job["tenant"],
+                after={
+                    "version": run.version,
+                    "fingerprint": run.fingerprint,
+                    "digest": r.get("digest"),
+                    "metrics": r.get("metrics", {}),
+                    "reason": r.get("error"),
+                },
+            )
+        )
         if status == "succeeded":
             self.result.trained.append({**entry, "digest": r.get("digest")})
         elif status == "rejected":
@@ -281,7 +376,9 @@ class _Recorder:
             self.result.gated.append({**entry, "reasons": r.get("gates", {}).get("failures", [])})
 
 
-def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[dict[str, Any]], str | None]:
+def deploy_auto(
+    ws: Workspace, store: Store, p: Plan, actor: str
+) -> tuple[list[dict[str, Any]], str | None]:
     """Put each model's current registered version into the auto-deploy environments."""
     envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
     fps = {m.fingerprint: m for m in p.models if m.fingerprint}
@@ -289,7 +386,8 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
         return [], None
     with store.session() as s:
         rows = s.execute(
-            select(Model.id, ModelVersion).join(ModelVersion)
+            select(Model.id, ModelVersion)
+            .join(ModelVersion)
             .where(ModelVersion.status == "registered", ModelVersion.fingerprint.in_(list(fps)))
         ).all()
     deployed, paths = [], []
@@ -301,31 +399,78 @@ def deploy_auto(ws: Workspace, store: Store, p: Plan, actor: str) -> tuple[list[
             spec = mp.spec
             if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
                 continue
-            cfg = gdeploy.deploy_config(ws, spec.name, spec.tenant, spec.runtime, v.version, v.fingerprint,
-                                v.artifact_digest or "", v.oci_layout or "")
+            cfg = gdeploy.deploy_config(
+                ws,
+                spec.name,
+                spec.tenant,
+                spec.runtime,
+                v.version,
+                v.fingerprint,
+                v.artifact_digest or "",
+                v.oci_layout or "",
+            )
             old = current.get(spec.name)
             if old != cfg:
                 configs.append((model_id, cfg, old.version if old else None))
         paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c, _ in configs])
-        deployed += [{"name": c.name, "env": env, "version": c.version, "previous": prev, "model_id": mid,
-                      "tenant": c.tenant} for mid, c, prev in configs]
+        deployed += [
+            {
+                "name": c.name,
+                "env": env,
+                "version": c.version,
+                "previous": prev,
+                "model_id": mid,
+                "tenant": c.tenant,
+            }
+            for mid, c, prev in configs
+        ]
     if not paths:
         return [], None
     lines = "\n".join(f"- {d['env']}: {d['name']} {d['version']}" for d in deployed[:200])
-    commit = _git.commit(ws.deploy_repo, paths, f"deploy: {len(deployed)} model version(s)\n\n{lines}\n", author=actor)
+    commit = _git.commit(
+        ws.deploy_repo,
+        paths,
+        f"deploy: {len(deployed)} model version(s)\n\n{lines}\n",
+        author=actor,
+    )
     with store.session() as s:
         for d in deployed:
-            s.add(Deployment(model_id=d.pop("model_id"), env=d["env"], version=d["version"],
-                             commit=commit, kind="deploy", actor=actor))
-    audit.record(store, [audit.event(
-        "deployment", d["name"], actor=actor, tenant=d["tenant"],
-        before={"env": d["env"], "version": d["previous"]},
-        after={"env": d["env"], "version": d["version"], "commit": commit}) for d in deployed])
+            s.add(
+                Deployment(
+                    model_id=d.pop("model_id"),
+                    env=d["env"],
+                    version=d["version"],
+                    commit=commit,
+                    kind="deploy",
+                    actor=actor,
+                )
+            )
+    audit.record(
+        store,
+        [
+            audit.event(
+                "deployment",
+                d["name"],
+                actor=actor,
+                tenant=d["tenant"],
+                before={"env": d["env"], "version": d["previous"]},
+                after={"env": d["env"], "version": d["version"], "commit": commit},
+            )
+            for d in deployed
+        ],
+    )
     return deployed, commit
 
 
-def _drain(ws: Workspace, store: Store, plans: dict[str, ModelPlan], recorder: _Recorder,
-           executor: Executor, on_start: Callable[[int], None] | None, on_result: ProgressFn | None) -> None:
+def _drain(
+    ws: Workspace,
+    store: Store,
+    plans: dict[str, ModelPlan],
+    recorder: _Recorder,
+    executor: Executor,
+    on_start: Callable[[int], None] | None,
+    on_result: ProgressFn | None,
+) -> None:
     """Run queued jobs of these models until none is left (retries come back after a backoff)."""
     wanted = {name: mp.fingerprint for name, mp in plans.items() if mp.fingerprint}
     while True:
@@ -377,15 +522,23 @@ def apply(
         p = plan(ws, store, names)
         result = ApplyResult()
         result.skipped = [m.name for m in p.models if m.action == "unchanged"]
-        result.errors = [{"name": m.name, "error": "; ".join(m.reasons)} for m in p.models if m.action == "error"]
+        result.errors = [
+            {"name": m.name, "error": "; ".join(m.reasons)} for m in p.models if m.action == "error"
+        ]
         valid = [m for m in p.models if m.action != "error"]
         ids = _ensure_models(ws, store, valid)
         if p.changes:
             _record_pipelines(ws, store, p.changes)
             queue.enqueue(store, p.changes, ids, trigger)
-        ex = executor or make_executor(ws.settings.executor.kind, ws.workers,
-                                       timeout=ws.settings.executor.timeout, address=ws.settings.ray.address)
-        recorder = _Recorder(store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries)
+        ex = executor or make_executor(
+            ws.settings.executor.kind,
+            ws.workers,
+            timeout=ws.settings.executor.timeout,
+            address=ws.settings.ray.address,
+        )
+        recorder = _Recorder(
+            store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries
+        )
         _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
         if ws.settings.oci.registry and result.trained:
             _push(ws, store, result, actor)

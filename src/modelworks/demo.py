@@ -35,12 +35,16 @@ def change_dataset(path: Path) -> None:
 
 def up_hint(directory: Path, port: int) -> str:
     """How to run the whole platform on the demo workspace and send it a prediction."""
-    body = ('{"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], '
-            '"data": [5.1, 3.5, 1.4, 0.2]}]}')
-    return (f"Run the platform (controller, inference server, endpoints): [cyan]cd {directory} && mw up[/cyan]\n"
-            f"then predict from another shell: [cyan]curl -s -X POST "
-            f"http://127.0.0.1:{port}/v2/models/iris-logreg/infer "
-            f"-H 'content-type: application/json' -d '{body}'[/cyan]")
+    body = (
+        '{"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], '
+        '"data": [5.1, 3.5, 1.4, 0.2]}]}'
+    )
+    return (
+        f"Run the platform (controller, inference server, endpoints): [cyan]cd {directory} && mw up[/cyan]\n"
+        f"then predict from another shell: [cyan]curl -s -X POST "
+        f"http://127.0.0.1:{port}/v2/models/iris-logreg/infer "
+        f"-H 'content-type: application/json' -d '{body}'[/cyan]"
+    )
 
 
 def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -76,13 +80,19 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     if not quiet:
         _print_apply(second)
     seconds = time.perf_counter() - t0
-    say(f"[bold]Done[/bold] in {seconds:.1f}s: {len(second.trained) + len(second.gated)} model(s) "
-        f"retrained after the data change, {len(second.skipped)} untouched.")
+    say(
+        f"[bold]Done[/bold] in {seconds:.1f}s: {len(second.trained) + len(second.gated)} model(s) "
+        f"retrained after the data change, {len(second.skipped)} untouched."
+    )
     say(f"Explore: [cyan]cd {directory} && mw status && mw show wine-logreg[/cyan]")
     say(up_hint(directory, ws.settings.serving.port), soft_wrap=True, highlight=False)
     return {
-        "workspace": str(ws.root), "models": count, "seconds": round(seconds, 2),
-        "first_apply": first.to_dict()["summary"], "data_change": version.to_dict(),
-        "second_plan": second_plan.summary, "second_apply": second.to_dict()["summary"],
+        "workspace": str(ws.root),
+        "models": count,
+        "seconds": round(seconds, 2),
+        "first_apply": first.to_dict()["summary"],
+        "data_change": version.to_dict(),
+        "second_plan": second_plan.summary,
+        "second_apply": second.to_dict()["summary"],
         "retrained": sorted(t["name"] for t in second.trained + second.gated),
     }

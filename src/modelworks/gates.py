@@ -19,12 +19,16 @@ def check(gates: Gates, metrics: dict[str, float], baseline: dict[str, float] | 
     failures: list[str] = []
     for name, bound in gates.min.items():
         if name not in metrics:
-            failures.append(f"metric {name!r} is gated (min {bound}) but evaluate() did not report it")
+            failures.append(
+                f"metric {name!r} is gated (min {bound}) but evaluate() did not report it"
+            )
         elif metrics[name] < bound:
             failures.append(f"{name} {metrics[name]:.4g} < min {bound:g}")
     for name, bound in gates.max.items():
         if name not in metrics:
-            failures.append(f"metric {name!r} is gated (max {bound}) but evaluate() did not report it")
+            failures.append(
+                f"metric {name!r} is gated (max {bound}) but evaluate() did not report it"
+            )
         elif metrics[name] > bound:
             failures.append(f"{name} {metrics[name]:.4g} > max {bound:g}")
     if gates.no_regression and baseline:
@@ -33,7 +37,11 @@ def check(gates: Gates, metrics: dict[str, float], baseline: dict[str, float] | 
             if name not in metrics or name not in baseline:
                 continue
             new, old = metrics[name], baseline[name]
-            worse = new > old + gates.tolerance if lower_is_better(name, gates) else new < old - gates.tolerance
+            worse = (
+                new > old + gates.tolerance
+                if lower_is_better(name, gates)
+                else new < old - gates.tolerance
+            )
             if worse:
                 failures.append(f"{name} regressed: {new:.4g} vs {old:.4g} deployed in test")
     return failures

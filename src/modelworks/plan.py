@@ -79,8 +79,13 @@ class ModelPlan:
         return self.loaded.spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "action": self.action, "reasons": self.reasons,
-                "fingerprint": self.fingerprint, "version": self.version}
+        return {
+            "name": self.name,
+            "action": self.action,
+            "reasons": self.reasons,
+            "fingerprint": self.fingerprint,
+            "version": self.version,
+        }
 
 
 @dataclass
@@ -110,12 +115,16 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("pipeline_version") != new.get("pipeline_version"):
         reasons.append(f"pipeline {old.get('pipeline_version')} -> {new.get('pipeline_version')}")
     elif old.get("pipeline_hash") != new.get("pipeline_hash"):
-        reasons.append(f"pipeline hash {str(old.get('pipeline_hash'))[:8]} -> {str(new.get('pipeline_hash'))[:8]}")
+        reasons.append(
+            f"pipeline hash {str(old.get('pipeline_hash'))[:8]} -> {str(new.get('pipeline_hash'))[:8]}"
+        )
     os_, ns = old.get("spec", {}), new.get("spec", {})
     oh, nh = os_.get("hyperparameters", {}), ns.get("hyperparameters", {})
     for key in sorted(set(oh) | set(nh)):
         if oh.get(key) != nh.get(key):
-            reasons.append(f"hyperparameter {key} {json.dumps(oh.get(key))} -> {json.dumps(nh.get(key))}")
+            reasons.append(
+                f"hyperparameter {key} {json.dumps(oh.get(key))} -> {json.dumps(nh.get(key))}"
+            )
     for key in ("runtime", "pipeline", "data_source"):
         if os_.get(key) != ns.get(key):
             reasons.append(f"{key} {json.dumps(os_.get(key))} -> {json.dumps(ns.get(key))}")
@@ -136,18 +145,22 @@ class RegistryView:
     def read(cls, store: Store) -> RegistryView:
         with store.session() as s:
             fps: dict[str, set[str]] = {}
-            for name, fp in s.execute(select(Model.name, ModelVersion.fingerprint).join(ModelVersion)):
+            for name, fp in s.execute(
+                select(Model.name, ModelVersion.fingerprint).join(ModelVersion)
+            ):
                 fps.setdefault(name, set()).add(fp)
             last_run = select(func.max(Run.id)).group_by(Run.model_id)
             failures = {
                 name: (fp, err or "")
                 for name, fp, err in s.execute(
-                    select(Model.name, Run.fingerprint, Run.error).join(Run)
+                    select(Model.name, Run.fingerprint, Run.error)
+                    .join(Run)
                     .where(Run.id.in_(last_run), Run.status == "failed")
                 )
             }
             pipes = {
-                (p.name, p.version): (p.hash, p.snapshot) for p in s.scalars(select(PipelineVersion))
+                (p.name, p.version): (p.hash, p.snapshot)
+                for p in s.scalars(select(PipelineVersion))
             }
         return cls(fps, failures, pipes)
 
@@ -158,24 +171,38 @@ class RegistryView:
         found: dict[str, dict[str, Any]] = {}
         with store.session() as s:
             for i in range(0, len(names), 500):
-                chunk = names[i:i + 500]
-                latest = (select(func.max(ModelVersion.id)).join(Model)
-                          .where(Model.name.in_(chunk)).group_by(ModelVersion.model_id))
-                found.update(s.execute(
-                    select(Model.name, ModelVersion.inputs).join(ModelVersion)
-                    .where(ModelVersion.id.in_(latest))
-                ).tuples().all())
+                chunk = names[i : i + 500]
+                latest = (
+                    select(func.max(ModelVersion.id))
+                    .join(Model)
+                    .where(Model.name.in_(chunk))
+                    .group_by(ModelVersion.model_id)
+                )
+                found.update(
+                    s.execute(
+                        select(Model.name, ModelVersion.inputs)
+                        .join(ModelVersion)
+                        .where(ModelVersion.id.in_(latest))
+                    )
+                    .tuples()
+                    .all()
+                )
         return found
 
 
 def model_inputs(spec: ModelSpec, data_hash: str, pipe: PipelineRef) -> dict[str, Any]:
     return {
-        "line": LINE_FORMAT, "spec": spec.training_inputs(), "data_hash": data_hash,
-        "pipeline_version": pipe.version, "pipeline_hash": pipe.hash,
+        "line": LINE_FORMAT,
+        "spec": spec.training_inputs(),
+        "data_hash": data_hash,
+        "pipeline_version": pipe.version,
+        "pipeline_hash": pipe.hash,
     }
 
 
-def plan_one(item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: Catalog) -> ModelPlan:
+def plan_one(
+    item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: Catalog
+) -> ModelPlan:
     """Plan a single loaded spec against the registry view."""
     if item.spec is None:
         return ModelPlan(item.name, "error", [item.error or "invalid spec"], loaded=item)

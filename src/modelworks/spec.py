@@ -68,9 +68,7 @@ class ModelSpec(_Strict):
     pipeline_version: str = Field(
         validation_alias=AliasChoices("kubeflow_pipeline_version", "pipeline_version")
     )
-    runtime: str = Field(
-        "sklearn", validation_alias=AliasChoices("runtime_name", "runtime")
-    )
+    runtime: str = Field("sklearn", validation_alias=AliasChoices("runtime_name", "runtime"))
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         validation_alias=AliasChoices("model_hyperparameters", "hyperparameters"),
@@ -107,7 +105,7 @@ class ModelSpec(_Strict):
         """The pipeline version with the reference system's '<pipeline>-' prefix removed."""
         prefix = f"{self.pipeline}-"
         v = self.pipeline_version
-        return v[len(prefix):] if v.startswith(prefix) else v
+        return v[len(prefix) :] if v.startswith(prefix) else v
 
     def training_inputs(self) -> dict[str, Any]:
         """The spec fields that decide the trained result (part of the fingerprint)."""
@@ -122,10 +120,23 @@ class ModelSpec(_Strict):
 
 RUNTIMES = ("sklearn", "onnx", "xgboost", "lightgbm")
 ALLOWED_FIELDS = {
-    "model_name", "name", "data_source", "kubeflow_pipeline", "pipeline",
-    "kubeflow_pipeline_version", "pipeline_version", "runtime_name", "runtime",
-    "model_hyperparameters", "hyperparameters", "tenant", "gates", "deploy", "schedule",
-    "monitoring", "labels",
+    "model_name",
+    "name",
+    "data_source",
+    "kubeflow_pipeline",
+    "pipeline",
+    "kubeflow_pipeline_version",
+    "pipeline_version",
+    "runtime_name",
+    "runtime",
+    "model_hyperparameters",
+    "hyperparameters",
+    "tenant",
+    "gates",
+    "deploy",
+    "schedule",
+    "monitoring",
+    "labels",
 }
 
 
@@ -226,7 +237,9 @@ def load_specs(models_dir: Path, files: Iterable[Path] | None = None) -> list[Lo
         if len(items) > 1:
             paths = ", ".join(str(i.path) for i in items)
             for item in items:
-                item.error = f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
+                item.error = (
+                    f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
+                )
                 item.spec = None
     return loaded
 

@@ -54,7 +54,9 @@ def make_workspace(root: Path, **settings: Any) -> Workspace:
     return ws
 
 
-def write_pipeline(ws: Workspace, name: str = "tiny", version: str = "v1", source: str = TINY_PIPELINE) -> Path:
+def write_pipeline(
+    ws: Workspace, name: str = "tiny", version: str = "v1", source: str = TINY_PIPELINE
+) -> Path:
     """Write pipelines/<name>/{version,pipeline.py}."""
     folder = ws.pipelines_dir / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,9 @@ def write_pipeline(ws: Workspace, name: str = "tiny", version: str = "v1", sourc
     return folder
 
 
-def write_dataset(ws: Workspace, rel: str, rows: int = 200, features: int = 4, seed: int = 0) -> Path:
+def write_dataset(
+    ws: Workspace, rel: str, rows: int = 200, features: int = 4, seed: int = 0
+) -> Path:
     """A separable two-class CSV (label last) at `rel` inside the workspace."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, features))
@@ -75,8 +79,16 @@ def write_dataset(ws: Workspace, rel: str, rows: int = 200, features: int = 4, s
     return path
 
 
-def write_spec(ws: Workspace, name: str, dataset: str, *, pipeline: str = "tiny", version: str = "v1",
-               fmt: str = "json", **extra: Any) -> Path:
+def write_spec(
+    ws: Workspace,
+    name: str,
+    dataset: str,
+    *,
+    pipeline: str = "tiny",
+    version: str = "v1",
+    fmt: str = "json",
+    **extra: Any,
+) -> Path:
     """A spec in the reference format (extra keys are merged in)."""
     payload: dict[str, Any] = {
         "data_source": {"type": "dvc", "dataset": dataset},
@@ -108,7 +120,9 @@ def small_fleet(ws: Workspace, models: int = 3, datasets: int = 2) -> list[str]:
         write_dataset(ws, f"data/set{d}/data.csv", seed=d)
     for i in range(models):
         name = f"model-{i}"
-        write_spec(ws, name, f"data/set{i % datasets}/data.csv", model_hyperparameters={"C": 1.0 + i})
+        write_spec(
+            ws, name, f"data/set{i % datasets}/data.csv", model_hyperparameters={"C": 1.0 + i}
+        )
         names.append(name)
     for d in range(datasets):
         add(ws, ws.root / f"data/set{d}/data.csv", commit=False)

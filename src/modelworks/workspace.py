@@ -45,7 +45,9 @@ class RaySettings(_Section):
 class DataSettings(_Section):
     cache: str = Field(".mw/cache", description="DVC-layout content cache.")
     remote: str | None = Field(None, description="A DVC remote that is a local folder.")
-    watch: list[str] = Field(default_factory=list, description="Folders whose new files are versioned.")
+    watch: list[str] = Field(
+        default_factory=list, description="Folders whose new files are versioned."
+    )
 
 
 class OCISettings(_Section):
@@ -93,7 +95,9 @@ class ControllerSettings(_Section):
 
 
 class ForgeSettings(_Section):
-    provider: Literal["local", "github"] = Field("local", description="Who hosts promotion requests.")
+    provider: Literal["local", "github"] = Field(
+        "local", description="Who hosts promotion requests."
+    )
     repo: str | None = Field(None, description="owner/name of the GitHub repository.")
     token_env: str = Field("GITHUB_TOKEN", description="Environment variable holding the token.")
     api_url: str = Field("https://api.github.com", description="GitHub API base URL.")

@@ -48,12 +48,16 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
         try:
             from skl2onnx import to_onnx
         except ImportError:
-            raise PipelineError("runtime onnx is not installed (pip install onnxruntime skl2onnx)") from None
+            raise PipelineError(
+                "runtime onnx is not installed (pip install onnxruntime skl2onnx)"
+            ) from None
         onx = to_onnx(model, X[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
         (out_dir / MODEL_FILES["onnx"]).write_bytes(onx.SerializeToString())
         in_dtype = "FP32"
     else:
-        raise PipelineError(f"runtime {runtime} is not installed in the line (supported: sklearn, onnx)")
+        raise PipelineError(
+            f"runtime {runtime} is not installed in the line (supported: sklearn, onnx)"
+        )
     meta: dict[str, Any] = {"runtime": runtime, "model_file": MODEL_FILES[runtime]}
     if X is not None:
         y = np.asarray(model.predict(X[:2]))

@@ -86,6 +86,7 @@ def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]
         mods.append(vendored)
     except ImportError:
         pass
+
     def found(name: str) -> tuple[type, ...]:
         return tuple(getattr(m, name) for m in mods if hasattr(m, name))
 

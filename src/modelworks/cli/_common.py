@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 WorkspaceOpt = Annotated[
     Path | None,
-    typer.Option("--workspace", "-C", envvar="MW_WORKSPACE", help="Workspace folder (default: here)."),
+    typer.Option(
+        "--workspace", "-C", envvar="MW_WORKSPACE", help="Workspace folder (default: here)."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ActorOpt = Annotated[str | None, typer.Option("--as", help="Act as this user (default: git user).")]

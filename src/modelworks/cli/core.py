@@ -17,7 +17,9 @@ ACTION_STYLE = {"create": "green", "update": "yellow", "unchanged": "dim", "erro
 
 def init_cmd(
     directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.")] = Path("."),
-    example: Annotated[bool, typer.Option("--example", help="Add a small working example fleet.")] = False,
+    example: Annotated[
+        bool, typer.Option("--example", help="Add a small working example fleet.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a workspace: a git repo with modelworks.yaml, models/, pipelines/, data/, deploy/."""
@@ -35,7 +37,9 @@ def init_cmd(
 @data_app.command("add")
 def data_add(
     path: Annotated[Path, typer.Argument(help="The data file to version.")],
-    no_update_specs: Annotated[bool, typer.Option("--no-update-specs", help="Do not bump specs.")] = False,
+    no_update_specs: Annotated[
+        bool, typer.Option("--no-update-specs", help="Do not bump specs.")
+    ] = False,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -50,7 +54,9 @@ def data_add(
     if json_out:
         emit_json(v.to_dict())
         return
-    console.print(f"{v.dataset}: {(v.previous or 'new')[:8]} -> [bold]{v.md5[:8]}[/bold] ({v.size} bytes)")
+    console.print(
+        f"{v.dataset}: {(v.previous or 'new')[:8]} -> [bold]{v.md5[:8]}[/bold] ({v.size} bytes)"
+    )
     for p in v.bumped:
         console.print(f"  bumped {p}")
     if v.commit:
@@ -61,8 +67,12 @@ def plan_cmd(
     models: Annotated[list[str] | None, typer.Argument(help="Only these models.")] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
-    detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode", help="Exit 0 nothing to do, 2 changes, 1 errors.")] = False,
-    show_unchanged: Annotated[bool, typer.Option("--all", help="List unchanged models too.")] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 nothing to do, 2 changes, 1 errors.")
+    ] = False,
+    show_unchanged: Annotated[
+        bool, typer.Option("--all", help="List unchanged models too.")
+    ] = False,
 ) -> None:
     """Show what apply would train and why (a diff of fingerprints against the registry)."""
     from modelworks.plan import plan
@@ -88,7 +98,9 @@ def _print_plan(p: Any, show_unchanged: bool) -> None:
             continue
         style = ACTION_STYLE[m.action]
         version = f" {m.version}" if m.version else ""
-        console.print(f"[{style}]{m.action:>9}[/{style}] [bold]{m.name}[/bold]{version}", highlight=False)
+        console.print(
+            f"[{style}]{m.action:>9}[/{style}] [bold]{m.name}[/bold]{version}", highlight=False
+        )
         for reason in m.reasons:
             console.print(f"           {reason}", highlight=False, soft_wrap=True)
     s = p.summary
@@ -100,8 +112,12 @@ def _print_plan(p: Any, show_unchanged: bool) -> None:
 
 def apply_cmd(
     models: Annotated[list[str] | None, typer.Argument(help="Only these models.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Worker processes (default: cores).")] = None,
-    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another apply's lock.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Worker processes (default: cores).")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for another apply's lock.")
+    ] = 0,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
@@ -113,8 +129,16 @@ def apply_cmd(
     ws, store = open_workspace(workspace)
     ex = for_workspace(ws, workers)
     with _progress(json_out) as (on_start, on_result):
-        result = apply(ws, store, names=models or None, executor=ex, actor=actor(ws, as_user),
-                       wait=wait, on_start=on_start, on_result=on_result)
+        result = apply(
+            ws,
+            store,
+            names=models or None,
+            executor=ex,
+            actor=actor(ws, as_user),
+            wait=wait,
+            on_start=on_start,
+            on_result=on_result,
+        )
     if json_out:
         emit_json(result.to_dict())
     else:
@@ -140,19 +164,33 @@ class _progress:
         if self.progress is not None:  # retries after a backoff add to the total
             self.progress.update(self.task, total=self.progress.tasks[0].total + total)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         from modelworks._console import err_console
 
-        self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.description}"),
-                                 console=err_console, transient=True)
+        self.progress = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=err_console,
+            transient=True,
+        )
         self.progress.start()
         self.task = self.progress.add_task("", total=total)
 
     def advance(self, result: dict[str, Any]) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, description=f"{result['model']} {result['status']}")
+            self.progress.update(
+                self.task, advance=1, description=f"{result['model']} {result['status']}"
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
@@ -164,20 +202,34 @@ def _print_apply(result: Any) -> None:
 
     for t in result.trained:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(t["metrics"].items()))
-        console.print(f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}", highlight=False)
+        console.print(
+            f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}", highlight=False
+        )
     for g in result.gated:
-        console.print(f"[yellow]    gated[/yellow] {g['name']} {g['version']}: {'; '.join(g['reasons'])}", highlight=False)
+        console.print(
+            f"[yellow]    gated[/yellow] {g['name']} {g['version']}: {'; '.join(g['reasons'])}",
+            highlight=False,
+        )
     for r in result.rejected:
-        console.print(f"[red] rejected[/red] {r['name']} {r['version']}: {r['reason']}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red] rejected[/red] {r['name']} {r['version']}: {r['reason']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for f in result.failed:
-        console.print(f"[red]   failed[/red] {f['name']}: {f['error']}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]   failed[/red] {f['name']}: {f['error']}", highlight=False, soft_wrap=True
+        )
     for e in result.errors:
-        console.print(f"[red]    error[/red] {e['name']}: {e['error']}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]    error[/red] {e['name']}: {e['error']}", highlight=False, soft_wrap=True
+        )
     d = result.to_dict()["summary"]
     console.print(
         f"Apply: {d['trained']} trained, {d['gated']} gated, {d['rejected']} rejected, {d['failed']} failed, "
         f"{d['errors']} error(s), {d['skipped']} unchanged, {d['deployed']} deployed"
-        + (f" (commit {result.commit[:10]})" if result.commit else "") + f" in {result.seconds:.1f}s."
+        + (f" (commit {result.commit[:10]})" if result.commit else "")
+        + f" in {result.seconds:.1f}s."
     )
 
 
@@ -205,9 +257,15 @@ def print_status(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(r["metrics"].items())[:3])
         st = r["status"] or (r["last_run"] or {}).get("status") or "-"
-        table.add_row(r["name"], r["pipeline"] or "-", r["version"] or "-",
-                      f"[{style.get(st, 'red')}]{st}[/]", metrics,
-                      r["deployed"].get("test", "-"), r["deployed"].get("prod", "-"))
+        table.add_row(
+            r["name"],
+            r["pipeline"] or "-",
+            r["version"] or "-",
+            f"[{style.get(st, 'red')}]{st}[/]",
+            metrics,
+            r["deployed"].get("test", "-"),
+            r["deployed"].get("prod", "-"),
+        )
     console.print(table)
 
 
@@ -225,7 +283,9 @@ def show_cmd(
     if json_out:
         emit_json(info)
         return
-    console.print(f"[bold]{info['name']}[/bold] (tenant {info['tenant']}, pipeline {info['pipeline']})")
+    console.print(
+        f"[bold]{info['name']}[/bold] (tenant {info['tenant']}, pipeline {info['pipeline']})"
+    )
     if info["artifact"]:
         a = info["artifact"]
         console.print(f"  artifact  {a['skopeo']}  {a['digest']}", highlight=False)
@@ -233,8 +293,11 @@ def show_cmd(
     sbom = info.get("sbom") or {}
     if sbom.get("components") is not None:
         keys = ", ".join(f"{k} {v}" for k, v in list((sbom.get("key_packages") or {}).items())[:4])
-        console.print(f"  sbom      {sbom.get('format')} {sbom.get('spec_version')}, "
-                      f"{sbom['components']} components ({keys})", highlight=False)
+        console.print(
+            f"  sbom      {sbom.get('format')} {sbom.get('spec_version')}, "
+            f"{sbom['components']} components ({keys})",
+            highlight=False,
+        )
     elif sbom.get("error"):
         console.print(f"  sbom      unreadable: {sbom['error']}", style="red", highlight=False)
     for env, d in sorted(info["deployments"].items()):
@@ -243,15 +306,21 @@ def show_cmd(
         metrics = ", ".join(f"{k}={val:.3g}" for k, val in sorted(v["metrics"].items()))
         lin = v["lineage"]
         console.print(f"  {v['version']}  {v['status']:<10} {metrics}", highlight=False)
-        console.print(f"             data {str(lin.get('data_hash'))[:8]}  pipeline {lin.get('pipeline_version')}"
-                      f"  commit {str(lin.get('spec_commit'))[:10]}", style="dim", highlight=False)
+        console.print(
+            f"             data {str(lin.get('data_hash'))[:8]}  pipeline {lin.get('pipeline_version')}"
+            f"  commit {str(lin.get('spec_commit'))[:10]}",
+            style="dim",
+            highlight=False,
+        )
         if v["reason"]:
             console.print(f"             {v['reason']}", style="yellow", highlight=False)
 
 
 def runs_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
-    status_: Annotated[str | None, typer.Option("--status", help="Only runs in this status.")] = None,
+    status_: Annotated[
+        str | None, typer.Option("--status", help="Only runs in this status.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many.")] = 50,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
@@ -271,14 +340,24 @@ def runs_cmd(
     for col in ("id", "model", "version", "status", "trigger", "attempts", "seconds", "error"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["id"]), r["model"], r["version"], r["status"], r["trigger"], str(r["attempts"]),
-                      f"{r['duration']:.2f}" if r["duration"] else "-", (r["error"] or "")[:80])
+        table.add_row(
+            str(r["id"]),
+            r["model"],
+            r["version"],
+            r["status"],
+            r["trigger"],
+            str(r["attempts"]),
+            f"{r['duration']:.2f}" if r["duration"] else "-",
+            (r["error"] or "")[:80],
+        )
     console.print(table)
 
 
 def logs_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
-    run: Annotated[int | None, typer.Option("--run", help="A run id (default: the latest).")] = None,
+    run: Annotated[
+        int | None, typer.Option("--run", help="A run id (default: the latest).")
+    ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -296,8 +375,12 @@ def logs_cmd(
 
 
 def demo_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder for the demo workspace (must not exist).")] = Path("demo-fleet"),
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Worker processes.")] = None,
+    directory: Annotated[
+        Path, typer.Argument(help="Folder for the demo workspace (must not exist).")
+    ] = Path("demo-fleet"),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Worker processes.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a demo fleet of 62 models, run the whole line, then retrain after a data change."""

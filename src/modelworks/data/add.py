@@ -24,9 +24,15 @@ class DataVersion:
     commit: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"dataset": self.dataset, "md5": self.md5, "size": self.size,
-                "pointer": str(self.pointer), "previous": self.previous,
-                "bumped_specs": self.bumped, "commit": self.commit}
+        return {
+            "dataset": self.dataset,
+            "md5": self.md5,
+            "size": self.size,
+            "pointer": str(self.pointer),
+            "previous": self.previous,
+            "bumped_specs": self.bumped,
+            "commit": self.commit,
+        }
 
 
 def _bump_specs(ws: Workspace, dataset: str, md5: str) -> list[Path]:
@@ -48,8 +54,14 @@ def _bump_specs(ws: Workspace, dataset: str, md5: str) -> list[Path]:
     return bumped
 
 
-def add(ws: Workspace, path: Path, *, update_specs: bool = True, commit: bool = True,
-        actor: str | None = None) -> DataVersion:
+def add(
+    ws: Workspace,
+    path: Path,
+    *,
+    update_specs: bool = True,
+    commit: bool = True,
+    actor: str | None = None,
+) -> DataVersion:
     """Hash a data file into the cache, write its .dvc pointer, bump specs, commit."""
     target = path if path.is_absolute() else Path(os.getcwd()) / path
     target = target.resolve()
@@ -74,6 +86,8 @@ def add(ws: Workspace, path: Path, *, update_specs: bool = True, commit: bool = 
         rel = [p.relative_to(ws.root) for p in paths]
         msg = f"data: {dataset} {(previous or 'new')[:8]} -> {md5[:8]}"
         if bumped:
-            msg += f"\n\nbumps {len(bumped)} spec(s):\n" + "\n".join(f"- {p}" for p in version.bumped)
+            msg += f"\n\nbumps {len(bumped)} spec(s):\n" + "\n".join(
+                f"- {p}" for p in version.bumped
+            )
         version.commit = _git.commit(ws.root, rel, msg, author=actor)
     return version

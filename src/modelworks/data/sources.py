@@ -116,11 +116,18 @@ class DataResolver:
         ds = spec.data_source
         digest = self.version(spec)
         if ds.type == "local":
-            return DataRef("local", digest, str(ds.path or ds.dataset), tuple(self._local_tree(str(ds.path or ds.dataset))[1]))
+            return DataRef(
+                "local",
+                digest,
+                str(ds.path or ds.dataset),
+                tuple(self._local_tree(str(ds.path or ds.dataset))[1]),
+            )
         repo = self.repo_root(ds.repo_url)
         hit = self.locate(digest, repo)
         if hit is None:
-            where = ", ".join(str(c) for c in self.caches(repo) if c.exists()) or str(self.ws.cache_dir)
+            where = ", ".join(str(c) for c in self.caches(repo) if c.exists()) or str(
+                self.ws.cache_dir
+            )
             raise DataError(
                 f"data hash {digest} of dataset {ds.dataset!r} is not in the cache ({where}); "
                 f"run `mw data add {ds.dataset}` or configure data.remote"

@@ -52,7 +52,9 @@ def demand_dataset(path: Path, store: int, days: int = 365, shift: float = 0.0) 
     demand = base + 8 * (dow >= 5) + 15 * promo - 3 * (price - 10) + 0.4 * temp + shift
     demand += rng.normal(0, 3, days)
     table = np.column_stack([dow, day % 365 // 7, promo, price, temp, demand])
-    return _write_csv(path, ["day_of_week", "week", "promo", "price", "temperature", "demand"], table)
+    return _write_csv(
+        path, ["day_of_week", "week", "promo", "price", "temperature", "demand"], table
+    )
 
 
 def sensor_dataset(path: Path, machine: int, rows: int = 1000) -> Path:
@@ -60,13 +62,21 @@ def sensor_dataset(path: Path, machine: int, rows: int = 1000) -> Path:
     rng = np.random.default_rng(2000 + machine)
     normal = rng.normal([60, 1.2, 300, 0.5], [3, 0.1, 10, 0.05], size=(rows, 4))
     labels = (rng.random(rows) < 0.05).astype(float)
-    normal[labels == 1] += rng.normal([15, 0.6, 60, 0.3], [5, 0.2, 20, 0.1], size=(int(labels.sum()), 4))
+    normal[labels == 1] += rng.normal(
+        [15, 0.6, 60, 0.3], [5, 0.2, 20, 0.1], size=(int(labels.sum()), 4)
+    )
     table = np.column_stack([normal, labels])
     return _write_csv(path, ["temperature", "vibration", "rpm", "current", "anomaly"], table)
 
 
-def spec(name: str, pipeline: str, dataset: str, runtime: str = "sklearn",
-         hyperparameters: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+def spec(
+    name: str,
+    pipeline: str,
+    dataset: str,
+    runtime: str = "sklearn",
+    hyperparameters: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """A spec in the reference system's format."""
     return {
         "data_source": {"type": "dvc", "dataset": dataset},
@@ -104,15 +114,35 @@ def example_fleet(root: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
     rel = lambda p: str(p.relative_to(root))  # noqa: E731
     gate = {"min": {"accuracy": 0.8}}
     return [
-        (iris, [spec("iris-classifier", CLASSIFICATION, rel(iris), gates=gate),
-                spec("iris-classifier-onnx", CLASSIFICATION, rel(iris), "onnx", gates=gate)]),
-        (wine, [spec("wine-classifier", CLASSIFICATION, rel(wine), gates=gate),
-                spec("wine-forest", CLASSIFICATION, rel(wine), hyperparameters={"model": "random_forest", "n_estimators": 30})]),
-        (store, [spec("demand-store-001", FORECASTING, rel(store), hyperparameters={"alpha": 1.0})]),
+        (
+            iris,
+            [
+                spec("iris-classifier", CLASSIFICATION, rel(iris), gates=gate),
+                spec("iris-classifier-onnx", CLASSIFICATION, rel(iris), "onnx", gates=gate),
+            ],
+        ),
+        (
+            wine,
+            [
+                spec("wine-classifier", CLASSIFICATION, rel(wine), gates=gate),
+                spec(
+                    "wine-forest",
+                    CLASSIFICATION,
+                    rel(wine),
+                    hyperparameters={"model": "random_forest", "n_estimators": 30},
+                ),
+            ],
+        ),
+        (
+            store,
+            [spec("demand-store-001", FORECASTING, rel(store), hyperparameters={"alpha": 1.0})],
+        ),
     ]
 
 
-def demo_fleet(root: Path, stores: int = 30, machines: int = 12) -> list[tuple[Path, list[dict[str, Any]]]]:
+def demo_fleet(
+    root: Path, stores: int = 30, machines: int = 12
+) -> list[tuple[Path, list[dict[str, Any]]]]:
     """The `mw demo` fleet: 20 classifiers, a forecaster per store, a detector per machine."""
     data = root / "data"
     rel = lambda p: str(p.relative_to(root))  # noqa: E731
@@ -120,19 +150,52 @@ def demo_fleet(root: Path, stores: int = 30, machines: int = 12) -> list[tuple[P
     for ds in ("iris", "wine", "breast_cancer", "digits"):
         path = sklearn_dataset(ds, data / ds / f"{ds}.csv")
         slug = ds.replace("_", "-")
-        specs = [spec(f"{slug}-{suffix}", CLASSIFICATION, rel(path), runtime, dict(hp),
-                      gates={"min": {"accuracy": 0.7}}, labels={"team": "vision" if ds == "digits" else "tabular"})
-                 for suffix, hp, runtime in CLASSIFICATION_VARIANTS]
+        specs = [
+            spec(
+                f"{slug}-{suffix}",
+                CLASSIFICATION,
+                rel(path),
+                runtime,
+                dict(hp),
+                gates={"min": {"accuracy": 0.7}},
+                labels={"team": "vision" if ds == "digits" else "tabular"},
+            )
+            for suffix, hp, runtime in CLASSIFICATION_VARIANTS
+        ]
         fleet.append((path, specs))
     for i in range(1, stores + 1):
         path = demand_dataset(data / "demand" / f"store-{i:03d}.csv", i)
         hp = {"model": "gradient_boosting", "n_estimators": 50} if i % 5 == 0 else {"alpha": 1.0}
-        fleet.append((path, [spec(f"demand-store-{i:03d}", FORECASTING, rel(path), hyperparameters=hp,
-                                  gates={"max": {"rmse": 10.0}}, labels={"team": "supply"})]))
+        fleet.append(
+            (
+                path,
+                [
+                    spec(
+                        f"demand-store-{i:03d}",
+                        FORECASTING,
+                        rel(path),
+                        hyperparameters=hp,
+                        gates={"max": {"rmse": 10.0}},
+                        labels={"team": "supply"},
+                    )
+                ],
+            )
+        )
     for i in range(1, machines + 1):
         path = sensor_dataset(data / "sensors" / f"machine-{i:02d}.csv", i)
-        fleet.append((path, [spec(f"anomaly-machine-{i:02d}", ANOMALY, rel(path),
-                                  hyperparameters={"contamination": 0.05},
-                                  monitoring={"threshold": 0.2, "action": "alert"},
-                                  labels={"team": "maintenance"})]))
+        fleet.append(
+            (
+                path,
+                [
+                    spec(
+                        f"anomaly-machine-{i:02d}",
+                        ANOMALY,
+                        rel(path),
+                        hyperparameters={"contamination": 0.05},
+                        monitoring={"threshold": 0.2, "action": "alert"},
+                        labels={"team": "maintenance"},
+                    )
+                ],
+            )
+        )
     return fleet

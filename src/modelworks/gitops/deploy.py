@@ -45,9 +45,7 @@ def config_path(env: str, model: str) -> str:
 
 def read_env(repo: Path, env: str, ref: str = "HEAD") -> dict[str, DeployConfig]:
     """Every model deployed in `env` at `ref` of the deploy repo, by model name."""
-    paths = [
-        p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)
-    ]
+    paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
     contents = _git.cat_files(repo, ref, paths)
     configs: dict[str, DeployConfig] = {}
     for text in contents.values():
@@ -92,8 +90,16 @@ def deploy(
     return _git.commit(repo, changed, message, author=author)
 
 
-def deploy_config(ws: Workspace, name: str, tenant: str, runtime: str, version: str,
-                  fingerprint: str, digest: str, layout: str) -> DeployConfig:
+def deploy_config(
+    ws: Workspace,
+    name: str,
+    tenant: str,
+    runtime: str,
+    version: str,
+    fingerprint: str,
+    digest: str,
+    layout: str,
+) -> DeployConfig:
     """The deploy/<env>/<model>/config.yaml content for a registered version."""
     oci = ws.settings.oci
     if oci.registry:
@@ -104,7 +110,13 @@ def deploy_config(ws: Workspace, name: str, tenant: str, runtime: str, version: 
         rel = os.path.relpath(layout, ws.deploy_repo) if os.path.isabs(layout) else layout
         uri = f"oci:{rel}:{version}"
     return DeployConfig(
-        name=name, image_repository=repo, image_namespace=oci.namespace, version=version,
-        runtime=runtime, artifact_digest=digest, artifact_uri=uri, fingerprint=fingerprint,
+        name=name,
+        image_repository=repo,
+        image_namespace=oci.namespace,
+        version=version,
+        runtime=runtime,
+        artifact_digest=digest,
+        artifact_uri=uri,
+        fingerprint=fingerprint,
         tenant=tenant,
     )

@@ -229,13 +229,17 @@ def _check_argocd_inputs(repo: Path, env: str, ref: str, chart_path: str | None)
     """Fail on what would break the generated Applications; warn about a missing chart."""
     configs = _check_unique(env, read_env(repo, env, ref))
     if not configs:
-        err_console.print(f"[yellow]no models in {DEPLOY_DIR}/{env} at {ref[:12]}; "
-                      "the ApplicationSet will generate no Applications yet[/]")
+        err_console.print(
+            f"[yellow]no models in {DEPLOY_DIR}/{env} at {ref[:12]}; "
+            "the ApplicationSet will generate no Applications yet[/]"
+        )
     charts = {chart_path} if chart_path else {c.chart_path for c in configs.values()}
     for chart in sorted(charts):
         if not _git.ls_files(repo, ref, f"{chart.rstrip('/')}/Chart.yaml"):
-            err_console.print(f"[yellow]chart {chart!r} (env {env}) has no Chart.yaml in the deploy "
-                          "repository; Argo CD cannot render it until it is committed[/]")
+            err_console.print(
+                f"[yellow]chart {chart!r} (env {env}) has no Chart.yaml in the deploy "
+                "repository; Argo CD cannot render it until it is committed[/]"
+            )
 
 
 def export_argocd(
@@ -267,8 +271,13 @@ def export_argocd(
         _check_env(env)
         _check_argocd_inputs(repo, env, ref, chart_path)
         doc = applicationset(
-            env, repo_url=repo_url, revision=revision, namespace=namespace, project=project,
-            chart_path=chart_path, auto_sync=(auto_sync or {}).get(env, False),
+            env,
+            repo_url=repo_url,
+            revision=revision,
+            namespace=namespace,
+            project=project,
+            chart_path=chart_path,
+            auto_sync=(auto_sync or {}).get(env, False),
             dest_namespace=(dest_namespaces or {}).get(env),
         )
         paths.append(_write(out_dir / f"appset-{env}.yaml", _dump(doc, "argocd", env)))
@@ -282,7 +291,7 @@ def _has_registry_host(uri: str) -> bool:
     """True for oci://host[:port]/repo... where the first component is a registry host."""
     if not uri.startswith("oci://"):
         return False
-    first, _, rest = uri[len("oci://"):].partition("/")
+    first, _, rest = uri[len("oci://") :].partition("/")
     host_like = "." in first or ":" in first or first == "localhost"
     return bool(rest) and host_like
 
@@ -400,15 +409,19 @@ def export_kserve(
     sha = _resolve_ref(repo, ref)
     configs = _check_unique(env, read_env(repo, env, sha))
     docs = {
-        name: inference_service(cfg, env, registry=registry, namespace=namespace,
-                                target_namespace=target_namespace)
+        name: inference_service(
+            cfg, env, registry=registry, namespace=namespace, target_namespace=target_namespace
+        )
         for name, cfg in configs.items()
     }
-    written = [_write(out_dir / f"{name}.yaml", _dump(doc, "kserve", env))
-               for name, doc in docs.items()]
+    written = [
+        _write(out_dir / f"{name}.yaml", _dump(doc, "kserve", env)) for name, doc in docs.items()
+    ]
     if out_dir.is_dir():
         _prune(out_dir, env, set(written))
     if not written:
-        err_console.print(f"[yellow]no models deployed in {DEPLOY_DIR}/{env} at {ref}; "
-                      "no InferenceService written[/]")
+        err_console.print(
+            f"[yellow]no models deployed in {DEPLOY_DIR}/{env} at {ref}; "
+            "no InferenceService written[/]"
+        )
     return written

@@ -111,8 +111,14 @@ class LocalForge:
                     raise DeployError(f"request {rid} is already open for branch {branch!r}")
             rid = str(data["next"])
             data["next"] += 1
-            data["requests"][rid] = {"branch": branch, "base": base, "title": title,
-                                     "body": body, "state": "open", "comments": []}
+            data["requests"][rid] = {
+                "branch": branch,
+                "base": base,
+                "title": title,
+                "body": body,
+                "state": "open",
+                "comments": [],
+            }
             self._save(data)
         return ForgeRequest(id=rid, url=None, state="open")
 
@@ -246,8 +252,9 @@ class GitHubForge:
 
     def open(self, *, branch: str, base: str, title: str, body: str) -> ForgeRequest:
         """Open a pull request of `branch` into `base`."""
-        pr = self._call("POST", "/pulls", {"title": title, "head": branch, "base": base,
-                                           "body": body})
+        pr = self._call(
+            "POST", "/pulls", {"title": title, "head": branch, "base": base, "body": body}
+        )
         return self._request(pr)
 
     def get(self, request_id: str) -> ForgeRequest:
@@ -284,8 +291,10 @@ _GITHUB_KEYS = {"provider", "repo", "token_env", "api_url", "timeout"}
 
 def _github_from_settings(forge: Mapping[str, Any], environ: Mapping[str, str]) -> GitHubForge:
     if "token" in forge:
-        raise ConfigError("forge.token: never put a token in modelworks.yaml; set "
-                          "forge.token_env to the name of an environment variable holding it")
+        raise ConfigError(
+            "forge.token: never put a token in modelworks.yaml; set "
+            "forge.token_env to the name of an environment variable holding it"
+        )
     unknown = sorted(set(forge) - _GITHUB_KEYS)
     if unknown:
         raise ConfigError(
@@ -298,9 +307,11 @@ def _github_from_settings(forge: Mapping[str, Any], environ: Mapping[str, str]) 
     token_env = str(forge.get("token_env") or "GITHUB_TOKEN")
     token = environ.get(token_env)
     if not token:
-        raise ConfigError(f"forge provider github needs a token in the environment variable "
-                          f"{token_env}, which is not set; export a token that can write pull "
-                          f"requests to {repo}")
+        raise ConfigError(
+            f"forge provider github needs a token in the environment variable "
+            f"{token_env}, which is not set; export a token that can write pull "
+            f"requests to {repo}"
+        )
     try:
         timeout = float(forge.get("timeout", 10.0))
     except (TypeError, ValueError):
@@ -323,8 +334,10 @@ def provider_from_settings(
         return LocalForge(state_dir / "forge-requests.json" if state_dir else None)
     if provider == "github":
         return _github_from_settings(forge, environ)
-    raise ConfigError(f"forge.provider {provider!r} is not supported; expected one of "
-                      f"{', '.join(PROVIDERS)}." + did_you_mean(provider, set(PROVIDERS)))
+    raise ConfigError(
+        f"forge.provider {provider!r} is not supported; expected one of "
+        f"{', '.join(PROVIDERS)}." + did_you_mean(provider, set(PROVIDERS))
+    )
 
 
 def as_dict(request: ForgeRequest) -> dict[str, Any]:

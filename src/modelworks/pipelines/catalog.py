@@ -96,8 +96,14 @@ class Catalog:
     def _read_current(self, name: str) -> tuple[str, str]:
         folder = self.pipelines_dir / name
         if not folder.is_dir():
-            known = [p.name for p in self.pipelines_dir.iterdir() if p.is_dir()] if self.pipelines_dir.is_dir() else []
-            raise PipelineError(f"pipeline {name!r} not found in {self.pipelines_dir}.{did_you_mean(name, known)}")
+            known = (
+                [p.name for p in self.pipelines_dir.iterdir() if p.is_dir()]
+                if self.pipelines_dir.is_dir()
+                else []
+            )
+            raise PipelineError(
+                f"pipeline {name!r} not found in {self.pipelines_dir}.{did_you_mean(name, known)}"
+            )
         vfile = folder / VERSION_FILE
         if not vfile.exists():
             raise PipelineError(f"{vfile} is missing: a pipeline folder needs a version file")

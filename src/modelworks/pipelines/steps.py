@@ -87,7 +87,9 @@ def load_module(source: Path, digest: str) -> ModuleType:
         return _modules[digest]
     path = source / ENTRY_FILE
     name = f"mw_pipeline_{digest[:16]}"
-    spec = importlib.util.spec_from_file_location(name, path, submodule_search_locations=[str(source)])
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(source)]
+    )
     if spec is None or spec.loader is None:
         raise PipelineError(f"{path}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
@@ -107,7 +109,9 @@ def find_step(module: ModuleType, step: str) -> Callable[..., Any]:
         fn = getattr(module, name, None)
         if callable(fn):
             return fn  # type: ignore[no-any-return]
-    raise PipelineError(f"{module.__file__}: no '{step}' function; a pipeline needs prepare, train and evaluate")
+    raise PipelineError(
+        f"{module.__file__}: no '{step}' function; a pipeline needs prepare, train and evaluate"
+    )
 
 
 def call(fn: Callable[..., Any], available: dict[str, Any]) -> Any:
@@ -116,7 +120,10 @@ def call(fn: Callable[..., Any], available: dict[str, Any]) -> Any:
     for pname, p in inspect.signature(fn).parameters.items():
         if pname in available:
             kwargs[pname] = available[pname]
-        elif p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        elif p.default is inspect.Parameter.empty and p.kind not in (
+            p.VAR_KEYWORD,
+            p.VAR_POSITIONAL,
+        ):
             raise PipelineError(
                 f"step {fn.__name__}() asks for {pname!r}, which the line does not supply "
                 f"(it supplies: {', '.join(sorted(available))})"
@@ -137,7 +144,9 @@ def run_steps(module: ModuleType, available: dict[str, Any], log: logging.Logger
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, (int, float)) for k, v in metrics.items()
     ):
-        raise PipelineError(f"evaluate() must return a dict of metric name -> number, got {metrics!r:.100}")
+        raise PipelineError(
+            f"evaluate() must return a dict of metric name -> number, got {metrics!r:.100}"
+        )
     ctx["metrics"] = {k: float(v) for k, v in metrics.items()}
     ctx["train_seconds"] = train_seconds
     save = getattr(module, "save", None)

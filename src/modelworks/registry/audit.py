@@ -14,14 +14,39 @@ from modelworks.registry.models import AuditEvent
 from modelworks.registry.store import Store
 from modelworks.security.audit import GENESIS, ChainProblem, chain, verify_chain
 
-COLUMNS = ("seq", "ts", "actor", "action", "target", "tenant", "before", "after", "prev_hash", "hash")
+COLUMNS = (
+    "seq",
+    "ts",
+    "actor",
+    "action",
+    "target",
+    "tenant",
+    "before",
+    "after",
+    "prev_hash",
+    "hash",
+)
 
 
-def event(action: str, target: str, *, actor: str, tenant: str = "default",
-          before: Any = None, after: Any = None) -> dict[str, Any]:
+def event(
+    action: str,
+    target: str,
+    *,
+    actor: str,
+    tenant: str = "default",
+    before: Any = None,
+    after: Any = None,
+) -> dict[str, Any]:
     """One audit event: who did what to which target, with the state before and after."""
-    return {"ts": datetime.now(UTC).isoformat(), "actor": actor, "action": action,
-            "target": target, "tenant": tenant, "before": before, "after": after}
+    return {
+        "ts": datetime.now(UTC).isoformat(),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "tenant": tenant,
+        "before": before,
+        "after": after,
+    }
 
 
 def record(store: Store, events: list[Mapping[str, Any]], attempts: int = 20) -> None:
@@ -43,8 +68,15 @@ def record(store: Store, events: list[Mapping[str, Any]], attempts: int = 20) ->
     raise RegistryError("could not append to the audit log: too many concurrent writers")
 
 
-def rows(store: Store, *, action: str | None = None, actor: str | None = None,
-         target: str | None = None, tenant: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def rows(
+    store: Store,
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    target: str | None = None,
+    tenant: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
     """Stored events in seq order, optionally filtered (action may end with '*')."""
     with store.session() as s:
         q = select(AuditEvent).order_by(AuditEvent.seq)

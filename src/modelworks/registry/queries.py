@@ -17,20 +17,39 @@ def _iso(dt: Any) -> str | None:
 
 def version_dict(v: ModelVersion) -> dict[str, Any]:
     return {
-        "version": v.version, "fingerprint": v.fingerprint, "status": v.status,
-        "reason": v.reason, "metrics": v.metrics, "gates": v.gates, "lineage": v.lineage,
-        "scan": v.scan, "signed": v.signed, "created_at": _iso(v.created_at),
-        "artifact": {"oci_layout": v.oci_layout, "ref": v.artifact_ref,
-                     "digest": v.artifact_digest, "pushed_uri": v.pushed_uri},
+        "version": v.version,
+        "fingerprint": v.fingerprint,
+        "status": v.status,
+        "reason": v.reason,
+        "metrics": v.metrics,
+        "gates": v.gates,
+        "lineage": v.lineage,
+        "scan": v.scan,
+        "signed": v.signed,
+        "created_at": _iso(v.created_at),
+        "artifact": {
+            "oci_layout": v.oci_layout,
+            "ref": v.artifact_ref,
+            "digest": v.artifact_digest,
+            "pushed_uri": v.pushed_uri,
+        },
     }
 
 
 def run_dict(r: Run, model: str) -> dict[str, Any]:
     return {
-        "id": r.id, "model": model, "version": r.version, "status": r.status,
-        "trigger": r.trigger, "attempts": r.attempts, "error": r.error,
-        "duration": r.duration, "train_seconds": r.train_seconds, "log_path": r.log_path,
-        "created_at": _iso(r.created_at), "started_at": _iso(r.started_at),
+        "id": r.id,
+        "model": model,
+        "version": r.version,
+        "status": r.status,
+        "trigger": r.trigger,
+        "attempts": r.attempts,
+        "error": r.error,
+        "duration": r.duration,
+        "train_seconds": r.train_seconds,
+        "log_path": r.log_path,
+        "created_at": _iso(r.created_at),
+        "started_at": _iso(r.started_at),
         "finished_at": _iso(r.finished_at),
     }
 
@@ -47,7 +66,10 @@ def status(store: Store) -> list[dict[str, Any]]:
     """One row per model: latest version, its status and metrics, and what each env serves."""
     with store.session() as s:
         latest = select(func.max(ModelVersion.id)).group_by(ModelVersion.model_id)
-        versions = {v.model_id: v for v in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(latest)))}
+        versions = {
+            v.model_id: v
+            for v in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(latest)))
+        }
         last_dep = select(func.max(Deployment.id)).group_by(Deployment.model_id, Deployment.env)
         deployed: dict[int, dict[str, str]] = {}
         for d in s.scalars(select(Deployment).where(Deployment.id.in_(last_dep))):
@@ -57,12 +79,18 @@ def status(store: Store) -> list[dict[str, Any]]:
         rows = []
         for m in s.scalars(select(Model).order_by(Model.name)):
             v, r = versions.get(m.id), runs.get(m.id)
-            rows.append({
-                "name": m.name, "tenant": m.tenant, "pipeline": m.pipeline,
-                "version": v.version if v else None, "status": v.status if v else None,
-                "metrics": v.metrics if v else {}, "deployed": deployed.get(m.id, {}),
-                "last_run": {"id": r.id, "status": r.status, "error": r.error} if r else None,
-            })
+            rows.append(
+                {
+                    "name": m.name,
+                    "tenant": m.tenant,
+                    "pipeline": m.pipeline,
+                    "version": v.version if v else None,
+                    "status": v.status if v else None,
+                    "metrics": v.metrics if v else {},
+                    "deployed": deployed.get(m.id, {}),
+                    "last_run": {"id": r.id, "status": r.status, "error": r.error} if r else None,
+                }
+            )
     return rows
 
 
@@ -70,27 +98,50 @@ def show(store: Store, name: str) -> dict[str, Any]:
     """Everything the registry knows about one model."""
     with store.session() as s:
         m = get_model(s, name)
-        versions = s.scalars(select(ModelVersion).where(ModelVersion.model_id == m.id)
-                             .order_by(ModelVersion.id.desc())).all()
-        deps = s.scalars(select(Deployment).where(Deployment.model_id == m.id)
-                         .order_by(Deployment.id.desc())).all()
+        versions = s.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.model_id == m.id)
+            .order_by(ModelVersion.id.desc())
+        ).all()
+        deps = s.scalars(
+            select(Deployment).where(Deployment.model_id == m.id).order_by(Deployment.id.desc())
+        ).all()
         current: dict[str, dict[str, Any]] = {}
         for d in deps:
-            current.setdefault(d.env, {"version": d.version, "commit": d.commit, "kind": d.kind,
-                                       "actor": d.actor, "at": _iso(d.created_at)})
+            current.setdefault(
+                d.env,
+                {
+                    "version": d.version,
+                    "commit": d.commit,
+                    "kind": d.kind,
+                    "actor": d.actor,
+                    "at": _iso(d.created_at),
+                },
+            )
         latest_ok = next((v for v in versions if v.status == "registered"), None)
         artifact = None
         if latest_ok is not None:
-            artifact = {"oci_layout": latest_ok.oci_layout, "ref": latest_ok.artifact_ref,
-                        "digest": latest_ok.artifact_digest, "version": latest_ok.version,
-                        "skopeo": f"oci:{latest_ok.oci_layout}:{latest_ok.artifact_ref}",
-                        "pushed_uri": latest_ok.pushed_uri, "signed": latest_ok.signed,
-                        "scan": _scan_status(latest_ok.scan)}
+            artifact = {
+                "oci_layout": latest_ok.oci_layout,
+                "ref": latest_ok.artifact_ref,
+                "digest": latest_ok.artifact_digest,
+                "version": latest_ok.version,
+                "skopeo": f"oci:{latest_ok.oci_layout}:{latest_ok.artifact_ref}",
+                "pushed_uri": latest_ok.pushed_uri,
+                "signed": latest_ok.signed,
+                "scan": _scan_status(latest_ok.scan),
+            }
         return {
-            "name": m.name, "tenant": m.tenant, "pipeline": m.pipeline, "spec_path": m.spec_path,
-            "labels": m.labels, "artifact": artifact, "sbom": _sbom(m.name, latest_ok),
+            "name": m.name,
+            "tenant": m.tenant,
+            "pipeline": m.pipeline,
+            "spec_path": m.spec_path,
+            "labels": m.labels,
+            "artifact": artifact,
+            "sbom": _sbom(m.name, latest_ok),
             "latest": version_dict(versions[0]) if versions else None,
-            "versions": [version_dict(v) for v in versions], "deployments": current,
+            "versions": [version_dict(v) for v in versions],
+            "deployments": current,
         }
 
 
@@ -110,7 +161,9 @@ def _sbom(name: str, v: ModelVersion | None) -> dict[str, Any] | None:
     return {"version": v.version, **artifact_sbom(v.oci_layout, name, v.artifact_digest)}
 
 
-def runs(store: Store, *, model: str | None = None, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def runs(
+    store: Store, *, model: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Recent runs, newest first."""
     with store.session() as s:
         q = select(Run, Model.name).join(Model).order_by(Run.id.desc()).limit(limit)
@@ -125,8 +178,11 @@ def run_log(store: Store, model: str, run_id: int | None = None) -> tuple[dict[s
     """A run of `model` (the latest unless named) and its log text."""
     from pathlib import Path
 
-    found = runs(store, model=model, limit=1) if run_id is None else [
-        r for r in runs(store, model=model, limit=10_000) if r["id"] == run_id]
+    found = (
+        runs(store, model=model, limit=1)
+        if run_id is None
+        else [r for r in runs(store, model=model, limit=10_000) if r["id"] == run_id]
+    )
     if not found:
         raise NotFoundError(f"no run{'' if run_id is None else f' {run_id}'} of model {model!r}")
     run = found[0]

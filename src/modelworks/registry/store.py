@@ -84,7 +84,9 @@ class Store:
             self.engine = make_engine(url)
             migrate(self.engine)
         except SQLAlchemyError as exc:
-            raise RegistryError(f"cannot open the registry at {_safe(url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+            raise RegistryError(
+                f"cannot open the registry at {_safe(url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+            ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

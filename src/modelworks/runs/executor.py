@@ -28,7 +28,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int, fn: Callable[[Job], Result] = execute, timeout: float | None = None) -> None:
+    def __init__(
+        self, workers: int, fn: Callable[[Job], Result] = execute, timeout: float | None = None
+    ) -> None:
         self.workers = max(1, workers)
         self.fn = fn
         self.timeout = timeout
@@ -55,11 +57,14 @@ class InlineExecutor:
 def for_workspace(ws: Workspace, workers: int | None = None) -> Executor:
     """The executor modelworks.yaml asks for (kind, workers, job timeout, Ray address)."""
     s = ws.settings
-    return make_executor(s.executor.kind, workers or ws.workers, timeout=s.executor.timeout,
-                         address=s.ray.address)
+    return make_executor(
+        s.executor.kind, workers or ws.workers, timeout=s.executor.timeout, address=s.ray.address
+    )
 
 
-def make_executor(kind: str, workers: int, *, timeout: float | None = None, address: str | None = None) -> Executor:
+def make_executor(
+    kind: str, workers: int, *, timeout: float | None = None, address: str | None = None
+) -> Executor:
     """The executor named in the settings."""
     if kind == "ray":
         from modelworks.runs.ray_executor import RayExecutor

@@ -21,8 +21,8 @@ def preload() -> None:
     import sklearn.base  # noqa: F401
     import skops.io  # noqa: F401
 
-    import modelworks.artifacts.oci  # noqa: F401
-    import modelworks.artifacts.scan  # noqa: F401
+    import modelworks.artifacts.oci
+    import modelworks.artifacts.scan
     import modelworks.artifacts.sign  # noqa: F401
     from modelworks.runs.worker import sbom_bytes
 
@@ -69,14 +69,21 @@ def _context() -> Any:
 
 
 def _failure(job: Job, message: str) -> Result:
-    return {"run_id": job["run_id"], "model": job["model"], "status": "failed", "error": message,
-            "retryable": True}
+    return {
+        "run_id": job["run_id"],
+        "model": job["model"],
+        "status": "failed",
+        "error": message,
+        "retryable": True,
+    }
 
 
 class ProcessPool:
     """Runs jobs on N worker processes; yields results as they finish."""
 
-    def __init__(self, workers: int, fn: Callable[[Job], Result], timeout: float | None = None) -> None:
+    def __init__(
+        self, workers: int, fn: Callable[[Job], Result], timeout: float | None = None
+    ) -> None:
         self.size = max(1, workers)
         self.fn = fn
         self.timeout = timeout

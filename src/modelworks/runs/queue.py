@@ -43,23 +43,38 @@ def backoff(attempts: int, base: float = 0.5, cap: float = 60.0) -> float:
 def requeue_interrupted(store: Store) -> int:
     """Put runs left `running` by a dead process back in the queue."""
     with store.session() as s:
-        res = s.execute(update(Run).where(Run.status == "running").values(
-            status="queued", error="interrupted: requeued after the process running it stopped"))
+        res = s.execute(
+            update(Run)
+            .where(Run.status == "running")
+            .values(
+                status="queued", error="interrupted: requeued after the process running it stopped"
+            )
+        )
         return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def enqueue(store: Store, changes: Iterable[ModelPlan], ids: dict[str, int], trigger: str) -> int:
     """Queue a run for each change unless one is already queued or running for it."""
     with store.session() as s:
-        active = set(s.execute(select(Run.model_id, Run.fingerprint).where(Run.status.in_(ACTIVE))).tuples())
+        active = set(
+            s.execute(select(Run.model_id, Run.fingerprint).where(Run.status.in_(ACTIVE))).tuples()
+        )
         added = 0
         for mp in changes:
             key = (ids[mp.name], mp.fingerprint)
             if key in active:
                 continue
             why = trigger_of(mp.reasons) if trigger == "auto" else trigger
-            s.add(Run(model_id=key[0], fingerprint=mp.fingerprint, version=mp.version, status="queued",
-                      trigger=why, attempts=0))
+            s.add(
+                Run(
+                    model_id=key[0],
+                    fingerprint=mp.fingerprint,
+                    version=mp.version,
+                    status="queued",
+                    trigger=why,
+                    attempts=0,
+                )
+            )
             active.add(key)  # type: ignore[arg-type]
             added += 1
     return added
@@ -81,14 +96,22 @@ def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
     with store.session() as s:
         # Two controllers may share one registry: rows another one is claiming are skipped,
         # not claimed twice (PostgreSQL; SQLite has one writer at a time anyway).
-        rows = s.execute(select(Run, Model.name).join(Model).where(Run.status == "queued")
-                         .with_for_update(skip_locked=True, of=Run)).all()
+        rows = s.execute(
+            select(Run, Model.name)
+            .join(Model)
+            .where(Run.status == "queued")
+            .with_for_update(skip_locked=True, of=Run)
+        ).all()
         done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
         for run, name in rows:
             if name not in wanted:
                 continue
             if wanted[name] != run.fingerprint:
-                run.status, run.error, run.finished_at = "cancelled", "superseded by a newer spec", now
+                run.status, run.error, run.finished_at = (
+                    "cancelled",
+                    "superseded by a newer spec",
+                    now,
+                )
                 continue
             if (run.model_id, run.fingerprint) in done:
                 run.status, run.finished_at = "succeeded", now
@@ -103,8 +126,11 @@ def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
 def next_due(store: Store, wanted: dict[str, str]) -> float | None:
     """Seconds until the earliest queued run of `wanted` is due, or None when there is none."""
     with store.session() as s:
-        rows = s.execute(select(Run.not_before, Run.fingerprint, Model.name).join(Model)
-                         .where(Run.status == "queued")).all()
+        rows = s.execute(
+            select(Run.not_before, Run.fingerprint, Model.name)
+            .join(Model)
+            .where(Run.status == "queued")
+        ).all()
     times = [t for t, fp, name in rows if wanted.get(name) == fp]
     if not times:
         return None

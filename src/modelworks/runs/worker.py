@@ -61,8 +61,12 @@ def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     out.mkdir()
     params = dict(job["hyperparameters"])
     return {
-        "data_path": links[0], "data_paths": links, "params": params,
-        "hyperparameters": params, "output_dir": out, "seed": int(job["fingerprint"][:8], 16),
+        "data_path": links[0],
+        "data_paths": links,
+        "params": params,
+        "hyperparameters": params,
+        "output_dir": out,
+        "seed": int(job["fingerprint"][:8], 16),
         "secrets": SealedSecrets(job.get("secrets_dir"), job.get("sealing_key")),
     }
 
@@ -166,10 +170,17 @@ def recover(job: dict[str, Any]) -> dict[str, Any] | None:
         signed = _has(store, image.digest, "model.sig")
     except (NotFoundError, ModelworksError, ValueError):
         return None
-    return {"status": "succeeded", "recovered": True, "metrics": metrics, "digest": image.digest,
-            "ref": image.tag, "layout": str(image.layout), "signed": signed,
-            "gates": {"passed": True, "failures": [], "baseline": job.get("baseline")},
-            "scan": {"safe": True, "findings": [], "errors": [], "scanners": {}, "recovered": True}}
+    return {
+        "status": "succeeded",
+        "recovered": True,
+        "metrics": metrics,
+        "digest": image.digest,
+        "ref": image.tag,
+        "layout": str(image.layout),
+        "signed": signed,
+        "gates": {"passed": True, "failures": [], "baseline": job.get("baseline")},
+        "scan": {"safe": True, "findings": [], "errors": [], "scanners": {}, "recovered": True},
+    }
 
 
 def _has(store: Any, digest: str, name: str) -> bool:
@@ -197,19 +208,28 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         try:
-            logger.info("training %s version %s (pipeline %s %s)", job["model"], job["version"],
-                        job["pipeline"]["name"], job["pipeline"]["version"])
+            logger.info(
+                "training %s version %s (pipeline %s %s)",
+                job["model"],
+                job["version"],
+                job["pipeline"]["name"],
+                job["pipeline"]["version"],
+            )
             earlier = recover(job) if job.get("attempt", 1) > 1 else None
             if earlier is not None:
                 result.update(earlier)
-                logger.info("recovered %s from the store: packaged by an interrupted attempt",
-                            earlier["digest"])
+                logger.info(
+                    "recovered %s from the store: packaged by an interrupted attempt",
+                    earlier["digest"],
+                )
                 result["duration"] = time.perf_counter() - started
                 return result
             module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
             ctx = run_steps(module, _inputs(job, workdir), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
-            failures = check(Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline"))
+            failures = check(
+                Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")
+            )
             result["gates"] = summary(failures, job.get("baseline"))
             logger.info("metrics %s", ctx["metrics"])
             if failures:
@@ -219,9 +239,14 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                 out = _save(job, ctx)
                 result["scan"] = scan = _scan(job, out)
                 if not scan["safe"]:
-                    problems = [f"{f['file']}: {f['severity']} {f['description']}" for f in scan["findings"]]
-                    result.update(status="rejected", error="scan: model files are not verified safe: "
-                                  + "; ".join(problems + scan["errors"])[:2000])
+                    problems = [
+                        f"{f['file']}: {f['severity']} {f['description']}" for f in scan["findings"]
+                    ]
+                    result.update(
+                        status="rejected",
+                        error="scan: model files are not verified safe: "
+                        + "; ".join(problems + scan["errors"])[:2000],
+                    )
                     logger.error("%s", result["error"])
                 else:
                     result.update(_package(job, ctx, out), status="succeeded")

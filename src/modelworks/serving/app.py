@@ -147,7 +147,8 @@ class ServingApp:
                 "runtime": e.desired.runtime,
                 "loaded": e.desired.artifact_digest in loaded,
                 "error": str(self.server.failed[e.desired.artifact_digest])
-                if e.desired.artifact_digest in self.server.failed else None,
+                if e.desired.artifact_digest in self.server.failed
+                else None,
             }
             for e in sorted(self.server.entries.values(), key=lambda e: e.name)
         ]
@@ -262,7 +263,9 @@ def create_app(
     app = Starlette(
         routes=_routes(handlers),
         exception_handlers={
-            ModelworksError: _on_error, HTTPException: _on_error, Exception: _on_error
+            ModelworksError: _on_error,
+            HTTPException: _on_error,
+            Exception: _on_error,
         },
         lifespan=lifespan,
     )

@@ -74,6 +74,10 @@ class ModelLoader:
         model_dir = self.materialize(cfg.artifact_digest)
         self.verify_signature(model_dir)
         return load_model(
-            model_dir, name=cfg.name, version=cfg.version, digest=cfg.artifact_digest,
-            runtime=cfg.runtime, allow_pickle=self.allow_pickle,
+            model_dir,
+            name=cfg.name,
+            version=cfg.version,
+            digest=cfg.artifact_digest,
+            runtime=cfg.runtime,
+            allow_pickle=self.allow_pickle,
         )

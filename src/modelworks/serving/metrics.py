@@ -20,35 +20,49 @@ class ServingMetrics:
             "mw_serving_requests", "Inference requests by model.", ["model"], registry=r
         )
         self.errors = Counter(
-            "mw_serving_request_errors", "Failed inference requests by model and HTTP status.",
-            ["model", "status"], registry=r,
+            "mw_serving_request_errors",
+            "Failed inference requests by model and HTTP status.",
+            ["model", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "mw_serving_request_duration_seconds", "Inference request latency by model.",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+            "mw_serving_request_duration_seconds",
+            "Inference request latency by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.loaded = Gauge("mw_serving_loaded_models", "Models loaded in memory.", registry=r)
         self.memory = Gauge(
             "mw_serving_loaded_bytes", "Estimated memory of loaded models.", registry=r
         )
         self.load_time = Histogram(
-            "mw_serving_model_load_seconds", "Time to extract, verify and load a model.",
-            ["runtime"], buckets=LOAD_BUCKETS, registry=r,
+            "mw_serving_model_load_seconds",
+            "Time to extract, verify and load a model.",
+            ["runtime"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
         )
         self.load_failures = Counter(
-            "mw_serving_model_load_failures", "Model versions refused at load.", ["model"],
+            "mw_serving_model_load_failures",
+            "Model versions refused at load.",
+            ["model"],
             registry=r,
         )
         self.evictions = Counter(
             "mw_serving_evictions", "Models evicted from memory by the LRU.", registry=r
         )
         self.drift_score = Gauge(
-            "mw_drift_score", "Latest drift score (max PSI over features) by model, from `mw monitor`.",
-            ["model", "version"], registry=r,
+            "mw_drift_score",
+            "Latest drift score (max PSI over features) by model, from `mw monitor`.",
+            ["model", "version"],
+            registry=r,
         )
         self.drift_detected = Gauge(
-            "mw_drift_detected", "1 when the latest drift report says the model drifted.",
-            ["model", "version"], registry=r,
+            "mw_drift_detected",
+            "1 when the latest drift report says the model drifted.",
+            ["model", "version"],
+            registry=r,
         )
         self._children: dict[str, tuple[Any, Any]] = {}
 

@@ -36,7 +36,11 @@ class PredictionSampler:
         return cls(PredictionLog(root), rate)
 
     def offer(
-        self, name: str, version: str, x: np.ndarray, y: np.ndarray,
+        self,
+        name: str,
+        version: str,
+        x: np.ndarray,
+        y: np.ndarray,
         feature_names: list[str] | None,
     ) -> None:
         """Log this request with probability `rate`; a logging problem never fails the request."""

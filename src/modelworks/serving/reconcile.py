@@ -36,9 +36,14 @@ class ReconcileResult:
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
         return {
-            "commit": self.commit, "added": self.added, "removed": self.removed,
-            "changed": self.changed, "unchanged": self.unchanged, "loaded": self.loaded,
-            "failed": self.failed, "error": self.error,
+            "commit": self.commit,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "loaded": self.loaded,
+            "failed": self.failed,
+            "error": self.error,
         }
 
 
@@ -80,12 +85,11 @@ def apply_desired(
             entries[name] = ModelEntry(name, cfg)
             result.added.append(name)
         elif (entry.desired.artifact_digest, entry.desired.runtime) != (
-            cfg.artifact_digest, cfg.runtime
+            cfg.artifact_digest,
+            cfg.runtime,
         ):
             changes.append((entry, entry.desired))
-            result.changed.append(
-                {"name": name, "from": entry.desired.version, "to": cfg.version}
-            )
+            result.changed.append({"name": name, "from": entry.desired.version, "to": cfg.version})
             entry.desired = cfg
         else:
             entry.desired = cfg

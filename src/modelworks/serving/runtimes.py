@@ -164,7 +164,12 @@ MIN_SIZE = 64 * 1024
 
 
 def load_model(
-    model_dir: Path, *, name: str, version: str, digest: str, runtime: str,
+    model_dir: Path,
+    *,
+    name: str,
+    version: str,
+    digest: str,
+    runtime: str,
     allow_pickle: bool = False,
 ) -> LoadedModel:
     """Load the model in `model_dir` with `runtime` (the one the deploy config names)."""

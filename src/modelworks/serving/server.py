@@ -109,7 +109,8 @@ class ModelServer:
         self, changes: list[tuple[ModelEntry, DeployConfig]], result: ReconcileResult
     ) -> None:
         todo = [
-            entry for entry, previous in changes
+            entry
+            for entry, previous in changes
             if self.cache.peek(previous.artifact_digest) is not None
             or (entry.good is not None and self.cache.peek(entry.good.artifact_digest))
         ]
@@ -298,7 +299,8 @@ class ModelServer:
     def ready(self) -> tuple[bool, list[str]]:
         """Server readiness: every deployed model has a loadable (or fallback) version."""
         broken = [
-            name for name, e in self.entries.items()
+            name
+            for name, e in self.entries.items()
             if e.desired.artifact_digest in self.failed and e.good is None
         ]
         return not broken, broken

@@ -17,19 +17,27 @@ def prepare(data_path, params):
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=params.get("test_size", 0.25), random_state=0, stratify=y
     )
-    return {"X_train": X_train, "X_test": X_test, "y_train": y_train, "y_test": y_test,
-            "feature_names": header[:-1]}
+    return {
+        "X_train": X_train,
+        "X_test": X_test,
+        "y_train": y_train,
+        "y_test": y_test,
+        "feature_names": header[:-1],
+    }
 
 
 def train(data, params):
     if params.get("model") == "random_forest":
         model = RandomForestClassifier(
-            n_estimators=params.get("n_estimators", 50), max_depth=params.get("max_depth"),
-            random_state=0, n_jobs=1,
+            n_estimators=params.get("n_estimators", 50),
+            max_depth=params.get("max_depth"),
+            random_state=0,
+            n_jobs=1,
         )
     else:
         model = make_pipeline(
-            StandardScaler(), LogisticRegression(C=params.get("C", 1.0), max_iter=params.get("max_iter", 1000))
+            StandardScaler(),
+            LogisticRegression(C=params.get("C", 1.0), max_iter=params.get("max_iter", 1000)),
         )
     return model.fit(data["X_train"], data["y_train"])
 

@@ -13,14 +13,20 @@ def prepare(data_path, params):
     X, y = table[:, :-1], table[:, -1]
     # Time series: hold out the most recent days instead of a random split.
     cut = int(len(table) * (1 - params.get("holdout", 0.2)))
-    return {"X_train": X[:cut], "X_test": X[cut:], "y_train": y[:cut], "y_test": y[cut:],
-            "feature_names": header[:-1]}
+    return {
+        "X_train": X[:cut],
+        "X_test": X[cut:],
+        "y_train": y[:cut],
+        "y_test": y[cut:],
+        "feature_names": header[:-1],
+    }
 
 
 def train(data, params):
     if params.get("model") == "gradient_boosting":
         model = GradientBoostingRegressor(
-            n_estimators=params.get("n_estimators", 100), max_depth=params.get("max_depth", 3),
+            n_estimators=params.get("n_estimators", 100),
+            max_depth=params.get("max_depth", 3),
             random_state=0,
         )
     else:
