@@ -66,45 +66,10 @@ def build(root: Path, n: int) -> None:
 
 
 def seed_registry(root: Path) -> None:
-    """Register every planned model from the plan (fingerprints only, no training): training
-    thousands of models would take the benchmark an hour; the controller only needs the
-    registry to know them to plan them as unchanged."""
-    from modelworks.pipelines.catalog import snapshot
-    from modelworks.plan import plan
-    from modelworks.registry.models import Model, ModelVersion, PipelineVersion
-    from modelworks.registry.store import Store
-    from modelworks.workspace import Workspace
+    """Register every planned model without training it (see fleet.seed_registry)."""
+    from fleet import seed_registry as seed  # benchmarks/ is on sys.path when run as a script
 
-    ws = Workspace.load(root)
-    store = Store(ws.registry_url)
-    todo = plan(ws, store).changes
-    with store.session() as s:
-        refs = {(m.pipeline.name, m.pipeline.version): m.pipeline for m in todo if m.pipeline}
-        for ref in refs.values():
-            snap = snapshot(ref.source, ref.hash, ws.state_dir / "pipelines")
-            s.add(
-                PipelineVersion(
-                    name=ref.name, version=ref.version, hash=ref.hash, snapshot=str(snap)
-                )
-            )
-        rows = [
-            Model(name=m.name, pipeline=m.spec.pipeline, spec_path=f"models/{m.name}.json")
-            for m in todo
-        ]
-        s.add_all(rows)
-        s.flush()
-        s.add_all(
-            ModelVersion(
-                model_id=row.id,
-                version=m.version,
-                fingerprint=m.fingerprint,
-                status="registered",
-                inputs=m.inputs,
-                metrics={"accuracy": 1.0},
-            )
-            for row, m in zip(rows, todo, strict=True)
-        )
-    store.close()
+    seed(root)
 
 
 class TimedExecutor:
