@@ -47,6 +47,12 @@ def build_fleet(root: Path, n: int) -> list[str]:
     (root / ".gitignore").write_text(".mw/\n")
     _git.commit(root, [".gitignore"], "init")
     store = OCIStore(root / ".mw" / "oci")
+    from modelworks.artifacts.sign import generate_keypair, sign_dir
+    from modelworks.workspace import Settings
+
+    signing = Settings().signing
+    private = root / signing.private_key
+    generate_keypair(private, root / signing.public_key)  # the server refuses unsigned models
     rng = np.random.default_rng(0)
     configs, names = [], []
     for i in range(n):
@@ -67,6 +73,7 @@ def build_fleet(root: Path, n: int) -> list[str]:
             "task": "classification",
         }
         (folder / "metadata.json").write_text(json.dumps(meta))
+        sign_dir(folder, private)
         ref = store.write_image(f"bench/{name}", "1", folder, {})
         configs.append(
             DeployConfig(
@@ -176,8 +183,8 @@ def in_process(root: Path, names: list[str], requests: int) -> dict[str, Any]:
     payloads = [(f"/v2/models/{rng.choice(names)}/infer", body(rng)) for _ in range(requests)]
 
     async def go(app: Any) -> float:
-        for path, payload in payloads[: len(names) * 2]:  # warm every model
-            await _asgi_post(app, path, payload)
+        for name in names:  # warm every model: a random sample would leave some cold
+            await _asgi_post(app, f"/v2/models/{name}/infer", body(rng))
         t0 = time.perf_counter()
         for path, payload in payloads:
             if await _asgi_post(app, path, payload) != 200:
