@@ -33,6 +33,7 @@ from modelworks.registry.store import Store
 from modelworks.testing import (
     TINY_PIPELINE,
     make_workspace,
+    slow_fleet,
     small_fleet,
     write_dataset,
     write_pipeline,
@@ -375,18 +376,9 @@ def _wait(cond: Any, timeout: float) -> None:
 
 # -- stops: SIGKILL and SIGTERM of a real `mw controller` -----------------------------------------
 
-SLOW_PIPELINE = TINY_PIPELINE.replace(
-    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.4)"
-)
-
 
 def _slow_fleet(ws: Workspace, n: int) -> None:
-    write_pipeline(ws, source=SLOW_PIPELINE)
-    write_dataset(ws, "data/d/data.csv")
-    for i in range(n):
-        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
-    add(ws, ws.root / "data/d/data.csv", commit=False)
-    _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
+    slow_fleet(ws, n, sleep=0.4)
 
 
 def _start(ws: Workspace) -> subprocess.Popen[str]:

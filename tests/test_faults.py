@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from modelworks import _git
 from modelworks.artifacts.oci import OCIStore
-from modelworks.data.add import add
-from modelworks.testing import TINY_PIPELINE, write_dataset, write_pipeline, write_spec
+from modelworks.testing import slow_fleet
 from modelworks.workspace import Workspace
-
-SLOW_PIPELINE = TINY_PIPELINE.replace(
-    "def train(data, params):", "def train(data, params):\n    import time; time.sleep(0.15)"
-)
 
 
 def _slow_fleet(ws: Workspace, n: int) -> None:
-    write_pipeline(ws, source=SLOW_PIPELINE)
-    write_dataset(ws, "data/d/data.csv")
-    for i in range(n):
-        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
-    add(ws, ws.root / "data/d/data.csv", commit=False)
-    _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
+    slow_fleet(ws, n, sleep=0.15)
 
 
 def _mw(ws: Workspace, *args: str, **kw):  # type: ignore[no-untyped-def]

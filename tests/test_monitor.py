@@ -10,10 +10,8 @@ import threading
 import time
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
-from anyio.from_thread import start_blocking_portal
 from sqlalchemy import select
 
 from modelworks import _git
@@ -25,48 +23,8 @@ from modelworks.registry.models import DriftReportRow
 from modelworks.registry.queries import runs
 from modelworks.registry.store import Store
 from modelworks.serving import create_app
-from modelworks.testing import write_dataset
+from modelworks.testing import AppClient, write_dataset
 from modelworks.workspace import Workspace
-
-
-class AppClient:
-    """A blocking client over httpx.ASGITransport that also runs the app's lifespan."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __enter__(self) -> AppClient:
-        self._cm = start_blocking_portal()
-        self.portal = self._cm.__enter__()
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://mw"
-        )
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        self.portal.call(self._lifespan.__aenter__)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.portal.call(self._lifespan.__aexit__, None, None, None)
-            self.portal.call(self.http.aclose)
-        finally:
-            self._cm.__exit__(None, None, None)
-
-    def get(self, url: str) -> httpx.Response:
-        return self.portal.call(lambda: self.http.get(url))
-
-    def infer(self, model: str, x: np.ndarray) -> httpx.Response:
-        body = {
-            "inputs": [
-                {
-                    "name": "input-0",
-                    "datatype": "FP64",
-                    "shape": list(x.shape),
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
-        return self.portal.call(lambda: self.http.post(f"/v2/models/{model}/infer", json=body))
 
 
 def _monitored_fleet(ws: Workspace) -> Controller:

@@ -15,7 +15,6 @@ import jsonschema
 import numpy as np
 import pytest
 import yaml
-from anyio.from_thread import start_blocking_portal
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
@@ -26,6 +25,7 @@ from modelworks.errors import ConfigError, VerificationError
 from modelworks.gitops.deploy import DeployConfig, config_path, deploy
 from modelworks.serving import create_app, parse_size
 from modelworks.serving.runtimes import load_model
+from modelworks.testing import AppClient
 from modelworks.workspace import Settings, Workspace
 
 ENV = "test"
@@ -34,35 +34,6 @@ X, Y = load_iris(return_X_y=True)
 
 
 # -- fixture workspace ------------------------------------------------------------------------
-
-
-class AppClient:
-    """A blocking client over httpx.ASGITransport that also runs the app's lifespan."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __enter__(self) -> AppClient:
-        self._portal_cm = start_blocking_portal()
-        self.portal = self._portal_cm.__enter__()
-        transport = httpx.ASGITransport(app=self.app)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://mw.test")
-        self._lifespan = self.app.router.lifespan_context(self.app)
-        self.portal.call(self._lifespan.__aenter__)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.portal.call(self._lifespan.__aexit__, None, None, None)
-            self.portal.call(self.http.aclose)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
-
-    def get(self, url: str, **kw: Any) -> httpx.Response:
-        return self.portal.call(lambda: self.http.get(url, **kw))
-
-    def post(self, url: str, **kw: Any) -> httpx.Response:
-        return self.portal.call(lambda: self.http.post(url, **kw))
 
 
 def _schema(name: str) -> dict[str, Any]:

@@ -142,3 +142,65 @@ def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class AppClient:
+    """A blocking client for an ASGI app over httpx.ASGITransport, running its lifespan.
+
+    Starlette's TestClient warns under `filterwarnings = error`; this is the same idea.
+    """
+
+    def __init__(self, app: Any, base_url: str = "http://mw.test") -> None:
+        self.app = app
+        self.base_url = base_url
+
+    def __enter__(self) -> AppClient:
+        import httpx
+        from anyio.from_thread import start_blocking_portal
+
+        self._portal_cm = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+        transport = httpx.ASGITransport(app=self.app)
+        self.http = httpx.AsyncClient(transport=transport, base_url=self.base_url)
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self.portal.call(self._lifespan.__aenter__)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.portal.call(self._lifespan.__aexit__, None, None, None)
+            self.portal.call(self.http.aclose)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.portal.call(lambda: self.http.get(url, **kw))
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.portal.call(lambda: self.http.post(url, **kw))
+
+    def infer(self, model: str, x: np.ndarray, datatype: str = "FP64") -> Any:
+        """POST one named tensor to the model's Open Inference Protocol endpoint."""
+        tensor = {
+            "name": "input-0",
+            "datatype": datatype,
+            "shape": list(x.shape),
+            "data": x.ravel().tolist(),
+        }
+        return self.post(f"/v2/models/{model}/infer", json={"inputs": [tensor]})
+
+
+def slow_fleet(ws: Workspace, n: int, sleep: float) -> None:
+    """n models over one dataset whose training sleeps `sleep` seconds: for kill/stop tests."""
+    from modelworks.data.add import add
+
+    source = TINY_PIPELINE.replace(
+        "def train(data, params):",
+        f"def train(data, params):\n    import time; time.sleep({sleep})",
+    )
+    write_pipeline(ws, source=source)
+    write_dataset(ws, "data/d/data.csv")
+    for i in range(n):
+        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
+    add(ws, ws.root / "data/d/data.csv", commit=False)
+    _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")

@@ -174,17 +174,10 @@ def _resolve(
 
 
 def _versions(store: Store, model: str) -> list[dict[str, Any]]:
-    from modelworks.registry.models import ModelVersion
-    from modelworks.registry.queries import get_model
+    from modelworks.registry.queries import get_model, model_versions
 
     with store.session() as s:
-        m = get_model(s, model)
-        found = s.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.model_id == m.id)
-            .order_by(ModelVersion.id.desc())
-        ).all()
-        return [_row(v) for v in found]
+        return [_row(v) for v in model_versions(s, get_model(s, model).id)]
 
 
 def _row(v: ModelVersion) -> dict[str, Any]:

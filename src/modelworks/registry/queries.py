@@ -94,15 +94,21 @@ def status(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
+def model_versions(s: Any, model_id: int) -> list[ModelVersion]:
+    """A model's versions, newest first."""
+    q = (
+        select(ModelVersion)
+        .where(ModelVersion.model_id == model_id)
+        .order_by(ModelVersion.id.desc())
+    )
+    return list(s.scalars(q).all())
+
+
 def show(store: Store, name: str) -> dict[str, Any]:
     """Everything the registry knows about one model."""
     with store.session() as s:
         m = get_model(s, name)
-        versions = s.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.model_id == m.id)
-            .order_by(ModelVersion.id.desc())
-        ).all()
+        versions = model_versions(s, m.id)
         deps = s.scalars(
             select(Deployment).where(Deployment.model_id == m.id).order_by(Deployment.id.desc())
         ).all()
