@@ -132,8 +132,10 @@ class ProcessPool:
                 self._replace(workers, w)
                 w = workers[-1]
             w.job = None
-            yield result
+            # Hand out the next job before yielding: the caller records the result (registry
+            # writes, progress) while the worker is already training again.
             self._assign(w, pending)
+            yield result
         if self.timeout:
             now = time.monotonic()
             for w in [w for w in workers if w.job is not None and now - w.started > self.timeout]:
@@ -142,8 +144,8 @@ class ProcessPool:
                 w.proc.kill()
                 w.proc.join(5)
                 self._replace(workers, w)
-                yield _failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
                 self._assign(workers[-1], pending)
+                yield _failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
 
     def _replace(self, workers: list[_Worker], dead: _Worker) -> None:
         dead.conn.close()
