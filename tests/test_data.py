@@ -20,7 +20,8 @@ def test_add_writes_dvc_layout_pointer_and_gitignore(workspace: Workspace) -> No
     path = write_dataset(workspace, "data/churn/data.csv")
     v = add(workspace, path)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    assert v.md5 == md5 and v.previous is None
+    assert v.md5 == md5
+    assert v.previous is None
     cached = workspace.cache_dir / "files" / "md5" / md5[:2] / md5[2:]
     assert cached == cache_path(workspace.cache_dir, md5)
     assert cached.read_bytes() == path.read_bytes()
@@ -30,7 +31,8 @@ def test_add_writes_dvc_layout_pointer_and_gitignore(workspace: Workspace) -> No
     }
     assert "/data.csv" in (path.parent / ".gitignore").read_text().splitlines()
     tracked = _git.git(workspace.root, "ls-files").split()
-    assert "data/churn/data.csv.dvc" in tracked and "data/churn/data.csv" not in tracked
+    assert "data/churn/data.csv.dvc" in tracked
+    assert "data/churn/data.csv" not in tracked
 
 
 def test_add_bumps_only_specs_of_that_dataset_and_commits(workspace: Workspace) -> None:
@@ -58,7 +60,8 @@ def test_add_bumps_only_specs_of_that_dataset_and_commits(workspace: Workspace) 
     # A second version moves the hash and names the old one.
     a.write_text(a.read_text() + "0,0,0,0,1\n")
     v2 = add(workspace, a)
-    assert v2.previous == v1.md5 and v2.md5 != v1.md5
+    assert v2.previous == v1.md5
+    assert v2.md5 != v1.md5
     assert (
         json.loads((workspace.models_dir / "uses-a.json").read_text())["data_source"]["dvc_hash"]
         == v2.md5

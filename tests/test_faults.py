@@ -74,7 +74,8 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
     ]
     assert len(recovered) <= 2  # only runs killed between packaging and recording
     rows = _versions(workspace)
-    assert len(rows) == 24 and len({(n, fp) for n, fp, _ in rows}) == 24
+    assert len(rows) == 24
+    assert len({(n, fp) for n, fp, _ in rows}) == 24
     assert {s for _, _, s in rows} == {"registered"}
     store = OCIStore(workspace.oci_dir)
     for name, fp, _ in rows:
@@ -87,7 +88,8 @@ def test_sigkill_mid_apply_then_apply_completes_the_fleet(workspace: Workspace) 
     )
     # Runs the kill interrupted were requeued and finished by the second apply: none is lost,
     # none is left running, and each model has exactly one run that succeeded.
-    assert {s for s, _, _ in runs} == {"succeeded"} and len(runs) == 24
+    assert {s for s, _, _ in runs} == {"succeeded"}
+    assert len(runs) == 24
     requeued = [r for r in runs if r[1] > 1]
     assert len(requeued) == 24 - partial  # every run the kill left unfinished was taken up again
     deployed = list((workspace.root / "deploy" / "test").glob("*/config.yaml"))
@@ -99,18 +101,20 @@ def test_two_applies_at_once_one_waits_or_refuses(workspace: Workspace) -> None:
     first = _mw(workspace, "apply", "--workers", "1")
     time.sleep(1.5)  # let the first take the lock
     second = _mw(workspace, "apply")
-    out2, err2 = second.communicate(timeout=60)
+    _out2, err2 = second.communicate(timeout=60)
     assert second.returncode == 3
-    assert "another `mw apply` holds" in err2 and "--wait" in err2
+    assert "another `mw apply` holds" in err2
+    assert "--wait" in err2
     assert "Traceback" not in err2
     waiting = _mw(workspace, "apply", "--wait", "120", "--json")
-    out1, err1 = first.communicate(timeout=120)
+    _out1, err1 = first.communicate(timeout=120)
     assert first.returncode == 0, err1
     outw, errw = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, errw
     assert json.loads(outw)["summary"]["trained"] == 0
     rows = _versions(workspace)
-    assert len(rows) == 8 and len({fp for _, fp, _ in rows}) == 8
+    assert len(rows) == 8
+    assert len({fp for _, fp, _ in rows}) == 8
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
@@ -120,7 +124,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 1
-    assert "no modelworks.yaml found" in proc.stderr and "mw init" in proc.stderr
+    assert "no modelworks.yaml found" in proc.stderr
+    assert "mw init" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -133,7 +138,8 @@ def test_bad_config_is_named(workspace: Workspace) -> None:
         text=True,
     )
     assert proc.returncode == 1
-    assert "modelworks.yaml: field 'executor.kind'" in proc.stderr and "spark" in proc.stderr
+    assert "modelworks.yaml: field 'executor.kind'" in proc.stderr
+    assert "spark" in proc.stderr
 
 
 @pytest.mark.parametrize("flag", ["--json", None])

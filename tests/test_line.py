@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,9 +31,12 @@ def test_first_plan_creates_everything_and_apply_is_idempotent(fleet: Workspace)
     assert all(m.version == m.fingerprint[:10] for m in p.models)  # type: ignore[index]
     result = _apply(fleet, workers=2)
     assert sorted(t["name"] for t in result.trained) == ["model-0", "model-1", "model-2"]
-    assert result.ok and len(result.deployed) == 3 and result.commit
+    assert result.ok
+    assert len(result.deployed) == 3
+    assert result.commit
     again = _apply(fleet)
-    assert again.trained == [] and sorted(again.skipped) == ["model-0", "model-1", "model-2"]
+    assert again.trained == []
+    assert sorted(again.skipped) == ["model-0", "model-1", "model-2"]
     assert again.commit is None
     assert plan(fleet, store).summary["unchanged"] == 3
 
@@ -144,14 +148,13 @@ def test_gates_block_deploy_and_are_recorded(fleet: Workspace) -> None:
     spec.write_text(json.dumps(raw))
     result = _apply(fleet)
     assert [g["name"] for g in result.gated] == ["model-2"]
-    assert (
-        "accuracy" in result.gated[0]["reasons"][0]
-        and "< min 1.01" in result.gated[0]["reasons"][0]
-    )
+    assert "accuracy" in result.gated[0]["reasons"][0]
+    assert "< min 1.01" in result.gated[0]["reasons"][0]
     assert not (fleet.root / "deploy/test/model-2").exists()
     assert (fleet.root / "deploy/test/model-1/config.yaml").exists()
     latest = show(Store(fleet.registry_url), "model-2")["latest"]
-    assert latest["status"] == "gated" and latest["artifact"]["digest"] is None
+    assert latest["status"] == "gated"
+    assert latest["artifact"]["digest"] is None
     # Same inputs, same outcome: a gated version is not retrained.
     assert _apply(fleet).gated == []
 
@@ -187,11 +190,13 @@ def test_failing_model_does_not_stop_the_fleet(fleet: Workspace) -> None:
     result = _apply(fleet, workers=2)
     assert [f["name"] for f in result.failed] == ["bad-model"]
     assert "boom in train" in result.failed[0]["error"]
-    assert len(result.trained) == 3 and not result.ok
+    assert len(result.trained) == 3
+    assert not result.ok
     failed_runs = runs(Store(fleet.registry_url), model="bad-model")
     assert failed_runs[0]["status"] == "failed"
-    log = open(failed_runs[0]["log_path"]).read()
-    assert "boom in train" in log and "Traceback" in log
+    log = Path(failed_runs[0]["log_path"]).read_text()
+    assert "boom in train" in log
+    assert "Traceback" in log
     # The next plan retries it and says why.
     again = {m.name: m for m in plan(fleet, Store(fleet.registry_url)).models}
     assert again["bad-model"].action == "create"
@@ -231,7 +236,8 @@ def test_bad_input_is_one_model_error_and_the_rest_applies(
 ) -> None:  # type: ignore[no-untyped-def]
     setup(fleet)
     result = _apply(fleet)
-    assert len(result.errors) == 1 and message in result.errors[0]["error"]
+    assert len(result.errors) == 1
+    assert message in result.errors[0]["error"]
     assert len(result.trained) == 3
 
 
@@ -249,4 +255,5 @@ def test_local_data_source(workspace: Workspace) -> None:
     assert plan(workspace, store).summary["unchanged"] == 1
     write_dataset(workspace, "raw/part.csv", seed=5)
     p = plan(workspace, store)
-    assert p.models[0].action == "update" and p.models[0].reasons[0].startswith("data ")
+    assert p.models[0].action == "update"
+    assert p.models[0].reasons[0].startswith("data ")

@@ -658,6 +658,8 @@ def test_missing_public_key_refuses_to_load_unverified(deployed: Fleet) -> None:
     with AppClient(app) as c:
         resp = infer(c, "iris", X[:1])
         assert resp.status_code >= 400
-        assert "public key" in resp.json()["error"] and "missing" in resp.json()["error"]
+        assert "public key" in resp.json()["error"]
+        assert "missing" in resp.json()["error"]
         ready = c.get("/v2/models/iris/ready").json()
-        assert ready["ready"] is False and "public key" in ready["error"]
+        assert ready["ready"] is False
+        assert "public key" in ready["error"]

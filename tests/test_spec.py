@@ -47,7 +47,8 @@ def test_short_aliases_and_yaml(tmp_path: Path) -> None:
     text = (
         "name: demand\npipeline: forecast\npipeline_version: v2\nruntime: sklearn\n"
         "hyperparameters: {alpha: 0.5}\ndata_source: {type: local, path: 'data/*.csv'}\n"
-        "gates: {min: {r2: 0.5}}\nschedule: '0 3 * * *'\nmonitoring: {threshold: 0.3, action: retrain}\n"
+        "gates: {min: {r2: 0.5}}\nschedule: '0 3 * * *'\n"
+        "monitoring: {threshold: 0.3, action: retrain}\n"
     )
     loaded = load_spec(_write(tmp_path, text, "demand.yaml"))
     assert loaded.error is None, loaded.error
@@ -55,7 +56,8 @@ def test_short_aliases_and_yaml(tmp_path: Path) -> None:
     assert spec is not None
     assert (spec.name, spec.pipeline, spec.version_label()) == ("demand", "forecast", "v2")
     assert spec.gates.min == {"r2": 0.5}
-    assert spec.monitoring is not None and spec.monitoring.action == "retrain"
+    assert spec.monitoring is not None
+    assert spec.monitoring.action == "retrain"
 
 
 @pytest.mark.parametrize(
@@ -92,7 +94,8 @@ def test_missing_field_and_invalid_json(tmp_path: Path) -> None:
     broken = tmp_path / "broken.json"
     broken.write_text('{"model_name": "x",')
     err = load_spec(broken).error
-    assert err is not None and err.startswith(f"{broken}: not valid JSON")
+    assert err is not None
+    assert err.startswith(f"{broken}: not valid JSON")
     not_mapping = _write(tmp_path, "- a\n- b\n", "list.yaml")
     assert "expected a mapping" in str(load_spec(not_mapping).error)
 
@@ -102,6 +105,7 @@ def test_duplicate_names_are_errors_for_both(tmp_path: Path) -> None:
     _write(tmp_path, REFERENCE, "b.json")
     _write(tmp_path, {**REFERENCE, "model_name": "other"}, "c.json")
     loaded = {p.path.name: p for p in load_specs(tmp_path)}
-    assert loaded["a.json"].spec is None and "declared twice" in str(loaded["a.json"].error)
+    assert loaded["a.json"].spec is None
+    assert "declared twice" in str(loaded["a.json"].error)
     assert loaded["b.json"].spec is None
     assert loaded["c.json"].spec is not None

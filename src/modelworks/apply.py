@@ -175,7 +175,9 @@ def _jobs(
     for c in claimed:
         mp = plans[c.model]
         spec, pipe = mp.spec, mp.pipeline
-        assert pipe is not None and mp.version is not None and mp.loaded is not None
+        assert pipe is not None
+        assert mp.version is not None
+        assert mp.loaded is not None
         ref = data.resolve(spec)
         log_path = ws.state_dir / "logs" / spec.name / f"{c.run_id}.log"
         logs[c.run_id] = str(log_path)

@@ -1,4 +1,4 @@
-"""`mw demo`: a fleet of 62 models through the whole line, then a data change retrains only its models."""
+"""`mw demo`: 62 models through the whole line, then a data change retrains only its models."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def up_hint(directory: Path, port: int) -> str:
         '"data": [5.1, 3.5, 1.4, 0.2]}]}'
     )
     return (
-        f"Run the platform (controller, inference server, endpoints): [cyan]cd {directory} && mw up[/cyan]\n"
+        "Run the platform (controller, inference server, endpoints): "
+        f"[cyan]cd {directory} && mw up[/cyan]\n"
         f"then predict from another shell: [cyan]curl -s -X POST "
         f"http://127.0.0.1:{port}/v2/models/iris-logreg/infer "
         f"-H 'content-type: application/json' -d '{body}'[/cyan]"

@@ -75,7 +75,8 @@ class ModelPlan:
 
     @property
     def spec(self) -> ModelSpec:
-        assert self.loaded is not None and self.loaded.spec is not None
+        assert self.loaded is not None
+        assert self.loaded.spec is not None
         return self.loaded.spec
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,9 +116,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if old.get("pipeline_version") != new.get("pipeline_version"):
         reasons.append(f"pipeline {old.get('pipeline_version')} -> {new.get('pipeline_version')}")
     elif old.get("pipeline_hash") != new.get("pipeline_hash"):
-        reasons.append(
-            f"pipeline hash {str(old.get('pipeline_hash'))[:8]} -> {str(new.get('pipeline_hash'))[:8]}"
-        )
+        old_hash, new_hash = str(old.get("pipeline_hash"))[:8], str(new.get("pipeline_hash"))[:8]
+        reasons.append(f"pipeline hash {old_hash} -> {new_hash}")
     os_, ns = old.get("spec", {}), new.get("spec", {})
     oh, nh = os_.get("hyperparameters", {}), ns.get("hyperparameters", {})
     for key in sorted(set(oh) | set(nh)):

@@ -25,7 +25,8 @@ def prepare(data_path, params):
 
 
 def train(data, params):
-    return LogisticRegression(C=params.get("C", 1.0), max_iter=200).fit(data["X_train"], data["y_train"])
+    model = LogisticRegression(C=params.get("C", 1.0), max_iter=200)
+    return model.fit(data["X_train"], data["y_train"])
 
 
 def evaluate(model, data):

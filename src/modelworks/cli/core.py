@@ -226,7 +226,8 @@ def _print_apply(result: Any) -> None:
         )
     d = result.to_dict()["summary"]
     console.print(
-        f"Apply: {d['trained']} trained, {d['gated']} gated, {d['rejected']} rejected, {d['failed']} failed, "
+        f"Apply: {d['trained']} trained, {d['gated']} gated, {d['rejected']} rejected, "
+        f"{d['failed']} failed, "
         f"{d['errors']} error(s), {d['skipped']} unchanged, {d['deployed']} deployed"
         + (f" (commit {result.commit[:10]})" if result.commit else "")
         + f" in {result.seconds:.1f}s."
@@ -307,7 +308,8 @@ def show_cmd(
         lin = v["lineage"]
         console.print(f"  {v['version']}  {v['status']:<10} {metrics}", highlight=False)
         console.print(
-            f"             data {str(lin.get('data_hash'))[:8]}  pipeline {lin.get('pipeline_version')}"
+            f"             data {str(lin.get('data_hash'))[:8]}"
+            f"  pipeline {lin.get('pipeline_version')}"
             f"  commit {str(lin.get('spec_commit'))[:10]}",
             style="dim",
             highlight=False,

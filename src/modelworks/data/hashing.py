@@ -13,7 +13,7 @@ from modelworks.errors import DataError
 
 
 class HashCache:
-    """A persistent map from a file's stat identity to its md5, so unchanged files are not re-read."""
+    """A persistent map from a file's stat identity to its md5: unchanged files are not re-read."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

@@ -85,7 +85,8 @@ class Store:
             migrate(self.engine)
         except SQLAlchemyError as exc:
             raise RegistryError(
-                f"cannot open the registry at {_safe(url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+                f"cannot open the registry at {_safe(url)}: "
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
             ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
