@@ -452,9 +452,9 @@ def deploy_auto(
         [
             audit.event(
                 "deployment",
-                d["name"],
+                str(d["name"]),
                 actor=actor,
-                tenant=d["tenant"],
+                tenant=str(d["tenant"]),
                 before={"env": d["env"], "version": d["previous"]},
                 after={"env": d["env"], "version": d["version"], "commit": commit},
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -89,6 +90,10 @@ def spec(
     }
 
 
+def _relative(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
+
+
 def write_spec(models_dir: Path, payload: dict[str, Any]) -> Path:
     path = models_dir / f"{payload['model_name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,7 @@ def example_fleet(root: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
     iris = sklearn_dataset("iris", data / "iris" / "iris.csv")
     wine = sklearn_dataset("wine", data / "wine" / "wine.csv")
     store = demand_dataset(data / "demand" / "store-001.csv", 1)
-    rel = lambda p: str(p.relative_to(root))  # noqa: E731
+    rel = functools.partial(_relative, root)
     gate = {"min": {"accuracy": 0.8}}
     return [
         (
@@ -145,7 +150,7 @@ def demo_fleet(
 ) -> list[tuple[Path, list[dict[str, Any]]]]:
     """The `mw demo` fleet: 20 classifiers, a forecaster per store, a detector per machine."""
     data = root / "data"
-    rel = lambda p: str(p.relative_to(root))  # noqa: E731
+    rel = functools.partial(_relative, root)
     fleet: list[tuple[Path, list[dict[str, Any]]]] = []
     for ds in ("iris", "wine", "breast_cancer", "digits"):
         path = sklearn_dataset(ds, data / ds / f"{ds}.csv")

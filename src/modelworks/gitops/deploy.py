@@ -35,7 +35,7 @@ class DeployConfig(BaseModel):
     tenant: str = "default"
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(), sort_keys=False))
 
 
 def config_path(env: str, model: str) -> str:

@@ -111,11 +111,12 @@ class Catalog:
             raise PipelineError(f"{folder / ENTRY_FILE} is missing: it holds the pipeline's steps")
         version = vfile.read_text().strip()
         digest = folder_hash(folder)
-        known = self.recorded.get((name, version))
-        if known and known[0] != digest:
+        recorded = self.recorded.get((name, version))
+        if recorded and recorded[0] != digest:
             raise PipelineError(
                 f"pipelines/{name} changed since version {version} was first used "
-                f"(hash {known[0][:12]} -> {digest[:12]}) but {vfile.name} still says {version}: "
+                f"(hash {recorded[0][:12]} -> {digest[:12]}) "
+                f"but {vfile.name} still says {version}: "
                 "pipeline versions are immutable; bump the version file"
             )
         return version, digest

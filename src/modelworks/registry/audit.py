@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +49,7 @@ def event(
     }
 
 
-def record(store: Store, events: list[Mapping[str, Any]], attempts: int = 20) -> None:
+def record(store: Store, events: Sequence[Mapping[str, Any]], attempts: int = 20) -> None:
     """Append events to the chain in one transaction; concurrent writers retry."""
     if not events:
         return

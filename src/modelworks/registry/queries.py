@@ -55,7 +55,7 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
 
 
 def get_model(s: Any, name: str) -> Model:
-    model = s.scalar(select(Model).where(Model.name == name))
+    model: Model | None = s.scalar(select(Model).where(Model.name == name))
     if model is None:
         names = s.scalars(select(Model.name)).all()
         raise NotFoundError(f"no model named {name!r} in the registry.{did_you_mean(name, names)}")

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from modelworks.spec import Gates
 ANNOTATION_PREFIX = "dev.modelworks"
 
 
-def annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[str, str]:
+def image_annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[str, str]:
     """Lineage and metrics as manifest annotations (reverse-DNS keys)."""
     p, d = job["pipeline"], job["data"]
     notes = {
@@ -78,8 +79,9 @@ def used_packages() -> list[str]:
     global _DISTS
     if _DISTS is None:
         _DISTS = packages_distributions()
+    dists = _DISTS
     tops = {name.split(".", 1)[0] for name in list(sys.modules)}
-    return sorted({d for top in tops for d in _DISTS.get(top, [])})
+    return sorted({d for top in tops for d in dists.get(top, [])})
 
 
 def sbom_bytes() -> bytes:
@@ -103,7 +105,7 @@ def sbom_bytes() -> bytes:
 _SEEN_MODULES = 0
 _PACKAGES: tuple[str, ...] = ()
 _SBOMS: dict[tuple[str, ...], bytes] = {}
-_DISTS: dict[str, list[str]] | None = None
+_DISTS: Mapping[str, list[str]] | None = None
 
 
 def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
@@ -137,7 +139,7 @@ def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, A
         sign_dir(out, Path(job["signing_key"]))
         signed = True
     image = OCIStore(Path(job["oci_dir"])).write_image(
-        job["model"], job["version"], out, annotations(job, ctx["metrics"])
+        job["model"], job["version"], out, image_annotations(job, ctx["metrics"])
     )
     return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
 
