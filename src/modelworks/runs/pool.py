@@ -68,7 +68,8 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _failure(job: Job, message: str) -> Result:
+def failure(job: Job, message: str) -> Result:
+    """A failed result the line may retry (the job or its worker was lost, or timed out)."""
     return {
         "run_id": job["run_id"],
         "model": job["model"],
@@ -128,7 +129,7 @@ class ProcessPool:
                 result = w.conn.recv()
             except (EOFError, OSError):
                 w.proc.join(1)
-                result = _failure(job, f"worker process died (exit code {w.proc.exitcode})")
+                result = failure(job, f"worker process died (exit code {w.proc.exitcode})")
                 self._replace(workers, w)
                 w = workers[-1]
             w.job = None
@@ -145,7 +146,7 @@ class ProcessPool:
                 w.proc.join(5)
                 self._replace(workers, w)
                 self._assign(workers[-1], pending)
-                yield _failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
+                yield failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
 
     def _replace(self, workers: list[_Worker], dead: _Worker) -> None:
         dead.conn.close()

@@ -38,6 +38,7 @@ from modelworks.artifacts.oci import OCIStore
 from modelworks.data.dvc import file_md5
 from modelworks.errors import ConfigError, ModelworksError
 from modelworks.pipelines.catalog import folder_files
+from modelworks.runs.pool import failure as _failure
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -323,17 +324,6 @@ def _finish(ray: Any, ref: Any, job: Job) -> Result:
                 error=f"could not write {job['model']}:{job['version']} to {job['oci_dir']}: {exc}",
             )
     return result
-
-
-def _failure(job: Job, message: str) -> Result:
-    """A failed result the line may retry (the task or its worker was lost, or timed out)."""
-    return {
-        "run_id": job["run_id"],
-        "model": job["model"],
-        "status": "failed",
-        "error": message,
-        "retryable": True,
-    }
 
 
 def _describe(exc: Exception) -> str:
