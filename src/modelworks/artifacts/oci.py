@@ -13,6 +13,7 @@ uncompressed, deterministic tar layer holding the model folder under ``models/``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -348,12 +349,11 @@ class OCIStore:
             return layout
         self._ensure_dirs()
         layout.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(layout / ".index.lock")):
-            link = layout / "blobs"
-            if not link.is_symlink():
-                os.symlink(os.path.relpath(self.root / "blobs", layout), link)
-            if not (layout / "oci-layout").is_file():
-                _atomic_write(layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}', sync=False)
+        # No lock: each step is atomic and idempotent, so racing writers end in the same state.
+        with contextlib.suppress(FileExistsError):
+            os.symlink(os.path.relpath(self.root / "blobs", layout), layout / "blobs")
+        if not (layout / "oci-layout").is_file():
+            _atomic_write(layout / "oci-layout", b'{"imageLayoutVersion":"1.0.0"}', sync=False)
         return layout
 
     def _read_index(self, repo: str) -> dict[str, Any]:
