@@ -38,7 +38,7 @@ from modelworks.artifacts.oci import OCIStore
 from modelworks.data.dvc import file_md5
 from modelworks.errors import ConfigError, ModelworksError
 from modelworks.pipelines.catalog import folder_files
-from modelworks.runs.pool import failure as _failure
+from modelworks.runs.pool import failure
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -249,7 +249,7 @@ class RayExecutor:
         for ref in [r for r, (_, t) in pending.items() if now - t > self.timeout]:
             job, _ = pending.pop(ref)
             ray.cancel(ref, force=True)
-            yield _failure(job, f"timed out after {self.timeout:g}s; the Ray task was killed")
+            yield failure(job, f"timed out after {self.timeout:g}s; the Ray task was killed")
 
 
 class _Uploads:
@@ -308,7 +308,7 @@ def _finish(ray: Any, ref: Any, job: Job) -> Result:
     try:
         result: Result = ray.get(ref)
     except Exception as exc:  # the task or its worker was lost
-        result = _failure(job, f"ray task failed: {_describe(exc)}")
+        result = failure(job, f"ray task failed: {_describe(exc)}")
     log = result.pop("log", None)
     blobs = result.pop("blobs", None)
     log_path = Path(job["log_path"])
