@@ -27,16 +27,17 @@ def _jobs(n: int, **extra: object) -> list[dict]:
     return [{"run_id": i, "model": f"m{i}", **extra} for i in range(n)]
 
 
-def test_next_job_starts_while_the_caller_records_the_last_result() -> None:
+def test_no_job_goes_out_before_the_caller_took_the_last_result() -> None:
+    """A kill then leaves at most one packaged-but-unrecorded run per worker (test_faults)."""
     handled_at: list[float] = []
     results = []
     for r in ProcessPool(1, _timed).run(_jobs(3, sleep=0.05)):
         results.append(r)
-        time.sleep(0.5)  # a slow recorder (registry writes, progress bar)
+        time.sleep(0.3)  # the caller records the result
         handled_at.append(time.time())
     assert [r["run_id"] for r in results] == [0, 1, 2]
     for k in range(2):
-        assert results[k + 1]["started"] < handled_at[k] - 0.3, "the worker sat idle"
+        assert results[k + 1]["started"] >= handled_at[k] - 0.01
 
 
 def test_a_stuck_job_times_out_and_the_rest_still_run() -> None:

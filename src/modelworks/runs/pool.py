@@ -133,10 +133,10 @@ class ProcessPool:
                 self._replace(workers, w)
                 w = workers[-1]
             w.job = None
-            # Hand out the next job before yielding: the caller records the result (registry
-            # writes, progress) while the worker is already training again.
-            self._assign(w, pending)
+            # The next job goes out only once the caller has taken this result, so a kill
+            # leaves at most one packaged-but-unrecorded run per worker.
             yield result
+            self._assign(w, pending)
         if self.timeout:
             now = time.monotonic()
             for w in [w for w in workers if w.job is not None and now - w.started > self.timeout]:
@@ -145,8 +145,8 @@ class ProcessPool:
                 w.proc.kill()
                 w.proc.join(5)
                 self._replace(workers, w)
-                self._assign(workers[-1], pending)
                 yield failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
+                self._assign(workers[-1], pending)
 
     def _replace(self, workers: list[_Worker], dead: _Worker) -> None:
         dead.conn.close()
