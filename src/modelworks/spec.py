@@ -14,9 +14,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from modelworks.errors import SpecError, did_you_mean
 
-SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 # A model name is an OCI repository path component, so every name can be packaged and pushed.
-NAME_PATTERN = r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$"
+from modelworks.names import NAME_PATTERN
+
+SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 class _Strict(BaseModel):
