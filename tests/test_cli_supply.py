@@ -178,7 +178,7 @@ def test_secret_seal_from_stdin_and_list(
     code, out, _ = mw(capsys, ws, "secret", "list")
     assert out.strip() == "DB_PASSWORD"
     [ev] = mw_json(capsys, ws, "audit", "--action", "secret.*")["events"]
-    assert (ev["actor"], ev["target"]) == ("alice", "DB_PASSWORD")
+    assert (ev["actor"], ev["target"]) == ("alice (unauthenticated)", "DB_PASSWORD")
     assert value not in json.dumps(ev)
 
 
