@@ -380,3 +380,40 @@ def test_authenticate_bearer_over_the_registry(capsys: Capsys, ws: Workspace) ->
             authenticate_bearer(ws, store, header)
         assert info.value.status == 401
         assert tokens["bob"] not in str(info.value)
+
+
+def test_token_lifecycle_on_each_registry_backend(registry_url: str) -> None:
+    from modelworks.errors import ConflictError
+    from modelworks.security.tokens import (
+        bootstrap_token,
+        create_token,
+        list_tokens,
+        revoke_token,
+        verify_token,
+    )
+    from modelworks.security.users import add_user
+
+    store = Store(registry_url)
+    root = bootstrap_token(store, user="root", actor="setup")
+    with pytest.raises(ConflictError, match="--bootstrap is refused"):
+        bootstrap_token(store, user="eve", actor="eve")
+    add_user(store, "alice", actor="root")
+    dev = create_token(store, user="alice", role="developer", expires="1h", actor="root")
+    assert verify_token(store, dev["token"]) == Identity(
+        "alice", "developer", "default", True, "token"
+    )
+    with store.session() as s:
+        row = s.get(Token, root["id"])
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(minutes=1)
+    with pytest.raises(AuthenticationError, match="expired at"):
+        verify_token(store, root["token"])
+    # The only admin token expired: there is no admin, so a bootstrap is allowed again.
+    again = bootstrap_token(store, user="root", actor="setup")
+    revoke_token(store, dev["id"], actor="root")
+    with pytest.raises(AuthenticationError, match="was revoked"):
+        verify_token(store, dev["token"])
+    states = [(t["user"], t["state"]) for t in list_tokens(store)]
+    assert states == [("root", "expired"), ("alice", "revoked"), ("root", "active")]
+    assert verify_token(store, again["token"]).role == "admin"
+    store.close()

@@ -20,7 +20,10 @@ WorkspaceOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ActorOpt = Annotated[str | None, typer.Option("--as", help="Act as this user (default: git user).")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this user (auth.mode local only; default: the git user)."),
+]
 
 
 def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, Store]:
