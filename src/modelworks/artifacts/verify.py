@@ -96,6 +96,9 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
     from modelworks.security.keys import fingerprint, trusted_public_keys
 
     keys = trusted_public_keys(ws)
+    if not keys:
+        _refuse_revoked(ws, model_dir)
+        raise VerificationError(f"{model_dir}: every signing key is revoked; run `mw keys rotate`")
     first: VerificationError | None = None
     for key in keys:
         try:
@@ -106,8 +109,26 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
             first = first or exc
             continue
         return {"key": _rel(ws, key), "fingerprint": fingerprint(key), "retired": key != keys[0]}
+    _refuse_revoked(ws, model_dir)
     tried = f" (also tried {len(keys) - 1} retired key(s))" if len(keys) > 1 else ""
     raise VerificationError(f"{first}{tried}")
+
+
+def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
+    """VerificationError naming the revoked key when one of them signed `model_dir`."""
+    from modelworks.artifacts.sign import verify_dir
+    from modelworks.security.keys import fingerprint, revoked_public_keys
+    from modelworks.security.revoked import key_id
+
+    for key in revoked_public_keys(ws):
+        try:
+            verify_dir(model_dir, key)
+        except VerificationError:
+            continue
+        raise VerificationError(
+            f"{model_dir}: signed by revoked key {key_id(fingerprint(key))} ({_rel(ws, key)}); "
+            "re-sign or retrain"
+        )
 
 
 def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
