@@ -24,10 +24,11 @@ ActorOpt = Annotated[str | None, typer.Option("--as", help="Act as this user (de
 def open_workspace(path: Path | None) -> tuple[Workspace, Store]:
     """The workspace at or above `path` and its registry."""
     from modelworks.registry.store import Store
+    from modelworks.security.anchor import advancer
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(path)
-    return ws, Store(ws.registry_url)
+    return ws, Store(ws.registry_url, on_append=advancer(ws))
 
 
 def actor(ws: Workspace, given: str | None) -> str:

@@ -139,20 +139,42 @@ def _short(value: Any) -> str:
 
 @audit_app.command("verify")
 def audit_verify_cmd(
-    ctx: typer.Context, workspace: WorkspaceOpt = None, json_out: JsonOpt = False
+    ctx: typer.Context,
+    accept_head: Annotated[
+        bool,
+        typer.Option(
+            "--accept-head",
+            help="Anchor the current head although the anchors object (a new checkout of a "
+            "shared registry, a restored backup, a revoked key); audited and committed. "
+            "Never overrides a broken chain.",
+        ),
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Check the hash chain: exit 1 naming every edited, deleted or reordered event."""
+    """Check the hash chain and its signed head: exit 1 naming every problem.
+
+    The head (seq and hash of the newest event) is signed into .mw/audit-anchor.json on
+    every audit write, and an intact verify also commits it to audit/anchor.json. A
+    missing, unsigned or rewritten anchor, or a log shorter than its anchored head (a cut
+    tail), fails. A workspace without anchors gets them on its first intact verify.
+    """
     from modelworks._console import console, err_console
     from modelworks.artifacts.verify import verify_audit
 
     parent = ctx.obj or {}
     json_out = json_out or bool(parent.get("json"))
     ws, store = open_workspace(workspace or parent.get("workspace"))
-    report = verify_audit(ws, store)
+    who = actor(ws, as_user)
+    report = verify_audit(ws, store, accept_head=accept_head, actor=who)
     if json_out:
         emit_json(report)
     elif report["intact"]:
         console.print(f"[green]audit log intact[/green] ({report['events']} events)")
+        for detail in report["accepted"]:
+            console.print(f"  [yellow]accepted[/yellow] {detail}", highlight=False)
+        _print_anchored(report["anchored"])
     else:
         for p in report["problems"]:
             err_console.print(
@@ -167,6 +189,18 @@ def audit_verify_cmd(
         )
     if not report["intact"]:
         raise typer.Exit(1)
+
+
+def _print_anchored(anchored: dict[str, Any] | None) -> None:
+    from modelworks._console import console
+
+    if not anchored:
+        return
+    if not anchored["signed"]:
+        console.print(f"  [yellow]head not anchored[/yellow]: {anchored['reason']}")
+        return
+    done = f", committed {anchored['commit'][:10]}" if anchored["commit"] else ""
+    console.print(f"  signed head at seq {anchored['seq']}{done}", highlight=False)
 
 
 @keys_app.command("rotate")

@@ -103,16 +103,24 @@ def trusted_public_keys(ws: Workspace) -> list[Path]:
     """The keys that verify: the current one, then retired ones not revoked; ConfigError if none."""
     from modelworks.security.revoked import revoked_keys
 
-    revoked = revoked_keys(ws)
-    return [k for k in all_public_keys(ws) if fingerprint(k) not in revoked]
+    keys, revoked = all_public_keys(ws), revoked_keys(ws)
+    return [k for k in keys if not revoked or _fingerprint_or_none(k) not in revoked]
+
+
+def _fingerprint_or_none(key: Path) -> str | None:
+    """The fingerprint, or None for an unreadable key (verifying with it says why)."""
+    try:
+        return fingerprint(key)
+    except ConfigError:
+        return None
 
 
 def revoked_public_keys(ws: Workspace) -> list[Path]:
     """The retired public keys that `mw keys revoke` revoked, newest first."""
     from modelworks.security.revoked import revoked_keys
 
-    revoked = revoked_keys(ws)
-    return [k for k in all_public_keys(ws) if fingerprint(k) in revoked]
+    keys, revoked = all_public_keys(ws), revoked_keys(ws)
+    return [k for k in keys if revoked and _fingerprint_or_none(k) in revoked]
 
 
 def rotate_signing_key(
@@ -124,6 +132,7 @@ def rotate_signing_key(
     """
     from modelworks import _git
     from modelworks.registry import audit
+    from modelworks.security.anchor import resign, trusted_anchors
 
     private, public = signing_keys(ws)
     before = fingerprint(public)
@@ -132,12 +141,14 @@ def rotate_signing_key(
     retired = public.with_name(f"{base}.{stamp}{suffix}")
     if retired.exists():
         raise ConflictError(f"{retired} already exists: the key was rotated a moment ago; retry")
+    anchors = trusted_anchors(ws)
     _generate_and_swap(private, public, retired, keep_old)
     after = fingerprint(public)
+    resigned = resign(ws, anchors)  # so revoking the old key leaves the audit anchors valid
     paths = [p for p in (public, retired) if p.exists() and _inside(ws.root, p)]
     commit = None
     if paths and _git.is_repo(ws.root):
-        rel = [p.relative_to(ws.root).as_posix() for p in paths]
+        rel = [p.relative_to(ws.root).as_posix() for p in paths] + resigned
         commit = _git.commit(
             ws.root, rel, f"mw keys rotate: signing key {after[7:19]}", author=actor
         )
