@@ -177,8 +177,9 @@ def audit_verify_cmd(
         _print_anchored(report["anchored"])
     else:
         for p in report["problems"]:
+            where = f"seq {p['seq']}: " if p["seq"] else ""
             err_console.print(
-                f"[red]seq {p['seq']}: {p['kind']}[/red]: {p['detail']}",
+                f"[red]{where}{p['kind']}[/red]: {p['detail']}",
                 highlight=False,
                 soft_wrap=True,
             )
