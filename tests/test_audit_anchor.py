@@ -88,7 +88,7 @@ def test_deleted_local_anchor_fails(
     capsys: pytest.CaptureFixture[str], anchored: Workspace
 ) -> None:
     local(anchored).unlink()
-    code, out, err = mw(capsys, anchored, "audit", "verify")
+    code, _, err = mw(capsys, anchored, "audit", "verify")
     assert code == 1
     assert "audit-anchor.json is missing, but an audit anchor was committed" in err
     assert "NOT intact" in err
@@ -138,7 +138,7 @@ def test_rewritten_committed_anchor_fails(
 
 def test_truncated_tail_fails(capsys: pytest.CaptureFixture[str], anchored: Workspace) -> None:
     sql(anchored, "DELETE FROM audit_events WHERE seq > 2")
-    code, out, err = mw(capsys, anchored, "audit", "verify")
+    code, _, err = mw(capsys, anchored, "audit", "verify")
     assert code == 1
     assert "seq 3: deleted" in err
     assert "the log ends at seq 2" in err
