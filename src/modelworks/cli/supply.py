@@ -11,7 +11,9 @@ from modelworks.cli import emit_json
 from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
 
 audit_app = typer.Typer(help="List and verify the hash-chained audit log.")
-keys_app = typer.Typer(help="The workspace signing key.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The workspace signing keys: rotate, list, revoke.", no_args_is_help=True
+)
 secret_app = typer.Typer(
     help="Sealed secrets: encrypted to the workspace key, safe to commit.", no_args_is_help=True
 )
