@@ -13,6 +13,7 @@ A key's ID is the first 12 hex digits of its fingerprint, as `mw keys list` show
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 REVOKED_FILE = "revoked.json"
 ID_LENGTH = 12
+CACHE_SECONDS = 5.0
+_CACHE: dict[str, tuple[tuple[int, int] | None, float, dict[str, dict[str, Any]]]] = {}
 
 
 def key_id(fingerprint: str) -> str:
@@ -38,10 +41,31 @@ def revoked_path(ws: Workspace) -> Path:
 
 
 def revoked_keys(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """Every revoked key, by fingerprint: the working-tree list plus every committed version."""
+    """Every revoked key, by fingerprint: the working-tree list plus every committed version.
+
+    The server checks this on every model load, so the answer is kept for CACHE_SECONDS
+    (and until the working-tree file changes): a revocation made by another process takes
+    effect within that time, one made by this process at once.
+    """
+    path = revoked_path(ws)
+    try:
+        stat = path.stat()
+        mark: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        mark = None
+    key = str(ws.root.resolve())
+    cached = _CACHE.get(key)
+    now = time.monotonic()
+    if cached is not None and cached[0] == mark and now - cached[1] < CACHE_SECONDS:
+        return cached[2]
+    found = _read_revoked(ws, path)
+    _CACHE[key] = (mark, now, found)
+    return found
+
+
+def _read_revoked(ws: Workspace, path: Path) -> dict[str, dict[str, Any]]:
     from modelworks import _git
 
-    path = revoked_path(ws)
     texts: list[tuple[str, str]] = []
     if path.is_file():
         texts.append((str(path), path.read_text()))
@@ -123,6 +147,7 @@ def revoke_key(
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps({"revoked": [*current, entry]}, indent=2) + "\n")
     tmp.replace(target)
+    _CACHE.clear()
     commit = None
     if _git.is_repo(ws.root) and _inside(ws.root, target):
         msg = f"mw keys revoke {entry['id']}" + (f": {reason}" if reason else "")
