@@ -254,3 +254,25 @@ def test_legacy_checkpoint_still_catches_a_cut_tail_before_migration(
     assert code == 1
     assert kinds(report) == [(4, "deleted")]
     assert not local(ws).exists()
+
+
+@pytest.mark.parametrize("tamper", ["delete", "rewrite"])
+def test_cutting_the_tail_and_the_files_beside_the_database_fails(
+    capsys: pytest.CaptureFixture[str], ws: Workspace, tamper: str
+) -> None:
+    """What the DB writer can do: cut the log, then delete or rewrite every file in .mw/."""
+    code, _, err = mw(capsys, ws, "audit", "verify")
+    assert code == 0, err
+    conn = sqlite3.connect(ws.state_dir / "registry.db")
+    [hash2] = conn.execute("SELECT hash FROM audit_events WHERE seq = 2").fetchone()
+    conn.close()
+    sql(ws, "DELETE FROM audit_events WHERE seq > 2")
+    for path in ws.state_dir.glob("audit-*.json"):
+        if tamper == "delete":
+            path.unlink()
+        else:
+            path.write_text(json.dumps({**json.loads(path.read_text()), "seq": 2, "hash": hash2}))
+    code, _, err = mw(capsys, ws, "audit", "verify")
+    assert code == 1
+    assert "NOT intact" in err
+    assert "truncated" in err or "is missing" in err
