@@ -157,10 +157,11 @@ def audit_verify_cmd(
 ) -> None:
     """Check the hash chain and its signed head: exit 1 naming every problem.
 
-    The head (seq and hash of the newest event) is signed into .mw/audit-anchor.json on
-    every audit write, and an intact verify also commits it to audit/anchor.json. A
-    missing, unsigned or rewritten anchor, or a log shorter than its anchored head (a cut
-    tail), fails. A workspace without anchors gets them on its first intact verify.
+    The head (seq and hash of the newest event) is signed into
+    .mw/audit-anchor.json on every audit write; an intact verify also commits
+    it to audit/anchor.json. A missing, unsigned or rewritten anchor, or a log
+    shorter than its anchored head (a cut tail), fails. A workspace without
+    anchors gets them on its first intact verify.
     """
     from modelworks._console import console, err_console
     from modelworks.artifacts.verify import verify_audit
@@ -222,9 +223,10 @@ def keys_rotate_cmd(
 ) -> None:
     """Make a new signing key pair and delete the old private key.
 
-    The old private key is deleted from .mw/keys (nothing can sign with it again, and no
-    archive is kept). The old public key is kept, committed as retired, so versions signed
-    before the rotation still verify; `mw keys revoke ID` stops it verifying.
+    The old private key is deleted from .mw/keys: nothing can sign with it
+    again, and no archive is kept. The old public key is kept, committed as
+    retired, so versions signed before the rotation still verify; `mw keys
+    revoke ID` stops it verifying.
     """
     from modelworks._console import console
     from modelworks.security.keys import rotate_signing_key
@@ -291,10 +293,11 @@ def keys_revoke_cmd(
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Revoke a retired public key: versions signed by it stop verifying and loading.
+    """Revoke a retired public key: versions it signed stop verifying and loading.
 
-    The revocation is committed to keys/revoked.json; deleting .mw (or the file) does not
-    undo it. The current signing key cannot be revoked: run `mw keys rotate` first.
+    The revocation is committed to keys/revoked.json; deleting .mw (or the
+    file) does not undo it. The current signing key cannot be revoked: run
+    `mw keys rotate` first.
     """
     from modelworks._console import console
     from modelworks.security.revoked import revoke_key
