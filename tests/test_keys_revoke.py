@@ -121,3 +121,23 @@ def _body() -> dict[str, Any]:
             {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [0.1, 0.2, 0.3, 0.4]}
         ]
     }
+
+
+def test_a_broken_revocation_list_is_a_clear_error_and_cannot_unrevoke(
+    capsys: pytest.CaptureFixture[str], ws: Workspace
+) -> None:
+    [old] = mw_json(capsys, ws, "keys", "list")["keys"]
+    assert mw(capsys, ws, "keys", "rotate")[0] == 0
+    assert mw(capsys, ws, "keys", "revoke", old["id"])[0] == 0
+    revoked = ws.root / "keys" / "revoked.json"
+    revoked.write_text("{not json")
+    code, _, err = mw(capsys, ws, "verify", "model-0")
+    assert code == 1
+    assert "revoked.json: unreadable revocation list" in err
+    assert "Traceback" not in err
+    _git.commit(ws.root, ["keys/revoked.json"], "junk")
+    revoked.write_text('{"revoked": []}\n')  # a valid but empty list on top
+    _git.commit(ws.root, ["keys/revoked.json"], "empty the list")
+    code, _, err = mw(capsys, ws, "verify", "model-0")
+    assert code == 1
+    assert f"signed by revoked key {old['id']}" in err

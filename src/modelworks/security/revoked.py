@@ -79,7 +79,13 @@ def _read_revoked(ws: Workspace, path: Path) -> dict[str, dict[str, Any]]:
                 texts.append((f"{rel} at {c[:10]}", text))
     found: dict[str, dict[str, Any]] = {}
     for where, text in reversed(texts):  # oldest first: the first revocation wins
-        for entry in _entries(where, text):
+        try:
+            entries = _entries(where, text)
+        except ConfigError:
+            if where == str(path):
+                raise  # the working-tree file: fix it
+            continue  # a bad old commit cannot un-revoke what other versions list
+        for entry in entries:
             found.setdefault(entry["fingerprint"], entry)
     return found
 
