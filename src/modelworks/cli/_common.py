@@ -23,12 +23,11 @@ ActorOpt = Annotated[str | None, typer.Option("--as", help="Act as this user (de
 
 def open_workspace(path: Path | None) -> tuple[Workspace, Store]:
     """The workspace at or above `path` and its registry."""
-    from modelworks.registry.store import Store
-    from modelworks.security.anchor import advancer
+    from modelworks.security.anchor import open_store
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(path)
-    return ws, Store(ws.registry_url, on_append=advancer(ws))
+    return ws, open_store(ws)
 
 
 def actor(ws: Workspace, given: str | None) -> str:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from modelworks.errors import ConfigError
 
 if TYPE_CHECKING:
+    from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
 
 LOCAL_FILE = "audit-anchor.json"
@@ -214,6 +215,13 @@ def can_sign(ws: Workspace) -> bool:
     from modelworks.security.keys import signing_keys
 
     return signing_keys(ws)[0].is_file()
+
+
+def open_store(ws: Workspace) -> Store:
+    """The workspace's registry, with every audit write advancing the signed head."""
+    from modelworks.registry.store import Store
+
+    return Store(ws.registry_url, on_append=advancer(ws))
 
 
 def advancer(ws: Workspace) -> Callable[[int, str], None]:
