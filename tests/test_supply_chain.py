@@ -450,10 +450,10 @@ def test_audit_checkpoint_catches_a_truncated_or_rehashed_tail(ws: Workspace, st
             "UPDATE audit_events SET after = ?, hash = ? WHERE seq = 4",
             (json.dumps(fields["after"]), event_hash(fields["prev_hash"], fields)),
         )
-    assert audit.verify(store) == []  # self-consistent: only the checkpoint can tell
+    assert audit.verify(store) == []  # self-consistent: only the signed head can tell
     report = verify_audit(ws, store)
     assert [(p["seq"], p["kind"]) for p in report["problems"]] == [(4, "edited")]
-    assert "checkpointed" in report["problems"][0]["detail"]
+    assert "rewritten and re-hashed" in report["problems"][0]["detail"]
     with db(ws) as conn:
         conn.execute("DELETE FROM audit_events WHERE seq = 4")
     report = verify_audit(ws, store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
 from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
+from modelworks.security.redact import sealed_values
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -271,6 +273,13 @@ class _Recorder:
         self.jobs: dict[int, dict[str, Any]] = {}
         self.buffer: list[dict[str, Any]] = []
         self.last = time.monotonic()
+        self.secrets: Callable[[], list[bytes]] = list
+
+    def redact(self, r: dict[str, Any]) -> dict[str, Any]:
+        """The worker already redacted what it unsealed; this catches any other channel."""
+        from modelworks.security.redact import redact
+
+        return redact(r, self.secrets()) if r.get("error") else r
 
     def add(self, r: dict[str, Any]) -> None:
         self.buffer.append(r)
@@ -488,6 +497,7 @@ def _drain(
         if on_start:
             on_start(len(jobs))
         for r in executor.run(jobs):
+            r = recorder.redact(r)
             recorder.add(r)
             if on_result:
                 on_result(r)
@@ -541,6 +551,7 @@ def apply(
         recorder = _Recorder(
             store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries
         )
+        recorder.secrets = functools.cache(lambda: sealed_values(ws))
         _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
         if ws.settings.oci.registry and result.trained:
             _push(ws, store, result, actor)

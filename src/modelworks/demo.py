@@ -55,7 +55,7 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     from modelworks.init import init, populate
     from modelworks.plan import plan
     from modelworks.registry.queries import status
-    from modelworks.registry.store import Store
+    from modelworks.security.anchor import open_store
 
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} exists and is not empty; give `mw demo` a new folder")
@@ -64,7 +64,7 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     ws = init(directory, name="demo-fleet")
     count = populate(ws, "demo")
     say(f"[bold]1. Workspace[/bold] {ws.root}: {count} model specs, 3 pipelines, versioned data")
-    store = Store(ws.registry_url)
+    store = open_store(ws)
     first_plan = plan(ws, store)
     say(f"[bold]2. Plan[/bold]: {first_plan.summary}")
     first = _apply(ws, store, workers, quiet)

@@ -82,6 +82,18 @@ class SigningSettings(_Section):
     public_key: str = Field("keys/signing-key.pub.pem", description="Public key, committed.")
 
 
+class AuditSettings(_Section):
+    anchor_file: str = Field(
+        "audit/anchor.json",
+        description="Signed head of the audit log, committed by `mw audit verify`.",
+    )
+    commit_anchor: bool = Field(
+        True,
+        description="`mw audit verify` commits the signed head when it moved, so deleting "
+        ".mw/ cannot hide a truncated log.",
+    )
+
+
 class ScanSettings(_Section):
     severity: Literal["low", "medium", "high", "critical"] = Field(
         "medium", description="Findings at or above this block a version."
@@ -150,6 +162,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
     scan: ScanSettings = Field(default_factory=ScanSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -1,4 +1,4 @@
-"""Verify a registered version end to end, and the audit log against its last checkpoint.
+"""Verify a registered version end to end, and the audit log against its signed head.
 
 ``verify_version`` is what ``mw verify MODEL[@VERSION]`` runs, in the order a loader needs:
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,6 @@ KEY_PACKAGES = (
     "torch",
     "modelworks",
 )
-CHECKPOINT = "audit-checkpoint.json"
 
 
 def verify_version(
@@ -96,6 +94,9 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
     from modelworks.security.keys import fingerprint, trusted_public_keys
 
     keys = trusted_public_keys(ws)
+    if not keys:
+        _refuse_revoked(ws, model_dir)
+        raise VerificationError(f"{model_dir}: every signing key is revoked; run `mw keys rotate`")
     first: VerificationError | None = None
     for key in keys:
         try:
@@ -106,8 +107,26 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
             first = first or exc
             continue
         return {"key": _rel(ws, key), "fingerprint": fingerprint(key), "retired": key != keys[0]}
+    _refuse_revoked(ws, model_dir)
     tried = f" (also tried {len(keys) - 1} retired key(s))" if len(keys) > 1 else ""
     raise VerificationError(f"{first}{tried}")
+
+
+def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
+    """VerificationError naming the revoked key when one of them signed `model_dir`."""
+    from modelworks.artifacts.sign import verify_dir
+    from modelworks.security.keys import fingerprint, revoked_public_keys
+    from modelworks.security.revoked import key_id
+
+    for key in revoked_public_keys(ws):
+        try:
+            verify_dir(model_dir, key)
+        except VerificationError:
+            continue
+        raise VerificationError(
+            f"{model_dir}: signed by revoked key {key_id(fingerprint(key))} ({_rel(ws, key)}); "
+            "re-sign or retrain"
+        )
 
 
 def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
@@ -350,10 +369,24 @@ def _rel(ws: Workspace, path: Path) -> str:
 # -- the audit log ------------------------------------------------------------------
 
 
-def verify_audit(ws: Workspace, store: Store, *, checkpoint: bool = True) -> dict[str, Any]:
-    """Check the audit chain, and its tail against the last intact verification's checkpoint."""
+def verify_audit(
+    ws: Workspace,
+    store: Store,
+    *,
+    checkpoint: bool = True,
+    accept_head: bool = False,
+    actor: str = "modelworks",
+) -> dict[str, Any]:
+    """Check the audit chain, and its head against the signed anchors (security/anchor.py).
+
+    An intact log is anchored at its head (``checkpoint``). ``accept_head`` overrides the
+    anchors' objections (a new checkout, a restored backup, a revoked key), never a broken
+    chain: the current head is anchored afresh and the override is audited and committed.
+    """
     from modelworks.registry import audit
     from modelworks.registry.models import AuditEvent
+    from modelworks.security import anchor
+    from modelworks.security.audit import ChainProblem
 
     problems = audit.verify(store)
     with store.session() as s:
@@ -361,63 +394,44 @@ def verify_audit(ws: Workspace, store: Store, *, checkpoint: bool = True) -> dic
         tail = s.execute(
             select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
         ).first()
-        mark = _read_checkpoint(ws)
-        if mark is not None:
-            stored = s.scalar(select(AuditEvent.hash).where(AuditEvent.seq == mark["seq"]))
-            problems += _checkpoint_problems(mark, stored)
+
+        def hash_at(seq: int) -> str | None:
+            return s.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
+
+        found, anchors = anchor.check(ws, tail[0] if tail else 0, hash_at)
+    accepted = found if accept_head and not problems else []
+    if not accepted:
+        problems += [ChainProblem(p.seq, p.kind, p.detail) for p in found]
     problems = _dedupe(problems)
-    if checkpoint and not problems and tail is not None:
-        _write_checkpoint(ws, tail[0], tail[1])
+    settled = None
+    if (checkpoint or accepted) and not problems and tail is not None:
+        settled = anchor.settle(ws, tail[0], tail[1], force=bool(accepted))
+    if accepted and tail is not None:
+        overridden = [p.detail for p in accepted]
+        audit.record(
+            store,
+            [
+                audit.event(
+                    "audit.head-accepted",
+                    "audit-log",
+                    actor=actor,
+                    before={"problems": overridden},
+                    after={
+                        "seq": tail[0],
+                        "hash": tail[1],
+                        "commit": (settled or {}).get("commit"),
+                    },
+                )
+            ],
+        )
     return {
         "intact": not problems,
         "events": count,
         "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail} for p in problems],
-        "checkpoint": mark,
+        "anchors": anchors,
+        "anchored": settled,
+        "accepted": [p.detail for p in accepted],
     }
-
-
-def _read_checkpoint(ws: Workspace) -> dict[str, Any] | None:
-    path = ws.state_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    try:
-        mark = json.loads(path.read_text())
-        return {"seq": int(mark["seq"]), "hash": str(mark["hash"]), "at": mark.get("at")}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{path}: unreadable audit checkpoint ({exc}); delete it to start over"
-        ) from None
-
-
-def _write_checkpoint(ws: Workspace, seq: int, hash_: str) -> None:
-    path = ws.state_dir / CHECKPOINT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"seq": seq, "hash": hash_, "at": datetime.now(UTC).isoformat()}))
-    tmp.replace(path)
-
-
-def _checkpoint_problems(mark: dict[str, Any], stored: str | None) -> list[ChainProblem]:
-    from modelworks.security.audit import ChainProblem
-
-    seq, when = mark["seq"], mark.get("at") or "the last check"
-    if stored is None:
-        return [
-            ChainProblem(
-                seq,
-                "deleted",
-                f"row {seq}, the last row verified at {when}, is missing: the log was truncated",
-            )
-        ]
-    if stored != mark["hash"]:
-        return [
-            ChainProblem(
-                seq,
-                "edited",
-                f"row {seq} differs from the hash checkpointed at {when}: rewritten and re-hashed",
-            )
-        ]
-    return []
 
 
 def _dedupe(problems: list[ChainProblem]) -> list[ChainProblem]:

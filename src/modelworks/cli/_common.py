@@ -28,11 +28,11 @@ ActorOpt = Annotated[
 
 def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, Store]:
     """The workspace at or above `path` and its registry (in token mode: for `role` or up)."""
-    from modelworks.registry.store import Store
+    from modelworks.security.anchor import open_store
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(path)
-    store = Store(ws.registry_url)
+    store = open_store(ws)
     if ws.settings.auth.mode == "token":
         identity_for(ws, store, cli_token(), None, role, "read this workspace")
     return ws, store

@@ -11,7 +11,9 @@ from modelworks.cli import emit_json
 from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
 
 audit_app = typer.Typer(help="List and verify the hash-chained audit log.")
-keys_app = typer.Typer(help="The workspace signing key.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="The workspace signing keys: rotate, list, revoke.", no_args_is_help=True
+)
 secret_app = typer.Typer(
     help="Sealed secrets: encrypted to the workspace key, safe to commit.", no_args_is_help=True
 )
@@ -139,24 +141,48 @@ def _short(value: Any) -> str:
 
 @audit_app.command("verify")
 def audit_verify_cmd(
-    ctx: typer.Context, workspace: WorkspaceOpt = None, json_out: JsonOpt = False
+    ctx: typer.Context,
+    accept_head: Annotated[
+        bool,
+        typer.Option(
+            "--accept-head",
+            help="Anchor the current head although the anchors object (a new checkout of a "
+            "shared registry, a restored backup, a revoked key); audited and committed. "
+            "Never overrides a broken chain.",
+        ),
+    ] = False,
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Check the hash chain: exit 1 naming every edited, deleted or reordered event."""
+    """Check the hash chain and its signed head: exit 1 naming every problem.
+
+    The head (seq and hash of the newest event) is signed into
+    .mw/audit-anchor.json on every audit write; an intact verify also commits
+    it to audit/anchor.json. A missing, unsigned or rewritten anchor, or a log
+    shorter than its anchored head (a cut tail), fails. A workspace without
+    anchors gets them on its first intact verify.
+    """
     from modelworks._console import console, err_console
     from modelworks.artifacts.verify import verify_audit
 
     parent = ctx.obj or {}
     json_out = json_out or bool(parent.get("json"))
     ws, store = open_workspace(workspace or parent.get("workspace"))
-    report = verify_audit(ws, store)
+    who = actor(ws, as_user)
+    report = verify_audit(ws, store, accept_head=accept_head, actor=who)
     if json_out:
         emit_json(report)
     elif report["intact"]:
         console.print(f"[green]audit log intact[/green] ({report['events']} events)")
+        for detail in report["accepted"]:
+            console.print(f"  [yellow]accepted[/yellow] {detail}", highlight=False)
+        _print_anchored(report["anchored"])
     else:
         for p in report["problems"]:
+            where = f"seq {p['seq']}: " if p["seq"] else ""
             err_console.print(
-                f"[red]seq {p['seq']}: {p['kind']}[/red]: {p['detail']}",
+                f"[red]{where}{p['kind']}[/red]: {p['detail']}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -167,6 +193,18 @@ def audit_verify_cmd(
         )
     if not report["intact"]:
         raise typer.Exit(1)
+
+
+def _print_anchored(anchored: dict[str, Any] | None) -> None:
+    from modelworks._console import console
+
+    if not anchored:
+        return
+    if not anchored["signed"]:
+        console.print(f"  [yellow]head not anchored[/yellow]: {anchored['reason']}")
+        return
+    done = f", committed {anchored['commit'][:10]}" if anchored["commit"] else ""
+    console.print(f"  signed head at seq {anchored['seq']}{done}", highlight=False)
 
 
 @keys_app.command("rotate")
@@ -183,7 +221,13 @@ def keys_rotate_cmd(
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Make a new signing key pair; the old public key is kept so older versions still verify."""
+    """Make a new signing key pair and delete the old private key.
+
+    The old private key is deleted from .mw/keys: nothing can sign with it
+    again, and no archive is kept. The old public key is kept, committed as
+    retired, so versions signed before the rotation still verify; `mw keys
+    revoke ID` stops it verifying.
+    """
     from modelworks._console import console
     from modelworks.security.keys import rotate_signing_key
 
@@ -203,28 +247,71 @@ def keys_rotate_cmd(
         else "dropped: older versions no longer verify"
     )
     console.print(f"  old public key {kept}", highlight=False)
+    console.print("  old private key deleted", highlight=False)
     if result["commit"]:
         console.print(f"  committed {result['commit'][:10]}")
 
 
 @keys_app.command("list")
 def keys_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
-    """The trusted public signing keys: the current one, then retired ones (newest first)."""
+    """The public signing keys: the current one, then retired ones (newest first), and revoked."""
     from modelworks._console import console
-    from modelworks.security.keys import fingerprint, trusted_public_keys
+    from modelworks.security.keys import all_public_keys, fingerprint
+    from modelworks.security.revoked import key_id, revoked_keys
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(workspace)
-    keys: list[dict[str, Any]] = [
-        {"path": _rel(ws, k), "fingerprint": fingerprint(k), "current": i == 0}
-        for i, k in enumerate(trusted_public_keys(ws))
-    ]
+    revoked = revoked_keys(ws)
+    keys: list[dict[str, Any]] = []
+    for i, k in enumerate(all_public_keys(ws)):
+        fp = fingerprint(k)
+        state = "revoked" if fp in revoked else "current" if i == 0 else "retired"
+        keys.append(
+            {
+                "id": key_id(fp),
+                "path": _rel(ws, k),
+                "fingerprint": fp,
+                "current": i == 0,
+                "state": state,
+                "revoked": revoked.get(fp),
+            }
+        )
     if json_out:
         emit_json({"keys": keys})
         return
-    for k in keys:
-        state = "[green]current[/green]" if k["current"] else "[dim]retired[/dim]"
-        console.print(f"{state:<24} {k['fingerprint'][:19]}  {k['path']}", highlight=False)
+    colour = {"current": "green", "retired": "dim", "revoked": "red"}
+    for entry in keys:
+        c, st = colour[entry["state"]], entry["state"]
+        console.print(f"[{c}]{st:<8}[/{c}] {entry['id']}  {entry['path']}", highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke_cmd(
+    key: Annotated[str, typer.Argument(metavar="ID", help="Key ID as `mw keys list` shows it.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded and committed).")] = "",
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a retired public key: versions it signed stop verifying and loading.
+
+    The revocation is committed to keys/revoked.json; deleting .mw (or the
+    file) does not undo it. The current signing key cannot be revoked: run
+    `mw keys rotate` first.
+    """
+    from modelworks._console import console
+    from modelworks.security.revoked import revoke_key
+
+    ws, store = open_workspace(workspace)
+    result = revoke_key(ws, store, key, actor=actor(ws, as_user), reason=reason)
+    if json_out:
+        emit_json(result)
+        return
+    done = f" (commit {result['commit'][:10]})" if result["commit"] else ""
+    console.print(
+        f"revoked signing key [bold]{result['id']}[/bold] {result['public_key']}{done}",
+        highlight=False,
+    )
 
 
 @secret_app.command("seal")

@@ -37,6 +37,7 @@ class SealedSecrets(Mapping[str, str]):
     def __init__(self, secrets_dir: Path | str | None, private_key: Path | str | None) -> None:
         self._dir = Path(secrets_dir) if secrets_dir else None
         self._key = Path(private_key) if private_key else None
+        self.revealed: list[bytes] = []  # every value unsealed, for redaction (security/redact)
 
     def _names(self) -> list[str]:
         from modelworks.security.secrets import list_sealed
@@ -53,7 +54,10 @@ class SealedSecrets(Mapping[str, str]):
                 f"step asked for secret {name!r}, which is not sealed in this workspace "
                 f"(sealed: {known}); run `mw secret seal {name}`"
             )
-        return unseal(name, self._key, self._dir)
+        value = unseal(name, self._key, self._dir)
+        if value not in self.revealed:
+            self.revealed.append(value)
+        return value
 
     def __getitem__(self, name: str) -> str:
         value = self.raw(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -69,12 +70,24 @@ def record(store: Store, events: Sequence[Mapping[str, Any]], attempts: int = 20
                     s.execute(text("SELECT pg_advisory_xact_lock(724512)"))
                 last = s.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
                 prev, start = (last.hash, last.seq + 1) if last else (GENESIS, 1)
-                for row in chain(events, prev, start):
+                rows = chain(events, prev, start)
+                for row in rows:
                     s.add(AuditEvent(**{k: row.get(k) for k in COLUMNS}))
-            return
         except IntegrityError:
             continue  # another writer took the same seq; read the new tail and chain again
+        _advance_anchor(store, rows[-1]["seq"], rows[-1]["hash"])
+        return
     raise RegistryError("could not append to the audit log: too many concurrent writers")
+
+
+def _advance_anchor(store: Store, seq: int, hash_: str) -> None:
+    """Move the signed head forward; a failure leaves it behind, which verify accepts."""
+    if store.on_append is None:
+        return
+    try:
+        store.on_append(seq, hash_)
+    except Exception as exc:  # the event is recorded; a stale anchor is only less evidence
+        logging.getLogger(__name__).warning("audit anchor not advanced to seq %s: %s", seq, exc)
 
 
 def rows(

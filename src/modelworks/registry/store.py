@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,8 +78,10 @@ def _upgrade(engine: Engine) -> None:
 class Store:
     """The registry database: one engine and a session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_append: Callable[[int, str], None] | None = None) -> None:
         self.url = url
+        # Called with (seq, hash) of the newest audit row after each append (the signed anchor).
+        self.on_append = on_append
         try:
             self.engine = make_engine(url)
             migrate(self.engine)

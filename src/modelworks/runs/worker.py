@@ -20,6 +20,7 @@ from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
 from modelworks.errors import ModelworksError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
+from modelworks.security.redact import RedactingWriter, redact
 from modelworks.spec import Gates
 
 ANNOTATION_PREFIX = "dev.modelworks"
@@ -50,7 +51,7 @@ def image_annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[st
     return notes
 
 
-def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def _inputs(job: dict[str, Any], workdir: Path, secrets: SealedSecrets) -> dict[str, Any]:
     files = [Path(f) for f in job["data"]["files"]]
     links = []
     for f, name in zip(files, job["data"]["names"], strict=True):
@@ -68,7 +69,7 @@ def _inputs(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "hyperparameters": params,
         "output_dir": out,
         "seed": int(job["fingerprint"][:8], 16),
-        "secrets": SealedSecrets(job.get("secrets_dir"), job.get("sealing_key")),
+        "secrets": secrets,
     }
 
 
@@ -204,7 +205,28 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"run_id": job["run_id"], "model": job["model"], "pid": os.getpid()}
     logger = logging.getLogger(f"mw.run.{job['run_id']}")
     logger.propagate = False
-    with log_path.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+    secrets = SealedSecrets(job.get("secrets_dir"), job.get("sealing_key"))
+    with log_path.open("a") as log_file:
+        fh = RedactingWriter(log_file, secrets.revealed)
+        try:
+            _run(job, result, logger, fh, workdir, secrets)
+        finally:
+            fh.finish()
+    result = redact(result, secrets.revealed)
+    result["duration"] = time.perf_counter() - started
+    return result
+
+
+def _run(
+    job: dict[str, Any],
+    result: dict[str, Any],
+    logger: logging.Logger,
+    fh: RedactingWriter,
+    workdir: Path,
+    secrets: SealedSecrets,
+) -> None:
+    """Train, gate, scan and package into `result`, logging to `fh` (already redacting)."""
+    with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
@@ -224,10 +246,9 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                     "recovered %s from the store: packaged by an interrupted attempt",
                     earlier["digest"],
                 )
-                result["duration"] = time.perf_counter() - started
-                return result
+                return
             module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
-            ctx = run_steps(module, _inputs(job, workdir), logger)
+            ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(
                 Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")
@@ -262,5 +283,3 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         finally:
             logger.removeHandler(handler)
             shutil.rmtree(workdir, ignore_errors=True)
-    result["duration"] = time.perf_counter() - started
-    return result

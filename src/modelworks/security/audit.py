@@ -37,7 +37,7 @@ class ChainProblem:
     """One place where the stored log differs from what was chained."""
 
     seq: int
-    kind: str  # "edited" | "deleted" | "reordered" | "broken-link"
+    kind: str  # "edited" | "deleted" | "reordered" | "broken-link" | "anchor" (security/anchor)
     detail: str
 
 

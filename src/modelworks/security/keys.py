@@ -7,7 +7,9 @@ Signing (EC P-256, PEM)::
     keys/signing-key.20261123T114500Z.pub.pem  retired public key, committed by `mw keys rotate`
 
 Versions signed before a rotation keep verifying: verifiers try the current public key,
-then the retired ones, newest first. Sealing (age X25519) keys sit beside them:
+then the retired ones, newest first. Rotation deletes the old *private* key (nothing can
+sign with it again); `mw keys revoke ID` lists a public key in ``keys/revoked.json`` so it
+stops verifying too (see security/revoked.py). Sealing (age X25519) keys sit beside them:
 ``.mw/keys/sealing-key.txt`` (private) and ``keys/sealing-key.pub`` (public, committed).
 """
 
@@ -85,8 +87,8 @@ def retired_public_keys(ws: Workspace) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def trusted_public_keys(ws: Workspace) -> list[Path]:
-    """The current public signing key, then the retired ones; ConfigError if none is set up."""
+def all_public_keys(ws: Workspace) -> list[Path]:
+    """The current public signing key, then the retired ones (revoked or not)."""
     _private, public = signing_keys(ws)
     if not public.is_file():
         raise ConfigError(
@@ -97,12 +99,40 @@ def trusted_public_keys(ws: Workspace) -> list[Path]:
     return [public, *retired_public_keys(ws)]
 
 
+def trusted_public_keys(ws: Workspace) -> list[Path]:
+    """The keys that verify: the current one, then retired ones not revoked; ConfigError if none."""
+    from modelworks.security.revoked import revoked_keys
+
+    keys, revoked = all_public_keys(ws), revoked_keys(ws)
+    return [k for k in keys if not revoked or _fingerprint_or_none(k) not in revoked]
+
+
+def _fingerprint_or_none(key: Path) -> str | None:
+    """The fingerprint, or None for an unreadable key (verifying with it says why)."""
+    try:
+        return fingerprint(key)
+    except ConfigError:
+        return None
+
+
+def revoked_public_keys(ws: Workspace) -> list[Path]:
+    """The retired public keys that `mw keys revoke` revoked, newest first."""
+    from modelworks.security.revoked import revoked_keys
+
+    keys, revoked = all_public_keys(ws), revoked_keys(ws)
+    return [k for k in keys if revoked and _fingerprint_or_none(k) in revoked]
+
+
 def rotate_signing_key(
     ws: Workspace, store: Store, *, actor: str, keep_old: bool = True
 ) -> dict[str, Any]:
-    """Make a new signing key pair; keep the old public key (retired) so older versions verify."""
+    """Make a new signing key pair and delete the old private key.
+
+    The old public key is kept (retired) so older versions verify, unless keep_old is False.
+    """
     from modelworks import _git
     from modelworks.registry import audit
+    from modelworks.security.anchor import resign, trusted_anchors
 
     private, public = signing_keys(ws)
     before = fingerprint(public)
@@ -111,17 +141,23 @@ def rotate_signing_key(
     retired = public.with_name(f"{base}.{stamp}{suffix}")
     if retired.exists():
         raise ConflictError(f"{retired} already exists: the key was rotated a moment ago; retry")
-    _generate_and_swap(private, public, retired, stamp, keep_old)
+    anchors = trusted_anchors(ws)
+    _generate_and_swap(private, public, retired, keep_old)
     after = fingerprint(public)
+    resigned = resign(ws, anchors)  # so revoking the old key leaves the audit anchors valid
     paths = [p for p in (public, retired) if p.exists() and _inside(ws.root, p)]
     commit = None
     if paths and _git.is_repo(ws.root):
-        rel = [p.relative_to(ws.root).as_posix() for p in paths]
+        rel = [p.relative_to(ws.root).as_posix() for p in paths] + resigned
         commit = _git.commit(
             ws.root, rel, f"mw keys rotate: signing key {after[7:19]}", author=actor
         )
     result = {
-        "before": {"fingerprint": before, "retired_as": _show(ws, retired) if keep_old else None},
+        "before": {
+            "fingerprint": before,
+            "retired_as": _show(ws, retired) if keep_old else None,
+            "private_key": "deleted",
+        },
         "after": {"fingerprint": after, "public_key": _show(ws, public)},
         "commit": commit,
     }
@@ -140,7 +176,7 @@ def rotate_signing_key(
     return result
 
 
-def _generate_and_swap(private: Path, public: Path, retired: Path, stamp: str, keep: bool) -> None:
+def _generate_and_swap(private: Path, public: Path, retired: Path, keep: bool) -> None:
     from modelworks.artifacts.sign import generate_keypair
 
     new_private = private.with_name(f".{private.name}.new")
@@ -152,13 +188,17 @@ def _generate_and_swap(private: Path, public: Path, retired: Path, stamp: str, k
         os.replace(public, retired)
     else:
         public.unlink()
-    if private.exists():
-        base, _, rest = private.name.partition(".")
-        os.replace(
-            private, private.with_name(f"{base}.{stamp}.{rest}" if rest else f"{base}.{stamp}")
-        )
-    os.replace(new_private, private)
+    os.replace(new_private, private)  # the old private key is overwritten: it is gone
     os.replace(new_public, public)
+    for archived in _archived_private_keys(private):
+        archived.unlink(missing_ok=True)
+
+
+def _archived_private_keys(private: Path) -> list[Path]:
+    """Old private keys that earlier versions of `mw keys rotate` renamed and kept beside it."""
+    base, dot, rest = private.name.partition(".")
+    pattern = f"{base}.*Z{dot}{rest}" if rest else f"{base}.*Z"
+    return [p for p in private.parent.glob(pattern) if p != private]
 
 
 def _inside(root: Path, path: Path) -> bool:
