@@ -186,7 +186,7 @@ def test_accept_head_reanchors_after_a_deleted_anchor_and_is_audited(
     assert code == 0, err
     assert "accepted" in out
     [ev] = json.loads(mw(capsys, anchored, "audit", "--action", "audit.*", "--json")[1])["events"]
-    assert ev["actor"] == "alice"
+    assert ev["actor"] == "alice (unauthenticated)"
     assert "is missing" in ev["before"]["problems"][0]
     code, report = verify(capsys, anchored)
     assert code == 0, report

@@ -105,7 +105,8 @@ def rows(
         if action:
             q = q.where(AuditEvent.action.like(action.replace("*", "%")))
         if actor:
-            q = q.where(AuditEvent.actor == actor)
+            # local mode records "<user> (unauthenticated)": --actor alice finds both
+            q = q.where(AuditEvent.actor.in_([actor, f"{actor} (unauthenticated)"]))
         if target:
             q = q.where(AuditEvent.target.like(target.replace("*", "%")))
         if tenant:
