@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from modelworks.errors import DeployError, NotFoundError
 from modelworks.gitops.deploy import config_path
-from modelworks.gitops.promote import (
+from modelworks.gitops.repo import (
     RepoState,
     advance,
     commit_files,
