@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelworks import _git
 from modelworks.errors import ConfigError, ConflictError, DeployError, PermissionDeniedError
+from modelworks.gitops.attest import attestation_path, is_gated, sign_attestation
 from modelworks.gitops.deploy import DEPLOY_DIR
 from modelworks.gitops.records import (
     _approvals,
@@ -22,7 +23,19 @@ from modelworks.gitops.records import (
     get_promotion,
     provider_for,
 )
-from modelworks.gitops.repo import RepoState, dirty_paths, merge_branch, repo_state, run_git
+from modelworks.gitops.repo import (
+    ZERO_SHA,
+    RepoState,
+    advance,
+    dirty_paths,
+    is_ancestor,
+    merge_commit,
+    read_blobs,
+    repo_state,
+    run_git,
+    update_ref,
+    write_blob,
+)
 from modelworks.registry import audit
 from modelworks.registry.models import Approval, Deployment, PromotionRequest
 
@@ -30,6 +43,8 @@ if TYPE_CHECKING:
     from modelworks.gitops.forge import ForgeProvider
     from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
+
+INTENT_PREFIX = "refs/modelworks/merging/"
 
 
 def approve(
@@ -43,10 +58,14 @@ def approve(
 ) -> dict[str, Any]:
     """Approve a request as `actor`; the approval that completes the count merges it.
 
-    Approving again after a failed merge (a forge error, a busy repo) retries the merge.
+    Approving again after a failed merge (a forge error, a busy repo) retries the merge, and
+    after an interrupted one (a crash, kill -9) completes it: see `resume`.
     """
     provider = provider_for(ws, environ)
     with _lock(ws):
+        resumed = resume(ws, store, request_id, actor, provider)
+        if resumed is not None:
+            return resumed
         count, required = _record_approval(ws, store, request_id, actor, comment, provider)
         if count < required:
             return get_promotion(store, request_id)
@@ -110,6 +129,11 @@ def reject(
     with _lock(ws), store.session() as s:
         req = _get(s, request_id)
         _require_open(req)
+        if provider.name == "local" and _git.head(ws.deploy_repo, intent_ref(req.id)):
+            raise ConflictError(
+                f"an interrupted `mw approve {req.id}` was merging promotion request {req.id}; "
+                f"run `mw approve {req.id}` to complete it (then roll back if needed)"
+            )
         if req.forge_id:
             provider.close(req.forge_id, comment=f"Rejected by {actor}: {reason}")
         s.add(Approval(request_id=req.id, actor=actor, decision="reject", comment=reason))
@@ -174,6 +198,92 @@ def _merge_message(req: PromotionRequest, approvers: list[str]) -> str:
     )
 
 
+def intent_ref(request_id: int) -> str:
+    """The ref an approve points at its planned merge commit before it moves main."""
+    return f"{INTENT_PREFIX}{int(request_id)}"
+
+
+def resume(
+    ws: Workspace, store: Store, request_id: int, actor: str, provider: ForgeProvider
+) -> dict[str, Any] | None:
+    """Complete an approve that was interrupted after it planned its merge; None if none was.
+
+    An approve writes `refs/modelworks/merging/<id>` (the planned merge commit) before it
+    moves main, and deletes it after the registry and the audit log know. Finding it means a
+    crash: the merge is finished (main moved to it if it had not), recorded, and audited.
+    """
+    if provider.name != "local" or _git.head(ws.deploy_repo, intent_ref(request_id)) is None:
+        return None
+    with store.session() as s:
+        req = _get(s, request_id)
+        state, approvers = req.state, _approvers(s, req)
+        events = _merged_events(req, approvers, req.merge_commit, actor)
+    if state == "open":
+        return _finish(ws, store, request_id, actor, provider)
+    if state == "merged" and not audit.rows(
+        store, action="promotion.merged", target=f"promotion/{request_id}"
+    ):
+        audit.record(store, events)
+    _clear_intent(ws, request_id)
+    return get_promotion(store, request_id)
+
+
+def _approvers(s: Any, req: PromotionRequest) -> list[str]:
+    return [a.actor for a in _approvals(s, req.id) if a.decision == "approve"]
+
+
+def _clear_intent(ws: Workspace, request_id: int) -> None:
+    run_git(ws.deploy_repo, "update-ref", "-d", intent_ref(request_id), check=False)
+
+
+def _recover(ws: Workspace, req: PromotionRequest) -> str | None:
+    """The planned merge of an interrupted approve, with main moved to it; None if stale."""
+    planned = _git.head(ws.deploy_repo, intent_ref(req.id))
+    if planned is None:
+        return None
+    state = repo_state(ws.deploy_repo)
+    if is_ancestor(state.repo, planned, state.tip):
+        return planned
+    if run_git(state.repo, "rev-parse", f"{planned}^1").strip() == state.tip:
+        advance(state, planned, f"mw: merge {req.branch} (resumed)")
+        return planned
+    _clear_intent(ws, req.id)  # main moved on before this merge landed: plan it again
+    return None
+
+
+def _merge(
+    ws: Workspace, req: PromotionRequest, message: str, approvers: list[str], actor: str
+) -> str:
+    """Plan the merge commit (with attestations in a gated env), record the intent, move main."""
+    state = check_mergeable(ws, req)
+    extra: dict[str, str] = {}
+    if is_gated(ws, req.env):
+        items = list(req.items or [])
+        texts = read_blobs(state.repo, sorted({i["blob"] for i in items}))
+        for i in items:
+            signed = sign_attestation(
+                ws,
+                env=req.env,
+                model=i["model"],
+                config_text=texts[i["blob"]],
+                kind="promote",
+                promotion=req.id,
+                requested_by=req.author,
+                approvers=approvers,
+                actor=actor,
+            )
+            extra[attestation_path(req.env, i["model"])] = write_blob(state.repo, signed)
+    planned = merge_commit(state, req.branch, message, actor, extra)
+    ref = intent_ref(req.id)
+    update_ref(state.repo, ref, planned, ZERO_SHA, f"mw approve: merging request {req.id}")
+    try:
+        advance(state, planned, f"mw: merge {req.branch}")
+    except BaseException:
+        _clear_intent(ws, req.id)
+        raise
+    return planned
+
+
 def _finish(
     ws: Workspace, store: Store, request_id: int, actor: str, provider: ForgeProvider
 ) -> dict[str, Any]:
@@ -181,15 +291,14 @@ def _finish(
     with store.session() as s:
         req = _get(s, request_id)
         _require_open(req)
-        approvers = [a.actor for a in _approvals(s, req.id) if a.decision == "approve"]
+        approvers = _approvers(s, req)
         message = _merge_message(req, approvers)
         commit: str | None = None
         if provider.name == "local":
-            commit = merge_branch(check_mergeable(ws, req), req.branch, message, actor)
+            commit = _recover(ws, req) or _merge(ws, req, message, approvers, actor)
         if req.forge_id:
             provider.merge(req.forge_id, message=message)
         req.state, req.merge_commit, req.closed_at = "merged", commit, datetime.now(UTC)
-        items = list(req.items or [])
         s.add_all(
             Deployment(
                 model_id=i["model_id"],
@@ -200,15 +309,24 @@ def _finish(
                 kind="promote",
                 actor=actor,
             )
-            for i in items
+            for i in req.items or []
         )
-        tenant, env = req.tenant, req.env
+        events = _merged_events(req, approvers, commit, actor)
+    audit.record(store, events)
+    _clear_intent(ws, request_id)
+    return get_promotion(store, request_id)
+
+
+def _merged_events(
+    req: PromotionRequest, approvers: list[str], commit: str | None, actor: str
+) -> list[Mapping[str, Any]]:
+    items = list(req.items or [])
     events: list[Mapping[str, Any]] = [
         audit.event(
             "promotion.merged",
-            f"promotion/{request_id}",
+            f"promotion/{req.id}",
             actor=actor,
-            tenant=tenant,
+            tenant=req.tenant,
             after={"commit": commit, "approvers": approvers, "models": len(items)},
         )
     ]
@@ -218,16 +336,15 @@ def _finish(
             i["model"],
             actor=actor,
             tenant=i["tenant"],
-            before={"env": env, "version": i["from"]},
+            before={"env": req.env, "version": i["from"]},
             after={
-                "env": env,
+                "env": req.env,
                 "version": i["to"],
                 "commit": commit,
                 "kind": "promote",
-                "request": request_id,
+                "request": req.id,
             },
         )
         for i in items
     ]
-    audit.record(store, events)
-    return get_promotion(store, request_id)
+    return events

@@ -140,12 +140,7 @@ def commit_files(
     repo: Path, parent: str, files: Mapping[str, str], message: str, author: str
 ) -> str:
     """A commit on top of `parent` with `files` (path -> blob sha) changed; no work tree used."""
-    with tempfile.TemporaryDirectory(prefix="mw-index-") as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        run_git(repo, "read-tree", parent, env=env)
-        info = "".join(f"100644 {sha}\t{path}\0" for path, sha in files.items())
-        run_git(repo, "update-index", "-z", "--index-info", input=info.encode(), env=env)
-        tree = run_git(repo, "write-tree", env=env).strip()
+    tree = _with_files(repo, parent, files)
     return run_git(
         repo, "commit-tree", tree, "-p", parent, input=message.encode(), author=author
     ).strip()
@@ -176,13 +171,28 @@ def merge_branch(state: RepoState, branch: str, message: str, actor: str) -> str
     a two-tree switch): files the merge does not touch keep their staged or unstaged
     edits, and a local edit to a file the merge changes stops it before anything moves.
     """
+    commit = merge_commit(state, branch, message, actor)
+    advance(state, commit, f"mw: merge {branch}")
+    return commit
+
+
+def merge_commit(
+    state: RepoState,
+    branch: str,
+    message: str,
+    actor: str,
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """The merge commit of `branch` into main (plus `extra` files, path -> blob), not moved to."""
     out = run_git(
         state.repo, "merge-tree", "--write-tree", "--no-messages", state.tip, branch, check=False
     )
     tree = out.split("\n", 1)[0].strip()
     if len(out.splitlines()) > 1 or not tree:
         raise ConflictError(f"{branch} conflicts with {state.branch}; open a new request")
-    commit = run_git(
+    if extra:
+        tree = _with_files(state.repo, tree, extra)
+    return run_git(
         state.repo,
         "commit-tree",
         tree,
@@ -193,8 +203,21 @@ def merge_branch(state: RepoState, branch: str, message: str, actor: str) -> str
         input=message.encode(),
         author=actor,
     ).strip()
-    advance(state, commit, f"mw: merge {branch}")
-    return commit
+
+
+def _with_files(repo: Path, tree: str, files: Mapping[str, str]) -> str:
+    with tempfile.TemporaryDirectory(prefix="mw-index-") as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        run_git(repo, "read-tree", tree, env=env)
+        info = "".join(f"100644 {sha}\t{path}\0" for path, sha in files.items())
+        run_git(repo, "update-index", "-z", "--index-info", input=info.encode(), env=env)
+        return run_git(repo, "write-tree", env=env).strip()
+
+
+def is_ancestor(repo: Path, commit: str, of: str) -> bool:
+    """True when `commit` is `of` or one of its ancestors."""
+    args = ("merge-base", "--is-ancestor", commit, of)
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True).returncode == 0
 
 
 def advance(state: RepoState, new: str, reason: str) -> None:
