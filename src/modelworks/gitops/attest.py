@@ -34,6 +34,7 @@ from modelworks.errors import ConfigError, ModelworksError
 from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR, DeployConfig
 
 if TYPE_CHECKING:
+    from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
 
 ATTESTATION_NAME = "approval.json"
@@ -216,10 +217,14 @@ class EnvCheck:
 
 def approved_env(ws: Workspace, env: str, commit: str) -> EnvCheck:
     """The configs of `env` at `commit` that carry a valid attestation; the last approved
-    config stands in for each one that does not (see `Refusal`)."""
+    config stands in for each one that does not (see `Refusal`). An ungated env's configs
+    are all taken as they are."""
+    from modelworks.gitops.deploy import read_env
     from modelworks.gitops.repo import read_blobs, tree_blobs
 
     repo = ws.deploy_repo
+    if not is_gated(ws, env):
+        return EnvCheck(commit, read_env(repo, env, commit))
     prefix = f"{DEPLOY_DIR}/{env}/"
     blobs = tree_blobs(repo, commit, prefix)
     models = sorted(
@@ -296,3 +301,69 @@ def approved_history(
             if limit is not None and len(found) >= limit:
                 break
     return found
+
+
+def record_refusals(ws: Workspace, env: str, refused: list[Refusal], *, actor: str) -> None:
+    """Write one `config.refused` audit event per refusal (a registry problem is only logged)."""
+    import logging
+
+    from modelworks.registry import audit
+    from modelworks.registry.store import Store
+
+    events = [
+        audit.event("config.refused", r.model, actor=actor, after={"env": env, **r.to_json()})
+        for r in refused
+    ]
+    try:
+        store = Store(ws.registry_url)
+        try:
+            audit.record(store, events)
+        finally:
+            store.close()
+    except Exception as exc:  # serving must outlive a registry it cannot write
+        logging.getLogger("modelworks.gitops").warning("could not audit refused configs: %s", exc)
+
+
+def verify_env(ws: Workspace, store: Store, env: str, ref: str = "HEAD") -> dict[str, Any]:
+    """Check every config of `env` at `ref`: its approval (gated envs) and its artifact.
+
+    Returns {"env", "commit", "gated", "models": [{model, path, version, ok, problem}],
+    "refused": [Refusal.to_json()...], "ok"}; the caller decides how to fail.
+    """
+    from modelworks.artifacts.verify import verify_version
+    from modelworks.gitops.deploy import read_env
+    from modelworks.gitops.repo import run_git
+
+    if env not in ws.settings.environments:
+        raise ConfigError(
+            f"environment {env!r} is not in modelworks.yaml (environments: "
+            f"{', '.join(ws.settings.environments)})"
+        )
+    commit = run_git(ws.deploy_repo, "rev-parse", "--verify", f"{ref}^{{commit}}").strip()
+    gated = is_gated(ws, env)
+    if gated:
+        check = approved_env(ws, env, commit)
+        refused = {r.model: r for r in check.refused}
+        configs = {m: c for m, c in check.configs.items() if m not in refused}
+    else:
+        refused, configs = {}, read_env(ws.deploy_repo, env, commit)
+    models: list[dict[str, Any]] = [
+        {"model": r.model, "path": r.path, "version": None, "ok": False, "problem": r.message()}
+        for r in refused.values()
+    ]
+    for name, cfg in sorted(configs.items()):
+        row: dict[str, Any] = {"model": name, "path": f"{DEPLOY_DIR}/{env}/{name}/{CONFIG_NAME}"}
+        try:
+            verify_version(ws, store, name, cfg.version)
+            row.update(version=cfg.version, ok=True, problem=None)
+        except ModelworksError as exc:
+            row.update(version=cfg.version, ok=False, problem=str(exc))
+        models.append(row)
+    return {
+        "env": env,
+        "commit": commit,
+        "gated": gated,
+        "models": sorted(models, key=lambda m: str(m["model"])),
+        "refused": [r.to_json() for r in refused.values()],
+        "ok": all(m["ok"] for m in models),
+    }
