@@ -34,7 +34,9 @@ from modelworks.registry.store import Store
 from modelworks.workspace import Workspace
 
 PROD = config_path("prod", "model-0")
-INFER = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [0.5, 1, 0, 0]}]}
+INFER = {
+    "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [0.5, 1, 0, 0]}]
+}
 
 
 @pytest.fixture
@@ -144,9 +146,7 @@ def test_rollback_to_a_version_prod_never_served_is_refused(ws: Workspace, store
         rollback(ws, store, "model-0", to=v2, actor="carol")
 
 
-def test_rollback_to_the_previous_approved_version_is_attested(
-    ws: Workspace, store: Store
-) -> None:
+def test_rollback_to_the_previous_approved_version_is_attested(ws: Workspace, store: Store) -> None:
     v1 = ship(ws, store)
     retrain(ws, "model-0", 0.05)
     v2 = ship(ws, store)
@@ -166,9 +166,7 @@ def test_rollback_to_the_previous_approved_version_is_attested(
     assert event["after"]["version"] == v1
 
 
-def test_a_hand_commit_to_prod_is_not_served(
-    ws: Workspace, store: Store, tmp_path: Path
-) -> None:
+def test_a_hand_commit_to_prod_is_not_served(ws: Workspace, store: Store, tmp_path: Path) -> None:
     v1 = ship(ws, store)
     retrain(ws, "model-0", 0.05)
     commit, v2 = _hand_commit(ws)
