@@ -316,3 +316,29 @@ def get_state(store: Store, request_id: int) -> str:
     from modelworks.gitops.promote import get_promotion
 
     return str(get_promotion(store, request_id)["state"])
+
+
+def test_attest_adopts_configs_approved_before_attestations(ws: Workspace, store: Store) -> None:
+    v1 = ship(ws, store)
+    # As an upgraded workspace has it: merged by an approved promotion, no approval.json.
+    att = attestation_path("prod", "model-0")
+    git(ws, "rm", "-q", att)
+    git(ws, "commit", "-q", "-m", "a workspace from before attestations")
+    (ws.root / config_path("prod", "model-1")).parent.mkdir(parents=True)
+    (ws.root / config_path("prod", "model-1")).write_text(
+        (ws.root / config_path("test", "model-1")).read_text()
+    )
+    _git.commit(ws.root, [config_path("prod", "model-1")], "hand commit")
+    assert {r.model for r in approved_env(ws, "prod", str(_git.head(ws.root))).refused} == {
+        "model-0",
+        "model-1",
+    }
+    proc = _run(ws, "attest", "--env", "prod", "--as", "admin", "--json")
+    assert proc.returncode == 1, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["adopted"] == [{"model": "model-0", "promotion": 1}]
+    assert [u["path"] for u in result["unproven"]] == [config_path("prod", "model-1")]
+    check = approved_env(ws, "prod", str(_git.head(ws.root)))
+    assert [r.model for r in check.refused] == ["model-1"]
+    assert check.configs["model-0"].version == v1
+    assert json.loads((ws.root / att).read_text())["approvers"] == ["bob"]

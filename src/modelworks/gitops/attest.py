@@ -74,9 +74,10 @@ def sign_attestation(
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from modelworks.apply import signing_key
     from modelworks.security.keys import fingerprint, signing_keys
 
-    private, public = signing_keys(ws)
+    private, public = signing_key(ws), signing_keys(ws)[1]  # made on first use, as apply does
     try:
         key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -262,7 +263,8 @@ def _parse(text: str | None, model: str) -> DeployConfig | None:
 def _last_change(repo: Path, commit: str, path: str) -> str:
     from modelworks.gitops.repo import run_git
 
-    return run_git(repo, "log", "-1", "--format=%H", commit, "--", path).strip() or commit
+    out = run_git(repo, "log", "--first-parent", "-1", "--format=%H", commit, "--", path)
+    return out.strip() or commit
 
 
 def last_approved(
