@@ -72,7 +72,7 @@ def _hand_commit(ws: Workspace) -> tuple[str, str]:
     """Copy what test serves for model-0 into prod with a plain `git commit`; (commit, version)."""
     text = (ws.root / config_path("test", "model-0")).read_text()
     (ws.root / PROD).write_text(text)
-    _git.commit(ws.root, [PROD], "hotfix: bump model-0 in prod")
+    _git.commit(ws.root, ["deploy/prod"], "hotfix: bump model-0 in prod")
     return str(_git.head(ws.root)), str(served(ws, "prod", "model-0"))
 
 
@@ -169,6 +169,9 @@ def test_rollback_to_the_previous_approved_version_is_attested(ws: Workspace, st
 def test_a_hand_commit_to_prod_is_not_served(ws: Workspace, store: Store, tmp_path: Path) -> None:
     v1 = ship(ws, store)
     retrain(ws, "model-0", 0.05)
+    evil = ws.root / config_path("prod", "evil")
+    evil.parent.mkdir(parents=True)
+    evil.write_bytes(b"\xff\xfe not yaml \x00")
     commit, v2 = _hand_commit(ws)
     assert v2 != v1
     server = Served(ws, tmp_path)
@@ -176,17 +179,23 @@ def test_a_hand_commit_to_prod_is_not_served(ws: Workspace, store: Store, tmp_pa
         assert server.infer("model-0")["model_version"] == v1
         meta = httpx.get(f"{server.base}/v2/models/model-0", timeout=10).json()
         assert meta["versions"] == [v1]
-        assert 'mw_serving_unapproved_configs{env="prod",model="model-0"} 1.0' in server.metrics()
+        metrics = server.metrics()
+        assert 'mw_serving_unapproved_configs{env="prod",model="model-0"} 1.0' in metrics
+        assert 'mw_serving_unapproved_configs{env="prod",model="evil"} 1.0' in metrics
+        assert httpx.get(f"{server.base}/v2/models/evil", timeout=10).status_code == 404
     finally:
         log = server.stop()
     assert f"{PROD} at commit {commit[:12]} is not approved" in log
     assert f"keeping the last approved version {v1}" in log
+    assert "deploy/prod/evil/config.yaml" in log
+    assert "no approved version to keep, so it is not served" in log
 
     proc = _run(ws, "verify", "--env", "prod")
     assert proc.returncode == 1, proc.stdout
-    assert f"{PROD} at commit {commit[:12]} is not approved" in proc.stderr
+    assert "deploy/prod/evil/config.yaml at commit" in proc.stderr
+    assert f"{PROD} at commit {commit[:12]} is not approved" in proc.stdout
     assert "Traceback" not in proc.stderr
-    (event,) = audit.rows(store, action="config.refused")
+    (_, event) = audit.rows(store, action="config.refused")
     assert event["after"]["commit"] == commit
     assert (event["target"], event["after"]["fallback"]) == ("model-0", v1)
 
@@ -288,6 +297,9 @@ def test_sigkill_during_approve_then_approve_again_completes_it(
     os.killpg(proc.pid, signal.SIGKILL)  # mw approve, git and the hook, as kill -9 of the group
     proc.wait()
     assert get_state(store, req["id"]) == "open"
+    refused = _run(ws, "reject", str(req["id"]), "--reason", "too late", "--as", "carol")
+    assert refused.returncode != 0
+    assert f"run `mw approve {req['id']}` to complete it" in refused.stderr
 
     again = _run(ws, "approve", str(req["id"]), "--as", "bob", "--json")
     assert again.returncode == 0, again.stderr

@@ -93,6 +93,8 @@ def _verify_env(env: str, workspace: Any, json_out: bool) -> None:
     for m in info["models"]:
         mark = "[green]ok[/green]     " if m["ok"] else "[red]refused[/red]"
         console.print(f"  {mark} {m['path']}  {m['version'] or ''}", highlight=False)
+        if not m["ok"]:
+            console.print(f"           {m['problem']}", highlight=False, soft_wrap=True)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise VerificationError(f"{bad[0]['problem']}{more}")

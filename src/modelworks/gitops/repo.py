@@ -122,7 +122,7 @@ def read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
         if len(header) < 3 or header[1] == b"missing":
             continue
         size = int(header[2])
-        result[sha] = out[pos : pos + size].decode()
+        result[sha] = out[pos : pos + size].decode(errors="replace")  # never a crash on bytes
         pos += size + 1
     return result
 
