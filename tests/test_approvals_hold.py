@@ -354,3 +354,20 @@ def test_attest_adopts_configs_approved_before_attestations(ws: Workspace, store
     assert [r.model for r in check.refused] == ["model-1"]
     assert check.configs["model-0"].version == v1
     assert json.loads((ws.root / att).read_text())["approvers"] == ["bob"]
+
+
+def test_verify_env_arguments_are_checked(
+    capsys: pytest.CaptureFixture[str], ws: Workspace
+) -> None:
+    from modelworks.testing import run_cli
+
+    code, _out, err = run_cli(capsys, "verify", "-C", str(ws.root))
+    assert (code, "pass --env ENV" in err) == (1, True)
+    code, _out, err = run_cli(capsys, "verify", "--env", "../../x", "-C", str(ws.root))
+    assert code == 1
+    assert "environment '../../x' is not in modelworks.yaml" in err
+    code, out, err = run_cli(capsys, "verify", "--env", "test", "-C", str(ws.root))
+    assert code == 0, err
+    assert "verified 3 config(s) of test" in out
+    code, _out, err = run_cli(capsys, "attest", "--env", "test", "-C", str(ws.root))
+    assert (code, "needs no approvals" in err) == (1, True)

@@ -44,7 +44,7 @@ def verify_cmd(
 
     if target is None:
         if env is None:
-            raise ConfigError("name a MODEL[@VERSION] to verify, or pass --env ENV")
+            raise ConfigError("name a model to verify (MODEL or MODEL@VERSION), or pass --env ENV")
         _verify_env(env, workspace, json_out)
         return
     model, _, version = target.partition("@")
