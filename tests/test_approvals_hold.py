@@ -246,13 +246,15 @@ def test_an_approved_promotion_serves_the_new_version(
 
 
 HOOK = """#!/bin/sh
-# Holds `mw approve` at one exact step: after git committed the update of a matching ref.
+# Holds `mw approve` at one exact step: after git committed an update (or, with
+# MW_TEST_ON_DELETE, the deletion) of a ref matching MW_TEST_PAUSE_REF.
 [ "$1" = committed ] || exit 0
 [ -n "$MW_TEST_PAUSE_REF" ] || exit 0
 while read -r old new ref; do
   case "$ref" in
-    $MW_TEST_PAUSE_REF) if [ "$new" != "$MW_TEST_ZERO" ] || [ -n "$MW_TEST_ON_DELETE" ]; then
-        touch "$MW_TEST_MARKER"; sleep 600; fi ;;
+    $MW_TEST_PAUSE_REF)
+      deleted=no; [ "$new" = "$MW_TEST_ZERO" ] && deleted=yes
+      if [ "$deleted" = "${MW_TEST_ON_DELETE:-no}" ]; then touch "$MW_TEST_MARKER"; sleep 600; fi ;;
   esac
 done
 exit 0
@@ -260,14 +262,15 @@ exit 0
 
 
 @pytest.mark.parametrize(
-    ("step", "pause_ref"),
+    ("step", "pause_ref", "on_delete"),
     [
-        ("intent recorded, main not moved", "refs/modelworks/merging/*"),
-        ("main merged, registry not updated", "refs/heads/main"),
+        ("intent recorded, main not moved", "refs/modelworks/merging/*", "no"),
+        ("main merged, registry not updated", "refs/heads/main", "no"),
+        ("registry and audit updated, intent cleared", "refs/modelworks/merging/*", "yes"),
     ],
 )
 def test_sigkill_during_approve_then_approve_again_completes_it(
-    ws: Workspace, store: Store, tmp_path: Path, step: str, pause_ref: str
+    ws: Workspace, store: Store, tmp_path: Path, step: str, pause_ref: str, on_delete: str
 ) -> None:
     before = served(ws, "prod", "model-0")
     req = promote(ws, store, ["model-0", "model-1"], actor="alice")
@@ -287,6 +290,7 @@ def test_sigkill_during_approve_then_approve_again_completes_it(
             "MW_TEST_PAUSE_REF": pause_ref,
             "MW_TEST_MARKER": str(marker),
             "MW_TEST_ZERO": "0" * 40,
+            "MW_TEST_ON_DELETE": on_delete,
         },
     )
     deadline = time.monotonic() + 60
@@ -296,10 +300,11 @@ def test_sigkill_during_approve_then_approve_again_completes_it(
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # mw approve, git and the hook, as kill -9 of the group
     proc.wait()
-    assert get_state(store, req["id"]) == "open"
-    refused = _run(ws, "reject", str(req["id"]), "--reason", "too late", "--as", "carol")
-    assert refused.returncode != 0
-    assert f"run `mw approve {req['id']}` to complete it" in refused.stderr
+    if on_delete == "no":
+        assert get_state(store, req["id"]) == "open"
+        refused = _run(ws, "reject", str(req["id"]), "--reason", "too late", "--as", "carol")
+        assert refused.returncode != 0
+        assert f"run `mw approve {req['id']}` to complete it" in refused.stderr
 
     again = _run(ws, "approve", str(req["id"]), "--as", "bob", "--json")
     assert again.returncode == 0, again.stderr

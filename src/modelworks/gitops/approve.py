@@ -211,13 +211,18 @@ def resume(
     An approve writes `refs/modelworks/merging/<id>` (the planned merge commit) before it
     moves main, and deletes it after the registry and the audit log know. Finding it means a
     crash: the merge is finished (main moved to it if it had not), recorded, and audited.
+    Approving again a request this approver's approval already merged changes nothing.
     """
-    if provider.name != "local" or _git.head(ws.deploy_repo, intent_ref(request_id)) is None:
+    if provider.name != "local":
         return None
+    pending = _git.head(ws.deploy_repo, intent_ref(request_id)) is not None
     with store.session() as s:
         req = _get(s, request_id)
         state, approvers = req.state, _approvers(s, req)
         events = _merged_events(req, approvers, req.merge_commit, actor)
+    if not pending:
+        done = state == "merged" and actor in approvers
+        return get_promotion(store, request_id) if done else None
     if state == "open":
         return _finish(ws, store, request_id, actor, provider)
     if state == "merged" and not audit.rows(
