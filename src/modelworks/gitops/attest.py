@@ -21,6 +21,7 @@ Whoever can read the private key (`.mw/`) can sign anything: that user is an adm
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -71,22 +72,14 @@ def sign_attestation(
     actor: str,
 ) -> str:
     """The approval.json text for `config_text`, signed with the workspace signing key."""
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from modelworks.apply import signing_key
-    from modelworks.security.keys import fingerprint, signing_keys
+    from modelworks.security.keys import signing_keys
 
     private, public = signing_key(ws), signing_keys(ws)[1]  # made on first use, as apply does
-    try:
-        key = serialization.load_pem_private_key(private.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"{private}: cannot sign the approval of {model} in {env} ({exc}); the signing key "
-            "made by `mw apply` or `mw init` is needed to merge into a gated environment"
-        ) from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{private}: not an EC private key; cannot sign approvals")
+    key, key_id = _signer(str(private), str(public), _stamp(private), _stamp(public))
     cfg = yaml.safe_load(config_text) or {}
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -101,11 +94,39 @@ def sign_attestation(
         "approvers": sorted(approvers),
         "actor": actor,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "key": fingerprint(public),
+        "key": key_id,
     }
     signature = key.sign(_canonical(payload), ec.ECDSA(hashes.SHA256()))
     payload["signature"] = base64.b64encode(signature).decode()
     return json.dumps(payload, indent=2, sort_keys=True) + "\n"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _signer(private: str, public: str, _p: tuple[int, int], _q: tuple[int, int]) -> tuple[Any, str]:
+    """The loaded private key and the public key's fingerprint (cached per file version)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from modelworks.security.keys import fingerprint
+
+    try:
+        key = serialization.load_pem_private_key(Path(private).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{private}: cannot sign approvals ({exc}); the signing key made by `mw apply` "
+            "or `mw init` is needed to merge into a gated environment"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{private}: not an EC private key; cannot sign approvals")
+    return key, fingerprint(Path(public))
 
 
 class Verifier:
