@@ -157,7 +157,10 @@ class Verifier:
         if config is None:
             return "the config is missing"
         if attestation is None:
-            return f"no approval attestation ({ATTESTATION_NAME}) beside it"
+            return (
+                f"no approval attestation ({ATTESTATION_NAME}) beside it (merged before "
+                f"attestations existed? `mw attest --env {env}` adopts what the registry proves)"
+            )
         if self.problem:
             return self.problem
         try:
