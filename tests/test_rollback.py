@@ -80,17 +80,18 @@ def test_rollback_to_the_previous_version(two: tuple[Workspace, Store, str, str]
 
 def test_rollback_to_a_named_version(two: tuple[Workspace, Store, str, str]) -> None:
     ws, store, v1, v2 = two
-    v3 = retrain(ws, "model-0", 0.2)  # registered and in test, never served in prod
-    result = rollback(ws, store, "model-0", to=v3, actor="carol")
-    cfg = yaml.safe_load((ws.root / PROD).read_text())
+    v3 = retrain(ws, "model-0", 0.2)  # registered and served in test, never in prod
+    result = rollback(ws, store, "model-0", env="test", to=v1, actor="carol")
+    cfg = yaml.safe_load((ws.root / config_path("test", "model-0")).read_text())
     with store.session() as s:
-        row = s.scalars(select(ModelVersion).where(ModelVersion.version == v3)).one()
-    assert (result["from"], result["to"], cfg["version"]) == (v2, v3, v3)
+        row = s.scalars(select(ModelVersion).where(ModelVersion.version == v1)).one()
+    assert (result["from"], result["to"], cfg["version"]) == (v3, v1, v1)
     assert cfg["artifact_digest"] == row.artifact_digest
     assert cfg["name"] == "model-0"
-    assert "(from the registry)" in git(ws, "log", "-1", "--format=%B")
+    assert "as of" in git(ws, "log", "-1", "--format=%B")
     assert rollback(ws, store, "model-0", to=v1, actor="carol")["to"] == v1
     assert served(ws, "prod", "model-0") == v1
+    assert rollback(ws, store, "model-0", to=v2, actor="carol")["to"] == v2
 
 
 def test_unknown_or_rejected_versions_are_refused(two: tuple[Workspace, Store, str, str]) -> None:

@@ -249,6 +249,30 @@ def rollback_cmd(
     )
 
 
+def attest_cmd(
+    env: EnvOpt = "prod",
+    workspace: WorkspaceOpt = None,
+    as_user: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign attestations for a gated env's configs that predate them, if the registry proves
+    an approved promotion put them there (run once after upgrading; needs the signing key)."""
+    from modelworks._console import console
+    from modelworks.gitops.adopt import adopt
+
+    ws, store = open_workspace(workspace)
+    result = adopt(ws, store, env, actor=actor(ws, as_user))
+    if json_out:
+        emit_json(result)
+    else:
+        for a in result["adopted"]:
+            console.print(f"attested {a['model']} (promotion #{a['promotion']})", highlight=False)
+        for u in result["unproven"]:
+            console.print(f"[red]not proven[/red] {u['path']}: promote it again", highlight=False)
+    if result["unproven"]:
+        raise typer.Exit(1)
+
+
 def history_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     env: EnvOpt = "prod",
@@ -409,5 +433,6 @@ def register(app: typer.Typer) -> None:
     app.command("reject")(reject_cmd)
     app.command("rollback")(rollback_cmd)
     app.command("history")(history_cmd)
+    app.command("attest")(attest_cmd)
     app.command("push")(push_cmd)
     app.add_typer(export_app, name="export")

@@ -21,14 +21,20 @@ secret_app = typer.Typer(
 
 def verify_cmd(
     target: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            metavar="MODEL[@VERSION]", help="Model, optionally @version or @sha256:digest."
+            metavar="[MODEL[@VERSION]]",
+            help="Model, optionally @version or @sha256:digest (omit with --env: every config).",
         ),
-    ],
+    ] = None,
     env: Annotated[
         str | None,
-        typer.Option("--env", "-e", help="Without @VERSION: the version served in this env."),
+        typer.Option(
+            "--env",
+            "-e",
+            help="Without MODEL: check every config of this env (approval and artifact); "
+            "with MODEL and no @VERSION: the version served in this env.",
+        ),
     ] = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
@@ -36,7 +42,13 @@ def verify_cmd(
     """Verify a version before anything loads it: digests, signature, SBOM and scan."""
     from modelworks._console import console
     from modelworks.artifacts.verify import verify_version
+    from modelworks.errors import ConfigError
 
+    if target is None:
+        if env is None:
+            raise ConfigError("name a model to verify (MODEL or MODEL@VERSION), or pass --env ENV")
+        _verify_env(env, workspace, json_out)
+        return
     model, _, version = target.partition("@")
     ws, store = open_workspace(workspace)
     info = verify_version(ws, store, model, version or None, env=env)
@@ -65,6 +77,35 @@ def verify_cmd(
     console.print(f"  scan       safe at threshold {c['scan']['threshold']}", highlight=False)
     for env, d in sorted(info["deployed"].items()):
         console.print(f"  {env:<10} serves {d['version']}", highlight=False)
+
+
+def _verify_env(env: str, workspace: Any, json_out: bool) -> None:
+    from modelworks._console import console
+    from modelworks.errors import VerificationError
+    from modelworks.gitops.attest import verify_env
+
+    ws, store = open_workspace(workspace)
+    info = verify_env(ws, store, env)
+    bad = [m for m in info["models"] if not m["ok"]]
+    if json_out:
+        emit_json(info)
+        if bad:
+            raise typer.Exit(1)
+        return
+    for m in info["models"]:
+        mark = "[green]ok[/green]     " if m["ok"] else "[red]refused[/red]"
+        console.print(f"  {mark} {m['path']}  {m['version'] or ''}", highlight=False)
+        if not m["ok"]:
+            console.print(f"           {m['problem']}", highlight=False, soft_wrap=True)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise VerificationError(f"{bad[0]['problem']}{more}")
+    gate = "approved and " if info["gated"] else ""
+    console.print(
+        f"[green]verified[/green] {len(info['models'])} config(s) of {env} at "
+        f"{info['commit'][:12]}: {gate}artifacts intact",
+        highlight=False,
+    )
 
 
 @audit_app.callback(invoke_without_command=True)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from modelworks.errors import DeployError, NotFoundError
+from modelworks.gitops.attest import attestation_path, is_gated
 from modelworks.gitops.deploy import config_path
-from modelworks.gitops.promote import (
+from modelworks.gitops.repo import (
     RepoState,
     advance,
     commit_files,
@@ -28,7 +29,7 @@ from modelworks.gitops.promote import (
     write_blob,
 )
 from modelworks.registry import audit
-from modelworks.registry.models import Deployment, ModelVersion
+from modelworks.registry.models import Deployment, ModelVersion, PromotionRequest
 from modelworks.registry.queries import get_model
 
 if TYPE_CHECKING:
@@ -151,14 +152,16 @@ def _config_text(
     return cfg.to_yaml()
 
 
-def _commit(state: RepoState, path: str, text: str, message: str, actor: str) -> str:
-    """Commit `text` at `path` on main (moving the work tree too when main is checked out)."""
-    if state.worktree and dirty_paths(state.repo, path):
-        raise DeployError(
-            f"{state.repo / path} has uncommitted changes; commit or discard them, "
-            "then roll back again"
-        )
-    new = commit_files(state.repo, state.tip, {path: write_blob(state.repo, text)}, message, actor)
+def _commit(state: RepoState, path: str, files: dict[str, str], message: str, actor: str) -> str:
+    """Commit `files` (path -> text) on main (moving the work tree too when it is checked out)."""
+    for rel in files:
+        if state.worktree and dirty_paths(state.repo, rel):
+            raise DeployError(
+                f"{state.repo / rel} has uncommitted changes; commit or discard them, "
+                "then roll back again"
+            )
+    blobs = {rel: write_blob(state.repo, text) for rel, text in files.items()}
+    new = commit_files(state.repo, state.tip, blobs, message, actor)
     advance(state, new, f"mw: rollback {path}")
     return new
 
@@ -166,7 +169,11 @@ def _commit(state: RepoState, path: str, text: str, message: str, actor: str) ->
 def rollback(
     ws: Workspace, store: Store, model: str, *, env: str = "prod", to: str | None = None, actor: str
 ) -> dict[str, Any]:
-    """Put the previous (or the named) version of `model` back in `env` with a revert commit."""
+    """Put the previous (or the named) version of `model` back in `env` with a revert commit.
+
+    In a gated environment (approvals > 0) only a version the environment served through an
+    approval can come back, and the commit carries a new signed attestation (kind rollback).
+    """
     state = repo_state(ws.deploy_repo)
     path = config_path(env, model)
     served = _log(state, path, None)
@@ -176,8 +183,17 @@ def rollback(
             "there is nothing to roll back"
         )
     current = served[0].version
+    gated = is_gated(ws, env)
+    if gated:
+        served = [served[0], *approved_entries(ws, store, env, model, served, state.branch)]
     version, source = _target(served, current, to, model, env)
     model_id, tenant, row = _registered(store, model, version)
+    if gated and source is None:
+        raise DeployError(
+            f"{env} never served {model} version {version} through an approved promotion, so "
+            f"it cannot be rolled back to; promote it instead (`mw promote {model} --to {env}`) "
+            "and have it approved"
+        )
     text = (
         source.text
         if source and source.text
@@ -188,7 +204,12 @@ def rollback(
         f"rollback({env}): {model} {current} -> {version}\n\n"
         f"This reverts {path} to version {version} ({origin}).\n"
     )
-    commit = _commit(state, path, text, message, actor)
+    files = {path: text}
+    if gated and source is not None:
+        files[attestation_path(env, model)] = _rollback_attestation(
+            ws, state, env, model, text, source.commit, actor
+        )
+    commit = _commit(state, path, files, message, actor)
     with store.session() as s:
         s.add(
             Deployment(
@@ -215,3 +236,51 @@ def rollback(
         ],
     )
     return {"model": model, "env": env, "from": current, "to": version, "commit": commit}
+
+
+def approved_entries(
+    ws: Workspace, store: Store, env: str, model: str, served: list[Served], ref: str
+) -> list[Served]:
+    """The entries of `served` (newest first) where `env` served `model` through an approval.
+
+    Proof is a valid attestation at that commit, or, for history from before attestations,
+    the registry's record of a promotion merged as that very commit.
+    """
+    from modelworks.gitops.attest import approved_history
+
+    ok = {c for c, _cfg in approved_history(ws, env, model, ref)}
+    with store.session() as s:
+        merged = set(
+            s.scalars(
+                select(PromotionRequest.merge_commit).where(
+                    PromotionRequest.env == env, PromotionRequest.state == "merged"
+                )
+            )
+        )
+    return [e for e in served if e.version and (e.commit in ok or e.commit in merged)]
+
+
+def _rollback_attestation(
+    ws: Workspace, state: RepoState, env: str, model: str, text: str, source: str, actor: str
+) -> str:
+    """A signed attestation (kind rollback) carrying over who approved the version first."""
+    import json
+
+    from modelworks.gitops.attest import sign_attestation
+
+    before = read_blobs(state.repo, [f"{source}:{attestation_path(env, model)}"])
+    try:
+        first = json.loads(next(iter(before.values()), "{}"))
+    except ValueError:
+        first = {}
+    return sign_attestation(
+        ws,
+        env=env,
+        model=model,
+        config_text=text,
+        kind="rollback",
+        promotion=first.get("promotion"),
+        requested_by=first.get("requested_by"),
+        approvers=list(first.get("approvers") or []),
+        actor=actor,
+    )

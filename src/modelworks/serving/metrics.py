@@ -64,6 +64,13 @@ class ServingMetrics:
             ["model", "version"],
             registry=r,
         )
+        self.unapproved = Gauge(
+            "mw_serving_unapproved_configs",
+            "1 for each model of a gated environment whose config in Git is not approved "
+            "(no valid approval attestation); the last approved version is served instead.",
+            ["env", "model"],
+            registry=r,
+        )
         self._children: dict[str, tuple[Any, Any]] = {}
 
     def observe(self, model: str, seconds: float) -> None:
@@ -88,6 +95,12 @@ class ServingMetrics:
             labels = (model, str(row.get("version", "")))
             self.drift_score.labels(*labels).set(float(row.get("score", 0.0)))
             self.drift_detected.labels(*labels).set(1.0 if row.get("drifted") else 0.0)
+
+    def set_unapproved(self, env: str, models: list[str]) -> None:
+        """Replace the unapproved-config gauges with the models refused at the last read."""
+        self.unapproved.clear()
+        for model in models:
+            self.unapproved.labels(env, model).set(1.0)
 
     def render(self) -> bytes:
         """The exposition text of this registry."""

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from modelworks.errors import ModelworksError, NotFoundError, ServingError, did_you_mean
+from modelworks.gitops.attest import Refusal, approved_env, is_gated, record_refusals
 from modelworks.serving.cache import ModelCache, digest_hex
 from modelworks.serving.loader import ModelLoader
 from modelworks.serving.metrics import ServingMetrics
@@ -53,6 +54,7 @@ class ModelServer:
         self._meta: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconcile_lock: asyncio.Lock | None = None
+        self._seen_refusals: set[tuple[str, str]] = set()
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -60,7 +62,21 @@ class ModelServer:
         commit = resolve_ref(self.ws.deploy_repo, self.ref)
         if commit == self.commit and not force:
             return commit, None
-        return commit, read_desired(self.ws.deploy_repo, self.env, commit)
+        if not is_gated(self.ws, self.env):
+            return commit, read_desired(self.ws.deploy_repo, self.env, commit)
+        check = approved_env(self.ws, self.env, commit)
+        self._refused(check.refused)
+        return commit, check.configs
+
+    def _refused(self, refused: list[Refusal]) -> None:
+        """Log, count and audit the configs of a gated env that were not approved."""
+        self.metrics.set_unapproved(self.env, [r.model for r in refused])
+        new = [r for r in refused if (r.model, r.commit) not in self._seen_refusals]
+        for r in refused:
+            log.warning("%s: %s", self.env, r.message())
+        self._seen_refusals = {(r.model, r.commit) for r in refused}
+        if new:
+            record_refusals(self.ws, self.env, new, actor="mw serve")
 
     def reconcile_now(self) -> ReconcileResult:
         """Read Git and update the desired set without loading anything (used at start)."""
