@@ -75,6 +75,11 @@ class ServingSettings(_Section):
     max_memory: str = Field("1GiB", description="Memory budget of loaded models.")
     poll_interval: float = Field(10.0, gt=0, description="Seconds between Git re-reads.")
     port: int = Field(8080, description="Default port of `mw serve`.")
+    max_body_bytes: int = Field(
+        16 * 2**20,
+        gt=0,
+        description="Largest request body `mw serve` reads (bytes); larger ones get 413.",
+    )
 
 
 class SigningSettings(_Section):
@@ -92,6 +97,12 @@ class ControllerSettings(_Section):
     poll_interval: float = Field(30.0, gt=0, description="Seconds between repository fetches.")
     webhook_secret: str | None = Field(None, description="HMAC secret of POST /hooks/git.")
     port: int = Field(8700, description="Port of the controller's HTTP endpoints.")
+    max_body_bytes: int = Field(
+        25 * 2**20,
+        gt=0,
+        description="Largest request body of the controller's endpoints (GitHub sends at most "
+        "25 MB); larger ones get 413.",
+    )
 
 
 class ForgeSettings(_Section):
