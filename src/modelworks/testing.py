@@ -176,6 +176,9 @@ class AppClient:
         finally:
             self._portal_cm.__exit__(None, None, None)
 
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        return self.portal.call(lambda: self.http.request(method, url, **kw))
+
     def get(self, url: str, **kw: Any) -> Any:
         return self.portal.call(lambda: self.http.get(url, **kw))
 
