@@ -141,7 +141,7 @@ def test_keys_rotate_and_list(capsys: pytest.CaptureFixture[str], ws: Workspace)
     assert [k["current"] for k in after] == [True, False]
     assert after[1]["fingerprint"] == before[0]["fingerprint"] != after[0]["fingerprint"]
     [ev] = mw_json(capsys, ws, "audit", "--action", "key.rotated")["events"]
-    assert ev["actor"] == "alice"
+    assert ev["actor"] == "alice (unauthenticated)"  # local mode: --as is not proof
     assert ev["after"]["fingerprint"] == after[0]["fingerprint"]
     info = mw_json(capsys, ws, "verify", "model-0")
     assert info["checks"]["signature"]["retired"] is True
@@ -178,7 +178,7 @@ def test_secret_seal_from_stdin_and_list(
     code, out, _ = mw(capsys, ws, "secret", "list")
     assert out.strip() == "DB_PASSWORD"
     [ev] = mw_json(capsys, ws, "audit", "--action", "secret.*")["events"]
-    assert (ev["actor"], ev["target"]) == ("alice", "DB_PASSWORD")
+    assert (ev["actor"], ev["target"]) == ("alice (unauthenticated)", "DB_PASSWORD")
     assert value not in json.dumps(ev)
 
 

@@ -96,6 +96,12 @@ class PermissionDeniedError(ModelworksError):
     status: ClassVar[int] = 403
 
 
+class AuthenticationError(ModelworksError):
+    """No credentials, or a token that is unknown, expired or revoked."""
+
+    status: ClassVar[int] = 401
+
+
 class ServingError(ModelworksError):
     """The inference server cannot serve a request."""
 

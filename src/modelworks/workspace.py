@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelworks.errors import ConfigError
 
@@ -115,6 +115,36 @@ class ForgeSettings(_Section):
     timeout: float = Field(10.0, gt=0, description="Seconds per forge request.")
 
 
+class OIDCSettings(_Section):
+    issuer: str = Field(description="Expected `iss` of a JWT (the provider's issuer URL).")
+    audience: str = Field(description="Expected `aud` of a JWT (the client id).")
+    jwks_url: str | None = Field(None, description="URL of the provider's JWKS (its keys).")
+    jwks_file: str | None = Field(None, description="A JWKS file instead of jwks_url.")
+    roles_claim: str = Field(
+        "roles", description="Claim holding role names; dots reach nested (realm_access.roles)."
+    )
+    user_claim: str = Field(
+        "preferred_username", description="Claim naming the user (falls back to `sub`)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OIDCSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("set exactly one of jwks_url and jwks_file")
+        return self
+
+
+class AuthSettings(_Section):
+    mode: Literal["local", "token"] = Field(
+        "local",
+        description="local: the git user, --as allowed, audited as unauthenticated; "
+        "token: every command needs MW_TOKEN or --token.",
+    )
+    oidc: OIDCSettings | None = Field(
+        None, description="Accept JWTs from an OIDC provider (Keycloak, Dex) as tokens."
+    )
+
+
 class Settings(_Section):
     """Everything modelworks.yaml can say; every field has a working default."""
 
@@ -133,6 +163,7 @@ class Settings(_Section):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import sys
@@ -50,8 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or os.environ.get("MW_VERBOSE") == "1"
     args = [a for a in args if a != "--verbose"]
+    saved_token = os.environ.get("MW_TOKEN")
     try:
-        rv = app(args=args, prog_name="mw", standalone_mode=False)
+        args = _take_token(args)
+        # A fresh context per run: what one command sets (audit labels) ends with it.
+        rv = contextvars.copy_context().run(app, args=args, prog_name="mw", standalone_mode=False)
         if isinstance(rv, int) and rv:
             sys.exit(rv)
     except ModelworksError as exc:
@@ -73,6 +77,34 @@ def main(argv: list[str] | None = None) -> None:
             70,
             verbose,
         )
+    finally:
+        _restore_env("MW_TOKEN", saved_token)
+
+
+def _take_token(args: list[str]) -> list[str]:
+    """Move a global `--token T` (or `--token=T`) into MW_TOKEN; return the other args."""
+    from modelworks.errors import ConfigError
+
+    rest: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--token":
+            value = next(it, None)
+            if value is None or not value.strip():
+                raise ConfigError("--token needs a value: --token <token> (or set MW_TOKEN)")
+            os.environ["MW_TOKEN"] = value
+        elif arg.startswith("--token="):
+            os.environ["MW_TOKEN"] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
+    from modelworks.security.identity import Identity
     from modelworks.workspace import Workspace
 
 WorkspaceOpt = Annotated[
@@ -18,19 +20,54 @@ WorkspaceOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ActorOpt = Annotated[str | None, typer.Option("--as", help="Act as this user (default: git user).")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this user (auth.mode local only; default: the git user)."),
+]
 
 
-def open_workspace(path: Path | None) -> tuple[Workspace, Store]:
-    """The workspace at or above `path` and its registry."""
+def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, Store]:
+    """The workspace at or above `path` and its registry (in token mode: for `role` or up)."""
     from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(path)
-    return ws, Store(ws.registry_url)
+    store = Store(ws.registry_url)
+    if ws.settings.auth.mode == "token":
+        identity_for(ws, store, cli_token(), None, role, "read this workspace")
+    return ws, store
 
 
-def actor(ws: Workspace, given: str | None) -> str:
-    from modelworks import _git
+def cli_token() -> str | None:
+    """The token of this command: MW_TOKEN (main() moves a global --token there)."""
+    return os.environ.get("MW_TOKEN") or None
 
-    return given or _git.user_name(ws.root)
+
+def identity_for(
+    ws: Workspace,
+    store: Store | None,
+    token: str | None,
+    as_user: str | None,
+    role: str,
+    action: str,
+) -> Identity:
+    """Who runs this command, checked for `role`; the one place CLI commands check roles.
+
+    Local mode's users (the git user or --as) hold every role but are audited as
+    "<user> (unauthenticated)".
+    """
+    from modelworks.registry import audit
+    from modelworks.security.identity import cli_identity, require
+
+    identity = cli_identity(ws, store, token=token, as_user=as_user)
+    require(identity, role, action)
+    if not identity.authenticated:
+        audit.label_actor(identity.user, identity.audit_actor)
+    return identity
+
+
+def actor(
+    ws: Workspace, given: str | None, role: str = "developer", action: str = "change state"
+) -> str:
+    """The user a state-changing command acts as (see identity_for)."""
+    return identity_for(ws, None, cli_token(), given, role, action).user

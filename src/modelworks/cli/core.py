@@ -134,7 +134,7 @@ def apply_cmd(
             store,
             names=models or None,
             executor=ex,
-            actor=actor(ws, as_user),
+            actor=actor(ws, as_user, "developer", "apply"),
             wait=wait,
             on_start=on_start,
             on_result=on_result,

@@ -50,7 +50,7 @@ def promote_cmd(
         all_changed=all_changed,
         pipeline=pipeline,
         labels=label,
-        actor=actor(ws, as_user),
+        actor=actor(ws, as_user, "developer", f"promote to {to}"),
     )
     if json_out:
         emit_json(req)
@@ -181,7 +181,8 @@ def approve_cmd(
     from modelworks.gitops.promote import approve
 
     ws, store = open_workspace(workspace)
-    req = approve(ws, store, request_id, actor=actor(ws, as_user), comment=comment)
+    who = actor(ws, as_user, "approver", f"approve promotion request {request_id}")
+    req = approve(ws, store, request_id, actor=who, comment=comment)
     if json_out:
         emit_json(req)
         return
@@ -212,7 +213,8 @@ def reject_cmd(
     from modelworks.gitops.promote import reject
 
     ws, store = open_workspace(workspace)
-    req = reject(ws, store, request_id, actor=actor(ws, as_user), reason=reason)
+    who = actor(ws, as_user, "approver", f"reject promotion request {request_id}")
+    req = reject(ws, store, request_id, actor=who, reason=reason)
     if json_out:
         emit_json(req)
         return
@@ -234,7 +236,9 @@ def rollback_cmd(
     from modelworks.gitops.rollback import rollback
 
     ws, store = open_workspace(workspace)
-    result = rollback(ws, store, model, env=env, to=to, actor=actor(ws, as_user))
+    gated = getattr(ws.settings.environments.get(env), "approvals", 0) > 0
+    who = actor(ws, as_user, "approver" if gated else "developer", f"roll back {model} in {env}")
+    result = rollback(ws, store, model, env=env, to=to, actor=who)
     if json_out:
         emit_json(result)
         return

@@ -34,6 +34,7 @@ from modelworks.errors import (
     did_you_mean,
 )
 from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR, config_path
+from modelworks.names import normalize
 from modelworks.registry import audit
 from modelworks.registry.models import Approval, Deployment, Model, ModelVersion, PromotionRequest
 
@@ -637,10 +638,11 @@ def _record_approval(
     provider: ForgeProvider,
 ) -> tuple[int, int]:
     """Check and store one approval; return (approvals now, approvals required)."""
+    actor = normalize(actor)
     with store.session() as s:
         req = _get(s, request_id)
         _require_open(req)
-        if actor == req.author:
+        if actor == normalize(req.author):
             raise PermissionDeniedError(
                 f"{actor} opened promotion request {req.id} and cannot "
                 "approve it; another approver must"

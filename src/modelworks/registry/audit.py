@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,14 @@ COLUMNS = (
     "prev_hash",
     "hash",
 )
+# user -> how the audit log names them in this context (the CLI's local mode marks its
+# users "(unauthenticated)" while Git and the registry keep the plain name).
+_actor_labels: ContextVar[dict[str, str] | None] = ContextVar("mw_audit_actor_labels", default=None)
+
+
+def label_actor(user: str, label: str) -> None:
+    """From now on in this context, events by `user` are recorded with actor `label`."""
+    _actor_labels.set({**(_actor_labels.get() or {}), user: label})
 
 
 def event(
@@ -40,7 +49,7 @@ def event(
     """One audit event: who did what to which target, with the state before and after."""
     return {
         "ts": datetime.now(UTC).isoformat(),
-        "actor": actor,
+        "actor": (_actor_labels.get() or {}).get(actor, actor),
         "action": action,
         "target": target,
         "tenant": tenant,

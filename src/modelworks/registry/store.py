@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelworks.errors import RegistryError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0002_http"
+HEAD_REVISION = "0002_http"  # chained after 0002_identity (merged in); the lead re-chains
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,7 +1,7 @@
 """webhook deliveries: the controller remembers signed deliveries so a replay triggers nothing
 
 Revision ID: 0002_http
-Revises: 0001
+Revises: 0002_identity
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_http"
-down_revision = "0001"
+down_revision = "0002_identity"
 branch_labels = None
 depends_on = None
 
