@@ -58,9 +58,21 @@ class OCISettings(_Section):
     base_image: str | None = Field(None, description="Base image for ModelCars (needs ln, sleep).")
 
 
+HttpAuth = Literal["none", "token"]
+
+
+class EnvironmentServing(_Section):
+    auth: HttpAuth | None = Field(
+        None, description="Overrides serving.auth for this environment's `mw serve`."
+    )
+
+
 class Environment(_Section):
     auto_deploy: bool = Field(False, description="Versions that pass their gates deploy here.")
     approvals: int = Field(1, ge=0, description="Approvals a promotion here needs.")
+    serving: EnvironmentServing = Field(
+        default_factory=EnvironmentServing, description="Serving settings of this environment."
+    )
 
 
 def _default_envs() -> dict[str, Environment]:
@@ -79,6 +91,12 @@ class ServingSettings(_Section):
         16 * 2**20,
         gt=0,
         description="Largest request body `mw serve` reads (bytes); larger ones get 413.",
+    )
+    auth: HttpAuth | None = Field(
+        None,
+        description="HTTP auth of `mw serve`, `/metrics`, `/admin/*` and the controller's "
+        "endpoints: none, or token (Authorization: Bearer; recommended). Unset: none on a "
+        "loopback bind, token on any other.",
     )
 
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from modelworks.controller import deliveries
-from modelworks.serving.http import BodyLimit, error_response, exception_handlers
+from modelworks.serving.auth import AuthMode, controller_auth, controller_policy, edge_middleware
+from modelworks.serving.http import error_response, exception_handlers
 from modelworks.serving.metrics import refused_counter
 
 if TYPE_CHECKING:
@@ -122,11 +122,14 @@ class ControllerEndpoints:
         return Response(body, media_type="text/plain; version=0.0.4")
 
 
-def create_app(controller: Controller) -> Starlette:
-    """The ASGI app of the controller's endpoints."""
+def create_app(
+    controller: Controller, *, host: str = "127.0.0.1", auth: AuthMode | None = None
+) -> Starlette:
+    """The ASGI app of the controller's endpoints, to be bound to `host` (the auth default)."""
     metrics = ControllerMetrics()
     h = ControllerEndpoints(controller, metrics)
-    limit = controller.ws.settings.controller.max_body_bytes
+    ws = controller.ws
+    mode = auth or controller_auth(ws, host)
     app = Starlette(
         routes=[
             Route("/hooks/git", h.hook, methods=["POST"]),
@@ -136,7 +139,16 @@ def create_app(controller: Controller) -> Starlette:
             Route("/metrics", h.metrics_text, methods=["GET"]),
         ],
         exception_handlers=exception_handlers(),
-        middleware=[Middleware(BodyLimit, limit, "controller.max_body_bytes", metrics.refused)],
+        middleware=edge_middleware(
+            ws,
+            mode,
+            controller_policy,
+            lambda: controller.store,
+            ws.settings.controller.max_body_bytes,
+            "controller.max_body_bytes",
+            metrics.refused,
+        ),
     )
     app.state.metrics = metrics
+    app.state.auth = mode
     return app

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,8 +20,15 @@ from starlette.routing import Route
 import modelworks
 from modelworks.errors import ModelworksError, ServingError
 from modelworks.serving._json import dumps
+from modelworks.serving.auth import (
+    AuthMode,
+    edge_middleware,
+    lazy_store,
+    serving_auth,
+    serving_policy,
+)
 from modelworks.serving.cache import parse_size
-from modelworks.serving.http import BodyLimit, error_response, exception_handlers
+from modelworks.serving.http import error_response, exception_handlers
 from modelworks.serving.predlog import PredictionSampler
 from modelworks.serving.protocol import (
     InferenceRequestError,
@@ -214,8 +220,14 @@ def create_app(
     poll_interval: float | None = None,
     reconcile_in_background: bool = True,
     allow_pickle: bool = False,
+    host: str = "127.0.0.1",
+    auth: AuthMode | None = None,
 ) -> Starlette:
-    """Build the inference app for `env`; reads Git once now, then polls in the background."""
+    """Build the inference app for `env`; reads Git once now, then polls in the background.
+
+    `host` is the address it will be bound to, which decides the auth default (see
+    modelworks.serving.auth); `auth` overrides the settings.
+    """
     settings = ws.settings.serving
     budget = max_memory if max_memory is not None else parse_size(settings.max_memory)
     rate = settings.sample_rate if sample_rate is None else sample_rate
@@ -230,6 +242,7 @@ def create_app(
     log.info("serving %d model(s) of %s at %s", len(server.entries), env, (first.commit or "")[:12])
     sampler = PredictionSampler.create(ws.state_dir / "predictions" / env, rate)
     handlers = ServingApp(server, sampler)
+    mode = auth or serving_auth(ws, env, host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -248,18 +261,20 @@ def create_app(
     app = Starlette(
         routes=_routes(handlers),
         exception_handlers=exception_handlers(),
-        middleware=[
-            Middleware(
-                BodyLimit,
-                settings.max_body_bytes,
-                "serving.max_body_bytes",
-                server.metrics.refused,
-            )
-        ],
+        middleware=edge_middleware(
+            ws,
+            mode,
+            serving_policy,
+            lazy_store(ws),
+            settings.max_body_bytes,
+            "serving.max_body_bytes",
+            server.metrics.refused,
+        ),
         lifespan=lifespan,
     )
     app.state.server = server
     app.state.sampler = sampler
+    app.state.auth = mode
     return app
 
 
@@ -276,7 +291,7 @@ def run_server(
     import uvicorn
 
     _setup_logging()
-    app = create_app(ws, env, ref=ref, max_memory=max_memory)
+    app = create_app(ws, env, ref=ref, max_memory=max_memory, host=host)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
     # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
     with _quiet_signals(), contextlib.suppress(KeyboardInterrupt):
