@@ -237,6 +237,7 @@ HOSTILE: dict[str, tuple[str | bytes, str]] = {
     "parameters 5": (json.dumps({"inputs": [GOOD], "parameters": 5}), "must be an object"),
     "id 5": (json.dumps({"inputs": [GOOD], "id": 5}), "'id' must be a string"),
     "name 5": (_with(name=5), "'name' must be a string"),
+    "name of 100k characters": (_with(name="n" * 100_000), "at most 256 characters"),
     "datatype list": (_with(datatype=["FP64"]), "unknown datatype"),
     "datatype object": (_with(datatype={"a": 1}), "unknown datatype"),
     "shape mismatch": (_with(shape=[2, 4]), "has 4 values, shape [2, 4] needs 8"),

@@ -46,6 +46,7 @@ def datatype_of(arr: np.ndarray) -> str:
 
 
 MAX_DIMS = 32  # numpy allows 64; no model input needs more than a handful
+MAX_NAME = 256
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
@@ -114,8 +115,11 @@ def _check_fields(tensor: Any) -> tuple[str, list[int], str, Any]:
         )
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
     name = tensor.get("name", "?")
-    if not isinstance(name, str):
-        raise InferenceRequestError(f"an input's 'name' must be a string, got {describe(name)}")
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise InferenceRequestError(
+            f"an input's 'name' must be a string of at most {MAX_NAME} characters, "
+            f"got {describe(name)}"
+        )
     if missing:
         raise InferenceRequestError(f"input {name!r} lacks field(s) {', '.join(missing)}")
     shape = _check_shape(name, tensor["shape"])
