@@ -183,6 +183,16 @@ def test_refusals_are_counted_not_audited(
     assert counts['reason="forbidden"'] >= 3
 
 
+def test_roles_hold_under_a_root_path(secured: tuple[Workspace, dict[str, str]]) -> None:
+    ws, tokens = secured
+    app = create_app(ws, "test", reconcile_in_background=False, sample_rate=0.0)
+    with AppClient(app, root_path="/mw") as c:  # as behind a proxy that mounts it at /mw
+        assert c.get("/mw/v2/health/live").status_code == 200
+        viewer = bearer(tokens["viewer"])
+        refused(c.post("/mw/admin/reconcile", headers=viewer), 403, "needs admin")
+        assert c.post("/mw/admin/reconcile", headers=bearer(tokens["admin"])).status_code == 200
+
+
 # -- the controller's endpoints ---------------------------------------------------------------
 
 

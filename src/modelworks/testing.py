@@ -153,9 +153,10 @@ class AppClient:
     Starlette's TestClient warns under `filterwarnings = error`; this is the same idea.
     """
 
-    def __init__(self, app: Any, base_url: str = "http://mw.test") -> None:
+    def __init__(self, app: Any, base_url: str = "http://mw.test", root_path: str = "") -> None:
         self.app = app
         self.base_url = base_url
+        self.root_path = root_path  # as a proxy that mounts the app under a prefix sets it
 
     def __enter__(self) -> AppClient:
         import httpx
@@ -163,7 +164,7 @@ class AppClient:
 
         self._portal_cm = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
-        transport = httpx.ASGITransport(app=self.app)
+        transport = httpx.ASGITransport(app=self.app, root_path=self.root_path)
         self.http = httpx.AsyncClient(transport=transport, base_url=self.base_url)
         self._lifespan = self.app.router.lifespan_context(self.app)
         self.portal.call(self._lifespan.__aenter__)

@@ -107,6 +107,14 @@ def controller_policy(method: str, path: str) -> str | None:
     return "viewer" if method in READ_METHODS else "admin"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the `root_path` a proxy mounts the app under."""
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :] or "/"
+    return path
+
+
 class BearerAuth:
     """ASGI middleware: authenticate `Authorization: Bearer` and check the route's role."""
 
@@ -125,7 +133,7 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         role = self.policy(method, path)
         if role is None:
             await self.app(scope, receive, send)
