@@ -106,6 +106,19 @@ def test_the_author_cannot_approve_under_another_spelling(
     assert served(ws, "prod", "model-0") is None
 
 
+def test_one_approver_under_two_spellings_counts_once(capsys: Capsys, ws: Workspace) -> None:
+    cfg = yaml.safe_load((ws.root / CONFIG_FILE).read_text())
+    cfg["environments"]["prod"]["approvals"] = 2
+    (ws.root / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _git.commit(ws.root, [CONFIG_FILE], "prod needs two approvals")
+    mw_json(capsys, ws, "promote", "model-0", "--to", "prod", "--as", "alice")
+    assert mw_json(capsys, ws, "approve", "1", "--as", "bob")["approvals"] == ["bob"]
+    err = refused(capsys, ws, "approve", "1", "--as", " Bob")
+    assert "bob already approved promotion request 1 (1/2 approvals)" in err
+    assert request_state(capsys, ws) == "open"
+    assert served(ws, "prod", "model-0") is None
+
+
 @pytest.mark.parametrize("empty", ["", " ", "\t\n"])
 def test_an_empty_as_is_refused_not_the_git_user(capsys: Capsys, ws: Workspace, empty: str) -> None:
     mw_json(capsys, ws, "promote", "model-0", "--to", "prod", "--as", "alice")

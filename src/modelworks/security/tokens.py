@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from modelworks.registry.store import Store
 
 DEFAULT_EXPIRY = "90d"
-HINT_CHARS = len(TOKEN_PREFIX) + 6
+HINT_CHARS = len(TOKEN_PREFIX) + 8
 MAX_TOKEN_CHARS = 256
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DURATION = re.compile(r"^(\d{1,6})([mhdw])$")
