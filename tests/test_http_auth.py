@@ -298,6 +298,7 @@ def test_a_server_for_a_non_loopback_bind_refuses_anonymous_infer(tmp_path: Path
 # -- over a real uvicorn on loopback ----------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_real_server_in_token_mode(secured: tuple[Workspace, dict[str, str]]) -> None:
     ws, tokens = secured
     app = create_app(ws, "test", reconcile_in_background=False, sample_rate=0.0)

@@ -189,6 +189,7 @@ def _status_and_body(response: bytes) -> tuple[int, dict[str, Any], bytes]:
     return int(head.split()[1]), json.loads(body), head.lower()
 
 
+@pytest.mark.integration
 def test_a_real_server_refuses_oversized_bodies_without_reading_them(served: Workspace) -> None:
     app = create_app(served, "test", reconcile_in_background=False, sample_rate=0.0)
     with serve_on_loopback(app) as base:
