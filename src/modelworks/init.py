@@ -40,6 +40,8 @@ environments:
 serving:
   sample_rate: 0.1
   max_memory: 1GiB
+  # auth: token            # none | token (Bearer); unset: none on loopback, token elsewhere
+  # max_body_bytes: 16777216
 """
 
 GITIGNORE = ".mw/\n__pycache__/\n"

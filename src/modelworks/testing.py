@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +153,10 @@ class AppClient:
     Starlette's TestClient warns under `filterwarnings = error`; this is the same idea.
     """
 
-    def __init__(self, app: Any, base_url: str = "http://mw.test") -> None:
+    def __init__(self, app: Any, base_url: str = "http://mw.test", root_path: str = "") -> None:
         self.app = app
         self.base_url = base_url
+        self.root_path = root_path  # as a proxy that mounts the app under a prefix sets it
 
     def __enter__(self) -> AppClient:
         import httpx
@@ -161,7 +164,7 @@ class AppClient:
 
         self._portal_cm = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
-        transport = httpx.ASGITransport(app=self.app)
+        transport = httpx.ASGITransport(app=self.app, root_path=self.root_path)
         self.http = httpx.AsyncClient(transport=transport, base_url=self.base_url)
         self._lifespan = self.app.router.lifespan_context(self.app)
         self.portal.call(self._lifespan.__aenter__)
@@ -173,6 +176,9 @@ class AppClient:
             self.portal.call(self.http.aclose)
         finally:
             self._portal_cm.__exit__(None, None, None)
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        return self.portal.call(lambda: self.http.request(method, url, **kw))
 
     def get(self, url: str, **kw: Any) -> Any:
         return self.portal.call(lambda: self.http.get(url, **kw))
@@ -205,3 +211,76 @@ def slow_fleet(ws: Workspace, n: int, sleep: float) -> None:
         write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
     add(ws, ws.root / "data/d/data.csv", commit=False)
     _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
+
+
+def deploy_iris(ws: Workspace, env: str = "test", name: str = "iris", version: str = "1") -> Any:
+    """Train a small iris classifier, package it signed in the workspace store and deploy it to
+    `env` (committed); return its DeployConfig. For server tests that need a model to answer."""
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    from modelworks.apply import signing_key
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.artifacts.sign import sign_dir
+    from modelworks.gitops.deploy import DeployConfig, deploy
+
+    x, y = load_iris(return_X_y=True)
+    work = ws.state_dir / "build" / f"{name}-{version}"
+    work.mkdir(parents=True)
+    sio.dump(LogisticRegression(max_iter=1000).fit(x, y), work / "model.skops")
+    meta = {
+        "name": name,
+        "version": version,
+        "runtime": "sklearn",
+        "model_file": "model.skops",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}],
+        "outputs": [{"name": "output-0", "datatype": "INT64", "shape": [-1]}],
+        "task": "classification",
+    }
+    (work / "metadata.json").write_text(json.dumps(meta))
+    sign_dir(work, signing_key(ws))
+    repo = f"modelworks/{name}"
+    ref = OCIStore(ws.oci_dir).write_image(repo, version, work, {"dev.modelworks.version": version})
+    cfg = DeployConfig(
+        name=name,
+        image_repository=repo,
+        image_namespace="modelworks",
+        version=version,
+        runtime="sklearn",
+        artifact_digest=ref.digest,
+        artifact_uri=f"oci://{repo}@{ref.digest}",
+    )
+    deploy(ws.deploy_repo, env, [cfg], f"deploy {name} {version}")
+    return cfg
+
+
+@contextlib.contextmanager
+def serve_on_loopback(app: Any, timeout: float = 20.0) -> Iterator[str]:
+    """Run `app` under a real uvicorn on 127.0.0.1 (a free port) in a thread; yield its base URL.
+
+    The server is told to exit on leaving the block and joined for at most `timeout` seconds.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="mw-test-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -58,9 +58,21 @@ class OCISettings(_Section):
     base_image: str | None = Field(None, description="Base image for ModelCars (needs ln, sleep).")
 
 
+HttpAuth = Literal["none", "token"]
+
+
+class EnvironmentServing(_Section):
+    auth: HttpAuth | None = Field(
+        None, description="Overrides serving.auth for this environment's `mw serve`."
+    )
+
+
 class Environment(_Section):
     auto_deploy: bool = Field(False, description="Versions that pass their gates deploy here.")
     approvals: int = Field(1, ge=0, description="Approvals a promotion here needs.")
+    serving: EnvironmentServing = Field(
+        default_factory=EnvironmentServing, description="Serving settings of this environment."
+    )
 
 
 def _default_envs() -> dict[str, Environment]:
@@ -75,6 +87,17 @@ class ServingSettings(_Section):
     max_memory: str = Field("1GiB", description="Memory budget of loaded models.")
     poll_interval: float = Field(10.0, gt=0, description="Seconds between Git re-reads.")
     port: int = Field(8080, description="Default port of `mw serve`.")
+    max_body_bytes: int = Field(
+        16 * 2**20,
+        gt=0,
+        description="Largest request body `mw serve` reads (bytes); larger ones get 413.",
+    )
+    auth: HttpAuth | None = Field(
+        None,
+        description="HTTP auth of `mw serve`, `/metrics`, `/admin/*` and the controller's "
+        "endpoints: none, or token (Authorization: Bearer; recommended). Unset: none on a "
+        "loopback bind, token on any other.",
+    )
 
 
 class SigningSettings(_Section):
@@ -104,6 +127,12 @@ class ControllerSettings(_Section):
     poll_interval: float = Field(30.0, gt=0, description="Seconds between repository fetches.")
     webhook_secret: str | None = Field(None, description="HMAC secret of POST /hooks/git.")
     port: int = Field(8700, description="Port of the controller's HTTP endpoints.")
+    max_body_bytes: int = Field(
+        25 * 2**20,
+        gt=0,
+        description="Largest request body of the controller's endpoints (GitHub sends at most "
+        "25 MB); larger ones get 413.",
+    )
 
 
 class ForgeSettings(_Section):

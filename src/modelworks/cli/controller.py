@@ -52,11 +52,18 @@ def _controller(
 
 
 def _notifier(url: str):  # type: ignore[no-untyped-def]
-    """POST <server>/admin/reconcile after a deploy, so a separate `mw serve` reloads now."""
+    """POST <server>/admin/reconcile after a deploy, so a separate `mw serve` reloads now
+    (with MW_TOKEN as the bearer token, for a server in token auth mode: it needs admin)."""
+    import os
+
     import httpx
 
+    token = os.environ.get("MW_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
     def notify() -> None:
-        httpx.post(url.rstrip("/") + "/admin/reconcile", timeout=30).raise_for_status()
+        resp = httpx.post(url.rstrip("/") + "/admin/reconcile", headers=headers, timeout=30)
+        resp.raise_for_status()
 
     return notify
 

@@ -118,7 +118,7 @@ def run_controller(
     if http:
         port = port or controller.ws.settings.controller.port
         check_port(host, port)
-        server = _Server(_config(create_app(controller), host, port))
+        server = _Server(_config(create_app(controller, host=host), host, port))
         thread = threading.Thread(target=server.run, name="mw-controller-http", daemon=True)
         thread.start()
         log.info(
@@ -165,10 +165,11 @@ def up(
     from modelworks.serving import create_app as serving_app
 
     ws = controller.ws
-    endpoints = [Endpoint("controller", controller_app(controller), ws.settings.controller.port)]
+    ctl_app = controller_app(controller, host=host)
+    endpoints = [Endpoint("controller", ctl_app, ws.settings.controller.port)]
     base = ws.settings.serving.port
     for i, env in enumerate(envs if envs is not None else serving_envs(ws)):
-        endpoints.append(Endpoint(f"serve:{env}", serving_app(ws, env), base + i))
+        endpoints.append(Endpoint(f"serve:{env}", serving_app(ws, env, host=host), base + i))
     for e in endpoints:
         check_port(host, e.port)
     asyncio.run(_up(controller, endpoints, host, interval, on_ready))

@@ -220,3 +220,13 @@ class AuditEvent(Base):
     after: Mapped[Any] = mapped_column(JSON, nullable=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class WebhookDelivery(Base):
+    """A signed webhook delivery the controller acted on, by delivery id and by body digest."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_received", "received_at"),)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # id:<guid> or sha256:<hex>
+    event: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

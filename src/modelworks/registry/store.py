@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelworks.errors import RegistryError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0002_identity"
+HEAD_REVISION = "0003_http"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

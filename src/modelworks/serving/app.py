@@ -13,19 +13,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import modelworks
 from modelworks.errors import ModelworksError, ServingError
+from modelworks.serving._json import dumps
+from modelworks.serving.auth import (
+    AuthMode,
+    edge_middleware,
+    lazy_store,
+    serving_auth,
+    serving_policy,
+)
 from modelworks.serving.cache import parse_size
+from modelworks.serving.http import error_response, exception_handlers
 from modelworks.serving.predlog import PredictionSampler
 from modelworks.serving.protocol import (
     InferenceRequestError,
     decode_input,
-    dumps,
     encode_output,
     parse_request,
 )
@@ -41,10 +48,6 @@ JSON = "application/json"
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(dumps(payload), status_code=status, media_type=JSON)
-
-
-def _error(message: str, status: int) -> Response:
-    return _json({"error": message}, status)
 
 
 def _specs(model: LoadedModel) -> dict[str, dict[str, Any]]:
@@ -69,7 +72,7 @@ def _features(req: dict[str, Any], model: LoadedModel) -> np.ndarray:
 def _predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
     try:
         return np.asarray(model.predict(x))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError, IndexError) as exc:
         raise InferenceRequestError(
             f"model {model.name} version {model.version} cannot predict on this input: {exc}"
         ) from None
@@ -78,14 +81,11 @@ def _predict(model: LoadedModel, x: np.ndarray) -> np.ndarray:
 def _outputs(req: dict[str, Any], model: LoadedModel, y: np.ndarray) -> list[dict[str, Any]]:
     declared = model.metadata.get("outputs") or [{"name": "output-0"}]
     name = str(declared[0].get("name", "output-0"))
-    wanted = req.get("outputs")
-    if wanted:
-        names = [o.get("name") if isinstance(o, dict) else o for o in wanted]
-        unknown = [n for n in names if n != name]
-        if unknown:
-            raise InferenceRequestError(
-                f"unknown output(s) {', '.join(map(str, unknown))}; the model's output is {name}"
-            )
+    unknown = [n for n in req["outputs"] if n != name]
+    if unknown:
+        raise InferenceRequestError(
+            f"unknown output(s) {', '.join(unknown)}; the model's output is {name}"
+        )
     return [encode_output(name, y)]
 
 
@@ -113,7 +113,7 @@ class ServingApp:
             }
         except ModelworksError as exc:
             self.server.metrics.error(label, exc.status)
-            return _error(str(exc), exc.status)
+            return error_response(str(exc), exc.status)
         if "id" in req:
             payload["id"] = req["id"]
         if self.sampler is not None:
@@ -201,15 +201,6 @@ def _routes(h: ServingApp) -> list[Route]:
     ]
 
 
-async def _on_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ModelworksError):
-        return _error(str(exc), exc.status)
-    if isinstance(exc, HTTPException):
-        return _error(f"{request.method} {request.url.path}: {exc.detail}", exc.status_code)
-    log.exception("unexpected error in %s %s", request.method, request.url.path)
-    return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
-
-
 async def _poll(server: ModelServer, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -229,8 +220,14 @@ def create_app(
     poll_interval: float | None = None,
     reconcile_in_background: bool = True,
     allow_pickle: bool = False,
+    host: str = "127.0.0.1",
+    auth: AuthMode | None = None,
 ) -> Starlette:
-    """Build the inference app for `env`; reads Git once now, then polls in the background."""
+    """Build the inference app for `env`; reads Git once now, then polls in the background.
+
+    `host` is the address it will be bound to, which decides the auth default (see
+    modelworks.serving.auth); `auth` overrides the settings.
+    """
     settings = ws.settings.serving
     budget = max_memory if max_memory is not None else parse_size(settings.max_memory)
     rate = settings.sample_rate if sample_rate is None else sample_rate
@@ -245,6 +242,7 @@ def create_app(
     log.info("serving %d model(s) of %s at %s", len(server.entries), env, (first.commit or "")[:12])
     sampler = PredictionSampler.create(ws.state_dir / "predictions" / env, rate)
     handlers = ServingApp(server, sampler)
+    mode = auth or serving_auth(ws, env, host)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -262,15 +260,21 @@ def create_app(
 
     app = Starlette(
         routes=_routes(handlers),
-        exception_handlers={
-            ModelworksError: _on_error,
-            HTTPException: _on_error,
-            Exception: _on_error,
-        },
+        exception_handlers=exception_handlers(),
+        middleware=edge_middleware(
+            ws,
+            mode,
+            serving_policy,
+            lazy_store(ws),
+            settings.max_body_bytes,
+            "serving.max_body_bytes",
+            server.metrics.refused,
+        ),
         lifespan=lifespan,
     )
     app.state.server = server
     app.state.sampler = sampler
+    app.state.auth = mode
     return app
 
 
@@ -287,7 +291,7 @@ def run_server(
     import uvicorn
 
     _setup_logging()
-    app = create_app(ws, env, ref=ref, max_memory=max_memory)
+    app = create_app(ws, env, ref=ref, max_memory=max_memory, host=host)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
     # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
     with _quiet_signals(), contextlib.suppress(KeyboardInterrupt):

@@ -10,6 +10,17 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def refused_counter(registry: CollectorRegistry) -> Counter:
+    """Requests refused at the edge, by reason: `signature` (webhook HMAC), `unauthenticated`
+    (401), `forbidden` (403), `too_large` (413). Counted, not audited one row each."""
+    return Counter(
+        "mw_http_refused_requests",
+        "HTTP requests refused before reaching an endpoint, by reason.",
+        ["reason"],
+        registry=registry,
+    )
+
+
 class ServingMetrics:
     """Request counts, errors and latency per model; loaded models; load times."""
 
@@ -71,6 +82,7 @@ class ServingMetrics:
             ["env", "model"],
             registry=r,
         )
+        self.refused = refused_counter(r)
         self._children: dict[str, tuple[Any, Any]] = {}
 
     def observe(self, model: str, seconds: float) -> None:

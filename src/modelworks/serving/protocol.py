@@ -8,33 +8,7 @@ from typing import Any
 import numpy as np
 
 from modelworks.errors import ServingError, did_you_mean
-
-try:
-    import orjson
-
-    def loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-except ImportError:  # pragma: no cover - orjson is optional
-    import json
-
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, default=_json_default).encode()
-
-
-def _json_default(obj: Any) -> Any:  # pragma: no cover - only without orjson
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot serialize {type(obj).__name__}")
-
+from modelworks.serving._json import describe, parse_json
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -71,46 +45,92 @@ def datatype_of(arr: np.ndarray) -> str:
     return f"{prefix}{arr.dtype.itemsize * 8}"
 
 
+MAX_DIMS = 32  # numpy allows 64; no model input needs more than a handful
+MAX_NAME = 256
+
+
 def parse_request(body: bytes) -> dict[str, Any]:
     """Parse an inference request body; raise a clear error on bad JSON or a wrong shape."""
-    try:
-        req = loads(body)
-    except ValueError as exc:
-        raise InferenceRequestError(f"request body is not valid JSON: {exc}") from None
+    req = parse_json(body)
     if not isinstance(req, dict):
         raise InferenceRequestError("request body must be a JSON object with an 'inputs' list")
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
-        raise InferenceRequestError("request field 'inputs' must be a non-empty list of tensors")
+        raise InferenceRequestError(
+            f"request field 'inputs' must be a non-empty list of tensors, got {describe(inputs)}"
+        )
     if "id" in req and not isinstance(req["id"], str):
-        raise InferenceRequestError(f"request field 'id' must be a string, got {req['id']!r}")
+        raise InferenceRequestError(
+            f"request field 'id' must be a string, got {describe(req['id'])}"
+        )
+    if "parameters" in req and not isinstance(req["parameters"], dict):
+        raise InferenceRequestError(
+            f"request field 'parameters' must be an object, got {describe(req['parameters'])}"
+        )
+    req["outputs"] = _output_names(req.get("outputs"))
     return req
+
+
+def _output_names(outputs: Any) -> list[str]:
+    """The names a request's 'outputs' asks for: a list of {"name": ...} (or of names)."""
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list):
+        raise InferenceRequestError(
+            f"request field 'outputs' must be a list of {{\"name\": ...}} objects, "
+            f"got {describe(outputs)}"
+        )
+    names = []
+    for o in outputs:
+        name = o.get("name") if isinstance(o, dict) else o
+        if not isinstance(name, str):
+            raise InferenceRequestError(
+                f"each entry of 'outputs' must be an object with a string 'name', got {describe(o)}"
+            )
+        names.append(name)
+    return names
 
 
 def _fmt(shape: list[int] | tuple[int, ...]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
-def _check_fields(tensor: Any) -> tuple[str, list[int], str, Any]:
-    if not isinstance(tensor, dict):
-        raise InferenceRequestError("each entry of 'inputs' must be an object")
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
-    if missing:
-        raise InferenceRequestError(
-            f"input {tensor.get('name', '?')!r} lacks field(s) {', '.join(missing)}"
-        )
-    name, shape, datatype = tensor["name"], tensor["shape"], tensor["datatype"]
-    if not isinstance(shape, list) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+def _check_shape(name: str, shape: Any) -> list[int]:
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in shape)
     ):
         raise InferenceRequestError(
-            f"{name}: 'shape' must be a list of non-negative integers, got {shape!r}"
+            f"{name}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers, "
+            f"got {describe(shape)}"
         )
-    if datatype not in DTYPES:
+    return shape
+
+
+def _check_fields(tensor: Any) -> tuple[str, list[int], str, Any]:
+    if not isinstance(tensor, dict):
         raise InferenceRequestError(
-            f"{name}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
+            f"each entry of 'inputs' must be an object, got {describe(tensor)}"
         )
-    return str(name), shape, datatype, tensor["data"]
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    name = tensor.get("name", "?")
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise InferenceRequestError(
+            f"an input's 'name' must be a string of at most {MAX_NAME} characters, "
+            f"got {describe(name)}"
+        )
+    if missing:
+        raise InferenceRequestError(f"input {name!r} lacks field(s) {', '.join(missing)}")
+    shape = _check_shape(name, tensor["shape"])
+    datatype, data = tensor["datatype"], tensor["data"]
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise InferenceRequestError(
+            f"{name}: unknown datatype {describe(datatype)}; expected one of {', '.join(DTYPES)}"
+        )
+    if not isinstance(data, list):
+        raise InferenceRequestError(f"{name}: 'data' must be a list, got {describe(data)}")
+    return name, shape, datatype, data
 
 
 def _check_against(name: str, shape: list[int], datatype: str, spec: dict[str, Any]) -> None:
@@ -142,13 +162,18 @@ def decode_input(tensor: Any, specs: dict[str, dict[str, Any]]) -> np.ndarray:
     dtype = DTYPES[want] if want in _NUMERIC and datatype in _NUMERIC else DTYPES[datatype]
     try:
         arr = np.array(data, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InferenceRequestError(f"{name}: data is not {datatype}: {exc}") from None
     if arr.size != math.prod(shape):
         raise InferenceRequestError(
             f"{name} has {arr.size} values, shape {_fmt(shape)} needs {math.prod(shape)}"
         )
-    return arr.reshape(shape)
+    try:
+        return arr.reshape(shape)
+    except (ValueError, OverflowError) as exc:
+        raise InferenceRequestError(
+            f"{name}: cannot shape the data as {_fmt(shape)}: {exc}"
+        ) from None
 
 
 def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
