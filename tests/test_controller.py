@@ -327,7 +327,7 @@ def test_webhook_signature_refuses_and_logs_bad_requests_and_a_good_one_reconcil
             assert (missing.status_code, wrong.status_code) == (401, 403)
             # counted, not audited: an unsigned caller cannot grow the audit log
             assert audit.rows(Store(ws.registry_url), action="webhook.refused") == []
-            assert "mw_http_refused_requests_total{reason=\"signature\"} 2.0" in (
+            assert 'mw_http_refused_requests_total{reason="signature"} 2.0' in (
                 c.request("GET", "/metrics").text
             )
             assert ctl.ticks == 1  # refused requests do not wake the controller

@@ -207,6 +207,25 @@ def test_roles_are_checked(capsys: Capsys, ws: Workspace) -> None:
     assert request_state(capsys, ws, tokens["vic"]) == "open"
 
 
+@pytest.mark.parametrize(
+    ("args", "action"),
+    [
+        (["attest", "--env", "prod"], "cannot attest prod"),
+        (["keys", "rotate"], "cannot rotate keys"),
+        (["audit", "verify", "--accept-head"], "cannot accept the audit head"),
+    ],
+)
+def test_signing_commands_need_admin(
+    capsys: Capsys, ws: Workspace, args: list[str], action: str
+) -> None:
+    tokens = token_mode(capsys, ws)
+    keys_before = sorted(p.name for p in (ws.root / "keys").iterdir())
+    err = refused(capsys, ws, *args, "--token", tokens["bob"])
+    assert action in err
+    assert "needs admin" in err
+    assert sorted(p.name for p in (ws.root / "keys").iterdir()) == keys_before
+
+
 def test_read_commands_need_a_token_in_token_mode(capsys: Capsys, ws: Workspace) -> None:
     tokens = token_mode(capsys, ws)
     err = refused(capsys, ws, "promotions")

@@ -68,9 +68,14 @@ def promote_cmd(
     if req["state"] == "open":
         console.print(
             f"Needs {req['required_approvals']} approval(s): "
-            f"[cyan]mw approve {req['id']} --as USER[/cyan]",
+            f"[cyan]mw approve {req['id']}{approve_hint(ws)}[/cyan]",
             highlight=False,
         )
+
+
+def approve_hint(ws: Any) -> str:
+    """How an approver names themselves: a token in token mode, --as in local mode."""
+    return " (with an approver's MW_TOKEN)" if ws.settings.auth.mode == "token" else " --as USER"
 
 
 def _print_items(items: list[dict[str, Any]], limit: int | None = None) -> None:
@@ -261,7 +266,7 @@ def attest_cmd(
     from modelworks.gitops.adopt import adopt
 
     ws, store = open_workspace(workspace)
-    result = adopt(ws, store, env, actor=actor(ws, as_user))
+    result = adopt(ws, store, env, actor=actor(ws, as_user, "admin", f"attest {env}"))
     if json_out:
         emit_json(result)
     else:

@@ -29,7 +29,7 @@ def monitor_cmd(
     """Compare served inputs with each model's training profile (PSI, KS); exit 2 on drift."""
     from modelworks.monitor.run import monitor
 
-    ws, store = open_workspace(workspace)
+    ws, store = open_workspace(workspace, role="developer")
     results = monitor(ws, store, env, models or None, window=window, record=not dry_run)
     if json_out:
         emit_json({"env": env, "models": [r.to_dict() for r in results]})

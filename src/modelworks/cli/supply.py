@@ -210,7 +210,11 @@ def audit_verify_cmd(
     parent = ctx.obj or {}
     json_out = json_out or bool(parent.get("json"))
     ws, store = open_workspace(workspace or parent.get("workspace"))
-    who = actor(ws, as_user)
+    who = (
+        actor(ws, as_user, "admin", "accept the audit head")
+        if accept_head
+        else actor(ws, as_user, "viewer", "verify the audit log")
+    )
     report = verify_audit(ws, store, accept_head=accept_head, actor=who)
     if json_out:
         emit_json(report)
@@ -273,7 +277,9 @@ def keys_rotate_cmd(
     from modelworks.security.keys import rotate_signing_key
 
     ws, store = open_workspace(workspace)
-    result = rotate_signing_key(ws, store, actor=actor(ws, as_user), keep_old=not drop_old)
+    result = rotate_signing_key(
+        ws, store, actor=actor(ws, as_user, "admin", "rotate keys"), keep_old=not drop_old
+    )
     if json_out:
         emit_json(result)
         return
@@ -344,7 +350,9 @@ def keys_revoke_cmd(
     from modelworks.security.revoked import revoke_key
 
     ws, store = open_workspace(workspace)
-    result = revoke_key(ws, store, key, actor=actor(ws, as_user), reason=reason)
+    result = revoke_key(
+        ws, store, key, actor=actor(ws, as_user, "admin", "revoke a key"), reason=reason
+    )
     if json_out:
         emit_json(result)
         return
@@ -372,7 +380,14 @@ def secret_seal_cmd(
     ws, store = open_workspace(workspace)
     check_secret_name(name)
     value = _read_value(name)
-    result = seal_secret(ws, store, name, value, actor=actor(ws, as_user), commit=not no_commit)
+    result = seal_secret(
+        ws,
+        store,
+        name,
+        value,
+        actor=actor(ws, as_user, "admin", "seal a secret"),
+        commit=not no_commit,
+    )
     if json_out:
         emit_json(result)
         return
