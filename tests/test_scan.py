@@ -89,9 +89,10 @@ def test_payload_inside_zip_archive_is_found(model_dir: Path, tmp_path: Path) ->
     (model_dir / "model.pt").write_bytes(buffer.getvalue())
     result = scan_dir(model_dir)
     assert not result.safe
-    assert [f.file for f in result.findings] == [
-        "model.pt:archive/data.pkl",
-        "model.pt:archive/extra",
+    assert [(f.file, f.scanner) for f in result.findings] == [
+        ("model.pt:archive/data.pkl", "picklescan"),
+        ("model.pt:archive/data/0", "content"),  # raw bytes: unknown is unsafe
+        ("model.pt:archive/extra", "picklescan"),
     ]
     assert result.errors == []
 
@@ -157,11 +158,13 @@ def test_joblib_with_raw_array_buffers_is_not_verified(model_dir: Path) -> None:
     assert any("joblib" in e for e in result.errors)
 
 
-def test_garbage_file_is_an_error(model_dir: Path) -> None:
+def test_garbage_file_is_an_unknown_format_that_blocks_at_any_threshold(model_dir: Path) -> None:
     (model_dir / "model.bin").write_bytes(b"\x07\x07 definitely not a pickle")
-    result = scan_dir(model_dir)
+    result = scan_dir(model_dir, threshold="critical")
     assert not result.safe
-    assert "model.bin" in result.errors[0]
+    [finding] = result.findings
+    assert (finding.file, finding.severity, finding.scanner) == ("model.bin", "critical", "content")
+    assert "unknown format" in finding.description
 
 
 def test_plain_numpy_array_passes_object_array_is_scanned(model_dir: Path) -> None:
