@@ -1,10 +1,11 @@
 """Recognising a file's format from its bytes (magic numbers, then structure), never its name.
 
-``sniff(head)`` names the format a file's first bytes announce. Strong magics (zip, gzip,
-xz, zstd, lz4, npy, tar) are trusted; weak ones (zlib's two-byte header, lzma-alone's
-properties byte, a safetensors length prefix) are only candidates, confirmed by reading on
-(``confirm_weak``). Everything else is judged by the scanner as a pickle, as text, or as
-unknown. The streams here let the scanner read nested content once, bounded by a byte budget.
+``identify`` names the format a stream's first bytes announce. Strong magics (zip, gzip,
+bz2, xz, zstd, lz4, npy, parquet, tar, a pickle protocol header) are trusted; weak ones
+(zlib's two-byte header, lzma-alone's properties byte, a safetensors length prefix) are
+only candidates, confirmed by reading on (``confirm_weak``). Everything else the scanner
+judges as a pickle, as text, or as unknown. The streams here let it read nested content
+once, bounded by a byte budget.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ ZIP, TAR, NPY, PARQUET, SAFETENSORS, PICKLE = (
 )
 GZIP, BZ2, XZ, LZMA, ZLIB, ZSTD, LZ4 = "gzip", "bz2", "xz", "lzma", "zlib", "zstd", "lz4"
 COMPRESSED = frozenset({GZIP, BZ2, XZ, LZMA, ZLIB, ZSTD, LZ4})
-WEAK = frozenset({LZMA, ZLIB, SAFETENSORS})
 
 _STRONG: tuple[tuple[bytes, str], ...] = (
     (b"PK\x03\x04", ZIP),
@@ -48,7 +48,7 @@ _CHUNK = 1 << 20
 
 
 def sniff(head: bytes) -> str:
-    """The format `head` (a stream's first bytes) announces, or "" when it names none."""
+    """The format `head` (a stream's first bytes) announces by a strong magic, or ""."""
     for magic, name in _STRONG:
         if head.startswith(magic):
             return name
@@ -58,12 +58,29 @@ def sniff(head: bytes) -> str:
         return TAR
     if head[:2] in _PICKLE_PROTOCOLS:
         return PICKLE
-    if len(head) >= 13 and head[0] <= 224 and head[1:3] == b"\x00\x00":
-        return LZMA  # lzma-alone: properties byte, then a little-endian dictionary size
-    if len(head) >= 2 and _zlib_header(head[0], head[1]):
-        return ZLIB
+    return ""
+
+
+def weak_candidates(head: bytes) -> list[str]:
+    """Formats whose weak magic `head` matches, to be confirmed by reading on."""
+    found = []
     if len(head) >= 10 and head[8:9] == b"{":
-        return SAFETENSORS
+        found.append(SAFETENSORS)  # a little-endian header length, then the JSON header
+    if len(head) >= 13 and head[0] <= 224 and head[1:3] == b"\x00\x00":
+        found.append(LZMA)  # lzma-alone: properties byte, then a little-endian dictionary size
+    if len(head) >= 2 and _zlib_header(head[0], head[1]):
+        found.append(ZLIB)
+    return found
+
+
+def identify(head: bytes, stream: IO[bytes], size: int | None) -> str:
+    """The format of a stream: its strong magic, else a confirmed weak one, else ""."""
+    kind = sniff(head)
+    if kind:
+        return kind
+    for candidate in weak_candidates(head):
+        if confirm_weak(candidate, stream, size):
+            return candidate
     return ""
 
 

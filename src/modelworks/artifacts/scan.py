@@ -158,12 +158,10 @@ def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
             "streams deep (raise scan.max_depth if this is intended)"
         )
     head = stream.read(fmt.HEAD_BYTES)
-    kind = fmt.sniff(head)
-    if kind == fmt.NPY and _npy_plain(head):
+    if fmt.sniff(head) == fmt.NPY and _npy_plain(head):
         return  # the common case in skops and npz archives: no need to rewind
     stream.seek(0)
-    if kind in fmt.WEAK and not fmt.confirm_weak(kind, stream, item.size):
-        kind = ""
+    kind = fmt.identify(head, stream, item.size)
     if kind == fmt.ZIP:
         _scan_zip(stream, item, report, depth)
     elif kind == fmt.TAR:
