@@ -260,6 +260,14 @@ def test_pickle_in_every_carrier_is_found(
     assert result.errors == []
 
 
+def test_zip_appended_to_a_pickle_is_judged_as_both(tmp_path: Path) -> None:
+    # zipfile finds an archive by its end, so a loader may open this file either way.
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(1) + _zip({"data.pkl": _evil()}))
+    result = scan_dir(tmp_path)
+    assert [(f.file, f.severity) for f in result.findings] == [("model.pkl:data.pkl", "critical")]
+    assert "not a parseable pickle stream" in result.errors[0]
+
+
 def test_unknown_blob_blocks_even_at_the_critical_threshold(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(bytes(range(166, 230)))
     result = scan_dir(tmp_path, threshold="critical")

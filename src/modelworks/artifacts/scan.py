@@ -144,6 +144,8 @@ def _scan_file(file: Path, root: Path, report: _Report) -> None:
     try:
         with file.open("rb") as stream:
             _judge(stream, item, report, depth=0)
+            if _zip_at_end(stream):
+                _scan_zip(stream, item, report, depth=0)
     except fmt.LimitError as exc:
         report.find(rel, "critical", str(exc), "content")
     except Exception as exc:  # any scanner failure means "not verified safe"
@@ -177,6 +179,17 @@ def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
     else:
         onnx = kind == "" and (item.suffix == ".onnx" or head[:1] == b"\x08")
         _scan_plain(stream, item, report, onnx)
+
+
+def _zip_at_end(stream: IO[bytes]) -> bool:
+    """Whether a file that does not start as a zip still is one to zipfile (which reads the
+    end): a pickle with an archive appended is both, and a loader may open either."""
+    stream.seek(0)
+    if stream.read(2) == b"PK":
+        return False
+    found = zipfile.is_zipfile(stream)
+    stream.seek(0)
+    return found
 
 
 def _member(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
