@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from modelworks.artifacts.scan import ScanResult, scan_dir
+from modelworks.artifacts.scan import Limits, ScanResult, scan_dir
 from modelworks.errors import ConfigError
 
 
@@ -219,3 +219,49 @@ def test_result_to_dict_and_bad_threshold(model_dir: Path) -> None:
     assert isinstance(result, ScanResult)
     with pytest.raises(ConfigError, match="threshold 'severe'"):
         scan_dir(model_dir, threshold="severe")
+
+
+def test_onnx_external_data_in_the_folder_passes_other_raw_files_do_not(model_dir: Path) -> None:
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    raw = np.full(256, 2.0, dtype="<f4").tobytes()
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [256], raw, raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    convert_model_to_external_data(model, location="weights.data", size_threshold=0)
+    tensor = model.graph.initializer[0]
+    assert tensor.raw_data == raw
+    (model_dir / "weights.data").write_bytes(raw)
+    tensor.ClearField("raw_data")
+    (model_dir / "model.onnx").write_bytes(model.SerializeToString())
+    result = scan_dir(model_dir)
+    assert result.safe, result.to_dict()
+    (model_dir / "stray.data").write_bytes((model_dir / "weights.data").read_bytes())
+    result = scan_dir(model_dir)
+    assert [(f.file, f.severity, f.scanner) for f in result.findings] == [
+        ("stray.data", "critical", "content")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({}, Limits()), ({"max_depth": 2, "max_members": 7}, Limits(max_depth=2, max_members=7))],
+)
+def test_scan_limits_come_from_the_workspace_settings(
+    tmp_path: Path, settings: dict[str, int], expected: Limits
+) -> None:
+    from modelworks.testing import make_workspace
+
+    ws = (
+        make_workspace(tmp_path / "ws", scan=settings)
+        if settings
+        else make_workspace(tmp_path / "ws")
+    )
+    assert Limits(**ws.settings.scan.limits()) == expected
