@@ -268,6 +268,16 @@ def test_zip_appended_to_a_pickle_is_judged_as_both(tmp_path: Path) -> None:
     assert "not a parseable pickle stream" in result.errors[0]
 
 
+@pytest.mark.parametrize("magic", [b"\x28\xb5\x2f\xfd", b"\x04\x22\x4d\x18"], ids=["zstd", "lz4"])
+def test_zstd_and_lz4_block_when_they_cannot_be_opened(tmp_path: Path, magic: bytes) -> None:
+    (tmp_path / "model.json").write_bytes(magic + _evil())
+    result = scan_dir(tmp_path)
+    assert not result.safe
+    assert [f.description for f in result.findings if "not installed" in f.description] or (
+        result.errors
+    )
+
+
 def test_unknown_blob_blocks_even_at_the_critical_threshold(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(bytes(range(166, 230)))
     result = scan_dir(tmp_path, threshold="critical")

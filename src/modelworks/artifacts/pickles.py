@@ -34,6 +34,7 @@ _STRINGS = frozenset(
 _PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 _NO_PUSH = frozenset({"FRAME", "PROTO", "STOP"})
 _GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MEMO_OPS = _PUTS | _GETS
 _EXTS = frozenset({"EXT1", "EXT2", "EXT4"})
 _MAX_NAME = 512  # longer strings are never module or attribute names
 
@@ -137,8 +138,7 @@ def _one(stream: IO[bytes], found: Walk, memo: _Memo) -> None:
     recent: deque[str | None] = deque(maxlen=2)  # the last two values pushed
     for opcode, arg, _pos in pickletools.genops(stream):
         name = opcode.name
-        if name in _PUTS or name in _GETS:
-            index = None if arg is None else int(arg)
+        index = None if arg is None or name not in _MEMO_OPS else int(arg)
         if name in _PUTS:
             memo.put(index, recent[-1] if recent else None)
             continue
