@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -265,3 +266,22 @@ def test_scan_limits_come_from_the_workspace_settings(
         else make_workspace(tmp_path / "ws")
     )
     assert Limits(**ws.settings.scan.limits()) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x93NUMPY",
+        b"\x93NUMPY\x01\x00\x10\x00" + bytes(range(40, 200)),
+        gzip.compress(pickle.dumps(Path("/x")))[:-12],
+        b"PK\x03\x04" + bytes(range(60)),
+        pickle.dumps({"a": 1})[:-3],
+    ],
+    ids=["npy-magic-only", "npy-bad-header", "gzip-truncated", "zip-garbled", "pickle-truncated"],
+)
+def test_garbled_file_of_a_known_format_is_an_error(model_dir: Path, data: bytes) -> None:
+    (model_dir / "model.json").write_bytes(data)
+    result = scan_dir(model_dir, threshold="critical")
+    assert not result.safe
+    assert result.errors
+    assert result.errors[0].startswith("model.json")

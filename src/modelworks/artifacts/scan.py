@@ -177,8 +177,7 @@ def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
     ):
         return  # known-safe: tensors and tables are read as data, never as code
     else:
-        onnx = kind == "" and (item.suffix == ".onnx" or head[:1] == b"\x08")
-        _scan_plain(stream, item, report, onnx)
+        _scan_plain(stream, item, report, kind, head)
 
 
 def _zip_at_end(stream: IO[bytes]) -> bool:
@@ -316,10 +315,13 @@ def _npy_plain(head: bytes) -> bool:
     Every spelling of numpy's object dtype ('O', '|O', 'O8', 'object', 'object_') has an
     'O' or the word object in it; a header with neither holds plain data, whatever else.
     """
+    if head[6:7] not in (b"\x01", b"\x02", b"\x03"):
+        return False
     width = 2 if head[6:7] == b"\x01" else 4
     length = int.from_bytes(head[8 : 8 + width], "little")
     header = head[8 + width : 8 + width + length].decode("latin-1")
-    return len(header) == length and "O" not in header and "object" not in header.lower()
+    well_formed = len(header) == length and header.startswith("{") and "descr" in header
+    return well_formed and "O" not in header and "object" not in header.lower()
 
 
 def _scan_pickle(stream: IO[bytes], item: _Item, report: _Report) -> None:
@@ -329,8 +331,9 @@ def _scan_pickle(stream: IO[bytes], item: _Item, report: _Report) -> None:
     _judge_imports(found.imports, item, report)
 
 
-def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, onnx: bool) -> None:
+def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head: bytes) -> None:
     """A pickle (any protocol), an ONNX model, text that is not a pickle, or unknown."""
+    onnx = kind == "" and (item.suffix == ".onnx" or head[:1] == b"\x08")
     found = walk(stream)
     if found.pickles and found.error is None:
         _judge_imports(found.imports, item, report)
@@ -346,7 +349,7 @@ def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, onnx: bool) -> 
         if risky:
             _judge_imports(risky, item, report)
         return
-    if found.pickles or found.imports:
+    if found.pickles or found.imports or kind == fmt.PICKLE:
         report.errors.append(f"{item.where}: not a parseable pickle stream ({found.error})")
         _judge_imports(found.imports, item, report)
     elif item.file is not None:
