@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -47,6 +48,7 @@ _UNKNOWN = (
     "(ONNX, skops, safetensors, numpy, parquet, zip, tar, compressed); unknown is unsafe"
 )
 _SPOOL_BYTES = 32 << 20
+_TEXT, _ONNX = "text", "onnx"
 _PACKED = frozenset({".gz", ".bz2", ".xz", ".lzma", ".z", ".zz", ".zst", ".lz4"})
 
 
@@ -135,16 +137,18 @@ def scan_dir(path: Path, *, threshold: str = "medium", limits: Limits | None = N
 
 def _scan_file(file: Path, root: Path, report: _Report) -> None:
     rel = file.relative_to(root).as_posix()
-    if file.is_symlink():
+    info = file.lstat()
+    if stat.S_ISLNK(info.st_mode):
         report.errors.append(f"{rel}: symbolic links are not allowed in a model folder")
         return
-    if not file.is_file():
+    if not stat.S_ISREG(info.st_mode):
         return
-    item = _Item(rel, file.suffix.lower(), file.stat().st_size, file, root)
+    item = _Item(rel, file.suffix.lower(), info.st_size, file, root)
     try:
         with file.open("rb") as stream:
-            _judge(stream, item, report, depth=0)
-            if _zip_at_end(stream):
+            judged = _judge(stream, item, report, depth=0)
+            # text cannot hold a zip's end record (its signature has control bytes)
+            if judged not in (fmt.ZIP, _TEXT) and _zip_at_end(stream):
                 _scan_zip(stream, item, report, depth=0)
     except fmt.LimitError as exc:
         report.find(rel, "critical", str(exc), "content")
@@ -152,8 +156,9 @@ def _scan_file(file: Path, root: Path, report: _Report) -> None:
         report.errors.append(f"{rel}: could not be scanned ({type(exc).__name__}: {exc})")
 
 
-def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
-    """Judge one stream (a file, an archive member, a decompressed stream) by its bytes."""
+def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> str:
+    """Judge one stream (a file, an archive member, a decompressed stream) by its bytes;
+    return the format it was judged as."""
     if depth > report.limits.max_depth:
         raise fmt.LimitError(
             f"{item.where}: nested more than {report.limits.max_depth} archives or compressed "
@@ -161,7 +166,7 @@ def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
         )
     head = stream.read(fmt.HEAD_BYTES)
     if fmt.sniff(head) == fmt.NPY and _npy_plain(head):
-        return  # the common case in skops and npz archives: no need to rewind
+        return fmt.NPY  # the common case in skops and npz archives: no need to rewind
     stream.seek(0)
     kind = fmt.identify(head, stream, item.size)
     if kind == fmt.ZIP:
@@ -175,9 +180,10 @@ def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
     elif kind == fmt.SAFETENSORS or (
         kind == fmt.PARQUET and fmt.parquet_footer_ok(stream, item.size)
     ):
-        return  # known-safe: tensors and tables are read as data, never as code
+        pass  # known-safe: tensors and tables are read as data, never as code
     else:
-        _scan_plain(stream, item, report, kind, head)
+        return _scan_plain(stream, item, report, kind, head)
+    return kind
 
 
 def _zip_at_end(stream: IO[bytes]) -> bool:
@@ -331,16 +337,16 @@ def _scan_pickle(stream: IO[bytes], item: _Item, report: _Report) -> None:
     _judge_imports(found.imports, item, report)
 
 
-def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head: bytes) -> None:
+def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head: bytes) -> str:
     """A pickle (any protocol), an ONNX model, text that is not a pickle, or unknown."""
     onnx = kind == "" and (item.suffix == ".onnx" or head[:1] == b"\x08")
     found = walk(stream)
     if found.pickles and found.error is None:
         _judge_imports(found.imports, item, report)
-        return
+        return fmt.PICKLE
     stream.seek(0)
     if not found.imports and onnx and _scan_onnx(stream, item, report):
-        return
+        return _ONNX
     stream.seek(0)
     if fmt.is_text(stream):
         # Text that starts like a pickle: what pickle.load would import before it fails.
@@ -348,7 +354,7 @@ def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head
         risky = {i for i in found.imports if runs or deny_severity(*i)}
         if risky:
             _judge_imports(risky, item, report)
-        return
+        return _TEXT
     if found.pickles or found.imports or kind == fmt.PICKLE:
         report.errors.append(f"{item.where}: not a parseable pickle stream ({found.error})")
         _judge_imports(found.imports, item, report)
@@ -356,6 +362,7 @@ def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head
         report.unknown.append(item.where)  # an ONNX model in the folder may claim it
     else:
         report.find(item.where, "critical", _UNKNOWN, "content")
+    return kind
 
 
 def _judge_imports(imports: set[tuple[str, str]], item: _Item, report: _Report) -> None:
