@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -246,6 +247,9 @@ def _scan_zip(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> No
             if info.flag_bits & 0x1:
                 report.find(where, "critical", "encrypted member cannot be scanned", "content")
                 continue
+            head = _stored_head(source, info)
+            if head is not None and fmt.sniff(head) == fmt.NPY and _npy_plain(head):
+                continue  # skops and npz arrays: the header says plain data
             with archive.open(info) as member:
                 _member(
                     member,
@@ -253,6 +257,22 @@ def _scan_zip(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> No
                     report,
                     depth,
                 )
+
+
+def _stored_head(source: IO[bytes], info: zipfile.ZipInfo) -> bytes | None:
+    """The first bytes of an uncompressed member, read straight from the archive (opening
+    each member through zipfile costs more than judging it); None to go through zipfile."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    source.seek(info.header_offset)
+    local = source.read(30 + 1024 + fmt.HEAD_BYTES)
+    if local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = 30 + name_len + extra_len
+    if start > 30 + 1024:
+        return None
+    return local[start : start + min(info.file_size, fmt.HEAD_BYTES)]
 
 
 def _scan_tar(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
