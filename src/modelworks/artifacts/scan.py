@@ -17,9 +17,10 @@ without loading it (``formats.sniff`` names the format from magic numbers and st
   is not a pickle (JSON, CSV, YAML, Markdown, the line's own metadata and signature);
 - anything else is *unknown*, and unknown is unsafe: a ``critical`` finding.
 
-picklescan supplies the denylist, not the walk: its scanner skips pickles it does not expect
-by extension. A file of a recognised format that does not parse is an *error*, never a
-pass: ``safe`` means "verified safe", and a truncated or garbled file is not.
+picklescan supplies the denylist; the opcode walk is ours, so that it streams and tells a
+text file that merely starts like a pickle from one that calls what it imports. A file of a
+recognised format that does not parse is an *error*, never a pass: ``safe`` means
+"verified safe", and a truncated or garbled file is not.
 """
 
 from __future__ import annotations
