@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -18,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from modelworks.artifacts.scan import ScanResult, scan_dir
+from modelworks.artifacts.scan import Limits, ScanResult, scan_dir
 from modelworks.errors import ConfigError
 
 
@@ -89,9 +90,10 @@ def test_payload_inside_zip_archive_is_found(model_dir: Path, tmp_path: Path) ->
     (model_dir / "model.pt").write_bytes(buffer.getvalue())
     result = scan_dir(model_dir)
     assert not result.safe
-    assert [f.file for f in result.findings] == [
-        "model.pt:archive/data.pkl",
-        "model.pt:archive/extra",
+    assert [(f.file, f.scanner) for f in result.findings] == [
+        ("model.pt:archive/data.pkl", "picklescan"),
+        ("model.pt:archive/data/0", "content"),  # raw bytes: unknown is unsafe
+        ("model.pt:archive/extra", "picklescan"),
     ]
     assert result.errors == []
 
@@ -157,11 +159,13 @@ def test_joblib_with_raw_array_buffers_is_not_verified(model_dir: Path) -> None:
     assert any("joblib" in e for e in result.errors)
 
 
-def test_garbage_file_is_an_error(model_dir: Path) -> None:
+def test_garbage_file_is_an_unknown_format_that_blocks_at_any_threshold(model_dir: Path) -> None:
     (model_dir / "model.bin").write_bytes(b"\x07\x07 definitely not a pickle")
-    result = scan_dir(model_dir)
+    result = scan_dir(model_dir, threshold="critical")
     assert not result.safe
-    assert "model.bin" in result.errors[0]
+    [finding] = result.findings
+    assert (finding.file, finding.severity, finding.scanner) == ("model.bin", "critical", "content")
+    assert "unknown format" in finding.description
 
 
 def test_plain_numpy_array_passes_object_array_is_scanned(model_dir: Path) -> None:
@@ -216,3 +220,68 @@ def test_result_to_dict_and_bad_threshold(model_dir: Path) -> None:
     assert isinstance(result, ScanResult)
     with pytest.raises(ConfigError, match="threshold 'severe'"):
         scan_dir(model_dir, threshold="severe")
+
+
+def test_onnx_external_data_in_the_folder_passes_other_raw_files_do_not(model_dir: Path) -> None:
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    raw = np.full(256, 2.0, dtype="<f4").tobytes()
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [256], raw, raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256])],
+        [weight],
+    )
+    model = helper.make_model(graph)
+    convert_model_to_external_data(model, location="weights.data", size_threshold=0)
+    tensor = model.graph.initializer[0]
+    assert tensor.raw_data == raw
+    (model_dir / "weights.data").write_bytes(raw)
+    tensor.ClearField("raw_data")
+    (model_dir / "model.onnx").write_bytes(model.SerializeToString())
+    result = scan_dir(model_dir)
+    assert result.safe, result.to_dict()
+    (model_dir / "stray.data").write_bytes((model_dir / "weights.data").read_bytes())
+    result = scan_dir(model_dir)
+    assert [(f.file, f.severity, f.scanner) for f in result.findings] == [
+        ("stray.data", "critical", "content")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({}, Limits()), ({"max_depth": 2, "max_members": 7}, Limits(max_depth=2, max_members=7))],
+)
+def test_scan_limits_come_from_the_workspace_settings(
+    tmp_path: Path, settings: dict[str, int], expected: Limits
+) -> None:
+    from modelworks.testing import make_workspace
+
+    ws = (
+        make_workspace(tmp_path / "ws", scan=settings)
+        if settings
+        else make_workspace(tmp_path / "ws")
+    )
+    assert Limits(**ws.settings.scan.limits()) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x93NUMPY",
+        b"\x93NUMPY\x01\x00\x10\x00" + bytes(range(40, 200)),
+        gzip.compress(pickle.dumps(Path("/x")))[:-12],
+        b"PK\x03\x04" + bytes(range(60)),
+        pickle.dumps({"a": 1})[:-3],
+    ],
+    ids=["npy-magic-only", "npy-bad-header", "gzip-truncated", "zip-garbled", "pickle-truncated"],
+)
+def test_garbled_file_of_a_known_format_is_an_error(model_dir: Path, data: bytes) -> None:
+    (model_dir / "model.json").write_bytes(data)
+    result = scan_dir(model_dir, threshold="critical")
+    assert not result.safe
+    assert result.errors
+    assert result.errors[0].startswith("model.json")

@@ -619,7 +619,7 @@ def test_file_the_scanner_cannot_judge_rejects_the_version(ws: Workspace, store:
     _git.commit(ws.root, ["models", "pipelines"], "opaque model")
     result = apply(ws, store, names=["opaque-model"], executor=InlineExecutor(), actor="line")
     [rejected] = result.rejected
-    assert "model.weights: not a parseable pickle stream" in rejected["reason"]
+    assert "model.weights: critical unknown format" in rejected["reason"]
     assert rejected["scan"]["safe"] is False
     assert result.deployed == []
     assert show(store, "opaque-model")["latest"]["artifact"]["digest"] is None

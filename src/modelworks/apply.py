@@ -213,6 +213,7 @@ def _jobs(
                 "log_path": str(log_path),
                 "signing_key": str(key),
                 "scan_threshold": ws.settings.scan.severity,
+                "scan_limits": ws.settings.scan.limits(),
                 "spec_commit": commit,
                 "spec_path": _rel(ws, mp.loaded.path),
                 "secrets_dir": str(secrets_dir(ws)),

@@ -121,6 +121,19 @@ class ScanSettings(_Section):
     severity: Literal["low", "medium", "high", "critical"] = Field(
         "medium", description="Findings at or above this block a version."
     )
+    max_depth: int = Field(
+        5, ge=1, description="Archives/compressed streams opened inside one another; deeper blocks."
+    )
+    max_expanded_bytes: int = Field(
+        4 << 30, ge=0, description="Bytes archives and streams may expand to in one scan."
+    )
+    max_members: int = Field(
+        100_000, ge=0, description="Archive members one scan opens; more blocks (a zip bomb)."
+    )
+
+    def limits(self) -> dict[str, int]:
+        """The scanner's limits, as a job carries them to a worker."""
+        return self.model_dump(exclude={"severity"})
 
 
 class ControllerSettings(_Section):

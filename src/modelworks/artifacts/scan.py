@@ -1,95 +1,66 @@
 """Scan model files for unsafe serialization before anything packages or loads them.
 
-Every file in the model folder gets a verdict, in-process and without loading it:
+Every file in the model folder is judged by its bytes, never its name, in-process and
+without loading it (``formats.sniff`` names the format from magic numbers and structure):
 
-- data files (``.json``, ``.csv``, ``.parquet``, …) pass;
-- ``.onnx`` must parse with ``onnx.load`` and keep its external data inside the folder;
-- ``.skops`` must contain only allowlisted types (``skops.io.get_untrusted_types``);
-- everything else goes through the pickle scanner: picklescan lists the imports a
-  pickle makes (also inside zip archives such as ``.pt`` and object ``.npy`` arrays);
-  imports on picklescan's denylist are ``critical`` findings, imports outside our
-  allowlist are ``medium`` findings.
+- zip (``.pt``, ``.npz``, skops, anything) and tar archives: every member is judged the same
+  way, recursively; gzip, bz2, xz/lzma and zlib streams (zstd and lz4 when their module is
+  installed) are judged by what they decompress to. Depth, expanded bytes and member count
+  are bounded (``Limits``): past a limit is a ``critical`` finding, so a zip bomb blocks the
+  version instead of hanging the line;
+- skops files must also contain only allowlisted types (``skops.io.get_untrusted_types``),
+  and ONNX files must parse with ``onnx.load`` and keep their external data in the folder;
+- pickles of every protocol (protocol 0 is ASCII text) and object ``.npy`` arrays: the
+  imports their opcodes make (``pickles.walk``); imports that run code are ``critical``,
+  imports outside our allowlist ``medium``;
+- known-safe formats pass: npy without object dtype, safetensors, parquet, UTF-8 text that
+  is not a pickle (JSON, CSV, YAML, Markdown, the line's own metadata and signature);
+- anything else is *unknown*, and unknown is unsafe: a ``critical`` finding.
 
-picklescan rather than modelscan: modelscan reports a pickle whose parse fails after a
-first complete pickle as clean, skips files by extension, and pins rich<15.
-
-A file the scanner cannot parse is an *error*, never a pass: ``safe`` means "verified
-safe", and a truncated or garbled file is not.
+picklescan supplies the denylist; the opcode walk is ours, so that it streams and tells a
+text file that merely starts like a pickle from one that calls what it imports. A file of a
+recognised format that does not parse is an *error*, never a pass: ``safe`` means
+"verified safe", and a truncated or garbled file is not.
 """
 
 from __future__ import annotations
 
 import io
-import re
+import shutil
+import stat
+import struct
+import tarfile
+import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from modelworks.artifacts import formats as fmt
+from modelworks.artifacts.pickles import allowed, deny_severity, judge, walk
 from modelworks.errors import ConfigError
 
 SEVERITIES = ("low", "medium", "high", "critical")
-
-DATA_SUFFIXES = frozenset(
-    {".json", ".txt", ".csv", ".tsv", ".parquet", ".yaml", ".yml", ".md", ".sig"}
+_UNKNOWN = (
+    "unknown format: not a pickle, not text, and not a format the scanner verifies "
+    "(ONNX, skops, safetensors, numpy, parquet, zip, tar, compressed); unknown is unsafe"
 )
+_SPOOL_BYTES = 32 << 20
+_TEXT, _ONNX = "text", "onnx"
+_PACKED = frozenset({".gz", ".bz2", ".xz", ".lzma", ".z", ".zz", ".zst", ".lz4"})
 
-# Imports a scikit-learn model legitimately needs. Classes under sklearn are allowed
-# because unpickling one only runs its constructor/__setstate__, which store state;
-# module-level *functions* under sklearn are not allowed (they could do anything).
-# The numpy/scipy/builtins entries are constructors of plain values and arrays.
-ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
-    "numpy": frozenset({"dtype", "ndarray"}),
-    "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
-    "numpy.random._pickle": frozenset(
-        {"__bit_generator_ctor", "__randomstate_ctor", "__generator_ctor"}
-    ),
-    "numpy.random.bit_generator": frozenset({"SeedSequence", "__pyx_unpickle_SeedSequence"}),
-    "numpy.random._mt19937": frozenset({"MT19937"}),
-    "numpy.random._pcg64": frozenset({"PCG64", "PCG64DXSM"}),
-    "numpy.random.mtrand": frozenset({"RandomState"}),
-    "numpy.random._generator": frozenset({"Generator"}),
-    "builtins": frozenset(
-        {
-            "set",
-            "frozenset",
-            "slice",
-            "complex",
-            "bytearray",
-            "range",
-            "object",
-            "int",
-            "float",
-            "str",
-            "bytes",
-            "list",
-            "dict",
-            "tuple",
-            "bool",
-        }
-    ),
-    "collections": frozenset({"OrderedDict", "defaultdict", "Counter", "deque"}),
-    "copyreg": frozenset({"_reconstructor"}),
-    "datetime": frozenset({"datetime", "date", "time", "timedelta", "timezone"}),
-}
-_SCIPY_SPARSE = frozenset(
-    {"csr_matrix", "csc_matrix", "coo_matrix", "csr_array", "csc_array", "coo_array"}
-)
-# joblib stores arrays as raw bytes *between* pickle opcodes; an opcode scanner reads
-# those bytes as opcodes, so what it sees is not what joblib.load runs.
-_JOBLIB_WRAPPERS = frozenset({"NumpyArrayWrapper", "NDArrayWrapper", "ZNDArrayWrapper"})
-# Not on picklescan's list but as good as exec: import anything, rewrite any object.
-_EXTRA_DENY: dict[str, Any] = {
-    name: {"__import__", "globals", "locals", "vars", "setattr", "delattr", "input"}
-    for name in ("builtins", "__builtin__")
-}
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_PICKLE_MAGIC = frozenset(bytes([0x80, protocol]) for protocol in range(2, 6))
-_PICKLE_MEMBER = re.compile(r"\.(pkl|pickle)$")
+
+@dataclass(frozen=True)
+class Limits:
+    """How far the scanner opens nested content before calling it a finding."""
+
+    max_depth: int = 5
+    max_expanded_bytes: int = 4 << 30
+    max_members: int = 100_000
 
 
 @dataclass
@@ -118,22 +89,44 @@ class ScanResult:
 
 @dataclass
 class _Report:
+    limits: Limits
+    budget: fmt.Budget
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     scanners: set[str] = field(default_factory=set)
+    unknown: list[str] = field(default_factory=list)  # top-level files, settled at the end
+    external_data: set[str] = field(default_factory=set)  # claimed by an ONNX model
+
+    def find(self, where: str, severity: str, description: str, scanner: str) -> None:
+        self.findings.append(Finding(where, severity, description, scanner))
 
 
-def scan_dir(path: Path, *, threshold: str = "medium") -> ScanResult:
+@dataclass(frozen=True)
+class _Item:
+    """What is being judged: where it is (for messages), its name's suffix, its size."""
+
+    where: str
+    suffix: str
+    size: int | None
+    file: Path | None = None  # set for files in the folder itself
+    root: Path | None = None
+
+
+def scan_dir(path: Path, *, threshold: str = "medium", limits: Limits | None = None) -> ScanResult:
     """Scan every file under `path`; safe = no finding at or above `threshold`, no errors."""
     if threshold not in SEVERITIES:
         raise ConfigError(f"scan threshold '{threshold}' is not one of {', '.join(SEVERITIES)}")
+    limits = limits or Limits()
     path = Path(path)
-    report = _Report()
+    report = _Report(limits, fmt.Budget(limits.max_expanded_bytes, limits.max_members))
     if not path.is_dir():
         report.errors.append(f"{path}: model folder does not exist or is not a folder")
     else:
         for file in sorted(path.rglob("*")):
             _scan_file(file, path, report)
+    for rel in report.unknown:
+        if rel not in report.external_data:
+            report.find(rel, "critical", _UNKNOWN, "content")
     level = SEVERITIES.index(threshold)
     blocking = [f for f in report.findings if SEVERITIES.index(f.severity) >= level]
     return ScanResult(
@@ -146,91 +139,192 @@ def scan_dir(path: Path, *, threshold: str = "medium") -> ScanResult:
 
 def _scan_file(file: Path, root: Path, report: _Report) -> None:
     rel = file.relative_to(root).as_posix()
-    if file.is_symlink():
+    info = file.lstat()
+    if stat.S_ISLNK(info.st_mode):
         report.errors.append(f"{rel}: symbolic links are not allowed in a model folder")
         return
-    if not file.is_file():
+    if not stat.S_ISREG(info.st_mode):
         return
-    suffix = file.suffix.lower()
-    if suffix in DATA_SUFFIXES:
-        return
+    item = _Item(rel, file.suffix.lower(), info.st_size, file, root)
     try:
-        if suffix == ".onnx":
-            _scan_onnx(file, root, rel, report)
-        elif suffix == ".skops":
-            _scan_skops(file, rel, report)
-        else:
-            with file.open("rb") as stream:
-                _scan_pickle_family(stream, rel, report)
+        with file.open("rb") as stream:
+            judged = _judge(stream, item, report, depth=0)
+            # text cannot hold a zip's end record (its signature has control bytes)
+            if judged not in (fmt.ZIP, _TEXT) and _zip_at_end(stream):
+                _scan_zip(stream, item, report, depth=0)
+    except fmt.LimitError as exc:
+        report.find(rel, "critical", str(exc), "content")
     except Exception as exc:  # any scanner failure means "not verified safe"
         report.errors.append(f"{rel}: could not be scanned ({type(exc).__name__}: {exc})")
 
 
-def _scan_onnx(file: Path, root: Path, rel: str, report: _Report) -> None:
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> str:
+    """Judge one stream (a file, an archive member, a decompressed stream) by its bytes;
+    return the format it was judged as."""
+    if depth > report.limits.max_depth:
+        raise fmt.LimitError(
+            f"{item.where}: nested more than {report.limits.max_depth} archives or compressed "
+            "streams deep (raise scan.max_depth if this is intended)"
+        )
+    head = stream.read(fmt.HEAD_BYTES)
+    if fmt.sniff(head) == fmt.NPY and _npy_plain(head):
+        return fmt.NPY  # the common case in skops and npz archives: no need to rewind
+    stream.seek(0)
+    kind = fmt.identify(head, stream, item.size)
+    if kind == fmt.ZIP:
+        _scan_zip(stream, item, report, depth)
+    elif kind == fmt.TAR:
+        _scan_tar(stream, item, report, depth)
+    elif kind in fmt.COMPRESSED:
+        _scan_compressed(kind, stream, item, report, depth)
+    elif kind == fmt.NPY:
+        _scan_npy(stream, item, report)
+    elif kind == fmt.SAFETENSORS or (
+        kind == fmt.PARQUET and fmt.parquet_footer_ok(stream, item.size)
+    ):
+        pass  # known-safe: tensors and tables are read as data, never as code
+    else:
+        return _scan_plain(stream, item, report, kind, head)
+    return kind
 
-    report.scanners.add("onnx")
-    model = onnx.load(str(file), load_external_data=False)
-    base = file.parent.resolve()
-    for tensor in _get_all_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-        target = (base / location).resolve()
-        if not target.is_relative_to(root.resolve()) or not target.is_file():
-            report.findings.append(
-                Finding(
-                    rel,
-                    "high",
-                    f"tensor '{tensor.name}' reads external data '{location}' outside the model "
-                    "folder or missing",
-                    "onnx",
+
+def _zip_at_end(stream: IO[bytes]) -> bool:
+    """Whether a file that does not start as a zip still is one to zipfile (which reads the
+    end): a pickle with an archive appended is both, and a loader may open either."""
+    stream.seek(0)
+    if stream.read(2) == b"PK":
+        return False
+    found = zipfile.is_zipfile(stream)
+    stream.seek(0)
+    return found
+
+
+def _member(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
+    """Judge an archive member or a decompressed stream; its errors name it."""
+    try:
+        _judge(stream, item, report, depth + 1)
+    except fmt.LimitError:
+        raise
+    except Exception as exc:
+        report.errors.append(f"{item.where}: could not be scanned ({type(exc).__name__}: {exc})")
+
+
+def _scan_compressed(
+    kind: str, stream: IO[bytes], item: _Item, report: _Report, depth: int
+) -> None:
+    try:
+        inner = fmt.decompressed(kind, stream)
+    except LookupError as exc:
+        report.find(item.where, "critical", f"{exc}; unknown is unsafe", "content")
+        return
+    name = Path(item.where.rsplit(":", 1)[-1])
+    suffix = name.with_suffix("").suffix.lower() if name.suffix.lower() in _PACKED else ""
+    with inner, io.BufferedReader(fmt.Limited(inner, report.budget, item.where)) as limited:
+        _member(limited, _Item(item.where, suffix, None), report, depth)
+
+
+@contextmanager
+def _random_access(stream: IO[bytes]) -> Iterator[IO[bytes]]:
+    """`stream` itself when it is a file on disk, else a spooled copy (archives seek around)."""
+    if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, io.FileIO):
+        yield stream
+        return
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        shutil.copyfileobj(stream, spool, 1 << 20)
+        spool.seek(0)
+        yield spool
+
+
+def _scan_zip(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
+    with _random_access(stream) as source, zipfile.ZipFile(source) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        report.budget.members(len(infos), item.where)
+        # zipfile never reads a member past its declared size, so the sizes are the bound
+        report.budget.charge(sum(i.file_size for i in infos), item.where)
+        if any(i.filename == "schema.json" for i in infos):
+            _scan_skops(archive, source, item, report)
+        for info in infos:
+            where = f"{item.where}:{info.filename}"
+            if info.flag_bits & 0x1:
+                report.find(where, "critical", "encrypted member cannot be scanned", "content")
+                continue
+            head = _stored_head(source, info)
+            if head is not None and fmt.sniff(head) == fmt.NPY and _npy_plain(head):
+                continue  # skops and npz arrays: the header says plain data
+            with archive.open(info) as member:
+                _member(
+                    member,
+                    _Item(where, Path(info.filename).suffix.lower(), info.file_size),
+                    report,
+                    depth,
                 )
-            )
 
 
-def _scan_skops(file: Path, rel: str, report: _Report) -> None:
+def _stored_head(source: IO[bytes], info: zipfile.ZipInfo) -> bytes | None:
+    """The first bytes of an uncompressed member, read straight from the archive (opening
+    each member through zipfile costs more than judging it); None to go through zipfile."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    source.seek(info.header_offset)
+    local = source.read(30 + 1024 + fmt.HEAD_BYTES)
+    if local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = 30 + name_len + extra_len
+    if start > 30 + 1024:
+        return None
+    return local[start : start + min(info.file_size, fmt.HEAD_BYTES)]
+
+
+def _scan_tar(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> None:
+    with _random_access(stream) as source, tarfile.open(fileobj=source, mode="r:") as archive:
+        for member in archive:
+            report.budget.members(1, item.where)
+            where = f"{item.where}:{member.name}"
+            if member.isdir():
+                continue
+            handle = archive.extractfile(member) if member.isfile() else None
+            if handle is None:
+                report.find(where, "high", "tar member is a link or device, not a file", "content")
+                continue
+            report.budget.charge(member.size, where)
+            with handle:
+                _member(
+                    handle,
+                    _Item(where, Path(member.name).suffix.lower(), member.size),
+                    report,
+                    depth,
+                )
+
+
+def _scan_skops(archive: zipfile.ZipFile, stream: IO[bytes], item: _Item, report: _Report) -> None:
+    """The skops audit of a zip with a schema.json; one it cannot read is judged as a zip."""
     from skops.io import get_untrusted_types
 
+    try:
+        if item.file is not None:
+            untrusted = get_untrusted_types(file=item.file)
+        else:
+            stream.seek(0)
+            untrusted = get_untrusted_types(data=stream.read())
+    except Exception as exc:
+        if item.suffix == ".skops":
+            report.errors.append(f"{item.where}: not a valid skops file ({exc})")
+        return
     report.scanners.add("skops")
-    for type_name in get_untrusted_types(file=file):
+    for type_name in untrusted:
         module, _, name = type_name.rpartition(".")
-        if not _allowed(module, name):
-            report.findings.append(
-                Finding(
-                    rel, "medium", f"untrusted type '{type_name}' is not on the allowlist", "skops"
-                )
+        if not allowed(module, name):
+            report.find(
+                item.where,
+                "medium",
+                f"untrusted type '{type_name}' is not on the allowlist",
+                "skops",
             )
 
 
-def _scan_pickle_family(stream: IO[bytes], rel: str, report: _Report) -> None:
-    report.scanners.add("picklescan")
-    head = stream.read(6)
-    stream.seek(0)
-    if head.startswith(_ZIP_MAGIC):
-        _scan_zip(stream, rel, report)
-    elif head == b"\x93NUMPY":
-        _scan_npy(stream, rel, report)
-    else:
-        _scan_pickle(stream, rel, report)
-
-
-def _scan_zip(stream: IO[bytes], rel: str, report: _Report) -> None:
-    with zipfile.ZipFile(stream) as archive:
-        for name in archive.namelist():
-            where = f"{rel}:{name}"
-            with archive.open(name) as member:
-                head = member.read(6)
-            if head.startswith(_ZIP_MAGIC):
-                report.errors.append(f"{where}: nested archives are not scanned")
-            elif head == b"\x93NUMPY":
-                _scan_npy(io.BytesIO(archive.read(name)), where, report)
-            elif _PICKLE_MEMBER.search(name) or head[:2] in _PICKLE_MAGIC:
-                _scan_pickle(io.BytesIO(archive.read(name)), where, report)
-
-
-def _scan_npy(stream: IO[bytes], rel: str, report: _Report) -> None:
+def _scan_npy(stream: IO[bytes], item: _Item, report: _Report) -> None:
+    """Object arrays hold a pickle after the header; other dtypes are plain data."""
     from numpy.lib import format as npformat
 
     version = npformat.read_magic(stream)
@@ -239,79 +333,102 @@ def _scan_npy(stream: IO[bytes], rel: str, report: _Report) -> None:
     )
     _, _, dtype = read_header(stream)
     if dtype.hasobject:
-        _scan_pickle(stream, rel, report)
+        _scan_pickle(stream, item, report)
 
 
-def _scan_pickle(stream: IO[bytes], rel: str, report: _Report) -> None:
-    from picklescan.scanner import GenOpsError, _list_globals
+def _npy_plain(head: bytes) -> bool:
+    """Fast path: an .npy header that cannot spell an object dtype (numpy's parser is slow).
+
+    Every spelling of numpy's object dtype ('O', '|O', 'O8', 'object', 'object_') has an
+    'O' or the word object in it; a header with neither holds plain data, whatever else.
+    """
+    if head[6:7] not in (b"\x01", b"\x02", b"\x03"):
+        return False
+    width = 2 if head[6:7] == b"\x01" else 4
+    length = int.from_bytes(head[8 : 8 + width], "little")
+    header = head[8 + width : 8 + width + length].decode("latin-1")
+    well_formed = len(header) == length and header.startswith("{") and "descr" in header
+    return well_formed and "O" not in header and "object" not in header.lower()
+
+
+def _scan_pickle(stream: IO[bytes], item: _Item, report: _Report) -> None:
+    found = walk(stream)
+    if found.error is not None:
+        report.errors.append(f"{item.where}: not a parseable pickle stream ({found.error})")
+    _judge_imports(found.imports, item, report)
+
+
+def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head: bytes) -> str:
+    """A pickle (any protocol), an ONNX model, text that is not a pickle, or unknown."""
+    onnx = kind == "" and (item.suffix == ".onnx" or head[:1] == b"\x08")
+    found = walk(stream)
+    if found.pickles and found.error is None:
+        _judge_imports(found.imports, item, report)
+        return fmt.PICKLE
+    stream.seek(0)
+    if not found.imports and onnx and _scan_onnx(stream, item, report):
+        return _ONNX
+    stream.seek(0)
+    if fmt.is_text(stream):
+        # Text that starts like a pickle: what pickle.load would import before it fails.
+        runs = found.calls or found.pickles
+        risky = {i for i in found.imports if runs or deny_severity(*i)}
+        if risky:
+            _judge_imports(risky, item, report)
+        return _TEXT
+    if found.pickles or found.imports or kind == fmt.PICKLE:
+        report.errors.append(f"{item.where}: not a parseable pickle stream ({found.error})")
+        _judge_imports(found.imports, item, report)
+    elif item.file is not None:
+        report.unknown.append(item.where)  # an ONNX model in the folder may claim it
+    else:
+        report.find(item.where, "critical", _UNKNOWN, "content")
+    return kind
+
+
+def _judge_imports(imports: set[tuple[str, str]], item: _Item, report: _Report) -> None:
+    report.scanners.add("picklescan")
+    findings, errors = judge(imports)
+    for severity, description in findings:
+        report.find(item.where, severity, description, "picklescan")
+    report.errors.extend(f"{item.where}: {e}" for e in errors)
+
+
+def _scan_onnx(stream: IO[bytes], item: _Item, report: _Report) -> bool:
+    """Judge an ONNX model; False when the bytes are not one (an error if named .onnx)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     try:
-        imports = _list_globals(stream, multiple_pickles=True)
-    except GenOpsError as exc:
-        report.errors.append(f"{rel}: not a parseable pickle stream ({exc})")
-        imports = exc.globals or set()
-    _judge_imports(imports, rel, report)
+        model = onnx.load(stream, load_external_data=False)
+        problem = "" if model.ir_version > 0 and len(model.graph.node) else "it has no graph"
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        if item.suffix == ".onnx":
+            report.errors.append(f"{item.where}: not a valid ONNX model ({problem})")
+        return False
+    report.scanners.add("onnx")
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            _external_data(item, tensor.name, location, report)
+    return True
 
 
-def _judge_imports(imports: Iterable[tuple[str, ...]], rel: str, report: _Report) -> None:
-    for entry in sorted(imports):
-        module, name = entry[0], (entry[1] if len(entry) > 1 else "")
-        if module == "joblib.numpy_pickle" and name in _JOBLIB_WRAPPERS:
-            report.errors.append(
-                f"{rel}: joblib file with embedded raw array buffers cannot be verified by an "
-                "opcode scanner; save the model with skops or ONNX instead"
-            )
-            continue
-        severity = _deny_severity(module, name)
-        if severity:
-            report.findings.append(
-                Finding(
-                    rel,
-                    severity,
-                    f"unsafe import '{module}.{name}' runs code when loaded",
-                    "picklescan",
-                )
-            )
-        elif not _allowed(module, name):
-            report.findings.append(
-                Finding(
-                    rel, "medium", f"import '{module}.{name}' is not on the allowlist", "picklescan"
-                )
-            )
-
-
-def _deny_severity(module: str, name: str) -> str | None:
-    from picklescan.scanner import _unsafe_globals
-
-    if "unknown" in (module, name):
-        return "critical"  # a computed import: the scanner cannot tell what it is
-    if _matches(_unsafe_globals, module, name) or _matches(_EXTRA_DENY, module, name):
-        return "critical"
-    return None
-
-
-def _matches(table: dict[str, Any], module: str, name: str) -> bool:
-    parts = module.split(".")
-    for i in range(len(parts), 0, -1):
-        rule = table.get(".".join(parts[:i]))
-        if rule == "*" or (i == len(parts) and _rule_names(rule, name)):
-            return True
-    return False
-
-
-def _rule_names(rule: Any, name: str) -> bool:
-    if isinstance(rule, str):
-        return rule == name
-    return rule is not None and name in rule
-
-
-def _allowed(module: str, name: str) -> bool:
-    if name in ALLOWED_IMPORTS.get(module, ()):
-        return True
-    if module.split(".")[0] == "sklearn":
-        return name[:1].isupper() and name.isidentifier()
-    in_sparse = module == "scipy.sparse" or module.startswith("scipy.sparse.")
-    return in_sparse and name in _SCIPY_SPARSE
+def _external_data(item: _Item, tensor: str, location: str, report: _Report) -> None:
+    if item.file is not None and item.root is not None:
+        root = item.root.resolve()
+        target = (item.file.parent.resolve() / location).resolve()
+        if target.is_relative_to(root) and target.is_file():
+            report.external_data.add(target.relative_to(root).as_posix())
+            return
+    report.find(
+        item.where,
+        "high",
+        f"tensor '{tensor}' reads external data '{location}' outside the model folder or missing",
+        "onnx",
+    )
 
 
 @cache

@@ -348,9 +348,10 @@ def _check_sbom(model_dir: Path) -> dict[str, Any]:
 
 
 def _rescan(ws: Workspace, model_dir: Path) -> dict[str, Any]:
-    from modelworks.artifacts.scan import scan_dir
+    from modelworks.artifacts.scan import Limits, scan_dir
 
-    result = scan_dir(model_dir, threshold=ws.settings.scan.severity)
+    limits = Limits(**ws.settings.scan.limits())
+    result = scan_dir(model_dir, threshold=ws.settings.scan.severity, limits=limits)
     if not result.safe:
         problems = [
             f"{f.file}: {f.severity} {f.description}" for f in result.findings

@@ -146,9 +146,10 @@ def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, A
 
 
 def _scan(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    from modelworks.artifacts.scan import scan_dir
+    from modelworks.artifacts.scan import Limits, scan_dir
 
-    return scan_dir(out, threshold=job.get("scan_threshold", "medium")).to_dict()
+    limits = Limits(**job.get("scan_limits", {}))
+    return scan_dir(out, threshold=job.get("scan_threshold", "medium"), limits=limits).to_dict()
 
 
 def recover(job: dict[str, Any]) -> dict[str, Any] | None:
