@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks.errors import PipelineError, did_you_mean
+from modelworks.names import is_name
 
 VERSION_FILE = "version"
 ENTRY_FILE = "pipeline.py"
@@ -94,7 +95,18 @@ class Catalog:
         return found
 
     def _read_current(self, name: str) -> tuple[str, str]:
+        if not is_name(name):
+            raise PipelineError(
+                f"pipeline name {name!r} is not valid: it must be a folder directly under "
+                f"{self.pipelines_dir} (lower-case letters, digits, '.', '_', '-'; no '/')"
+            )
         folder = self.pipelines_dir / name
+        real, base = os.path.realpath(folder), os.path.realpath(self.pipelines_dir)
+        if not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise PipelineError(
+                f"pipeline {name!r}: {folder} resolves to {real}, outside {self.pipelines_dir}; "
+                "pipeline code must live in the pipelines folder"
+            )
         if not folder.is_dir():
             known = (
                 [p.name for p in self.pipelines_dir.iterdir() if p.is_dir()]
