@@ -104,7 +104,8 @@ def test_local_data_outside_the_workspace_is_refused_without_showing_it(
     assert code == 1
     message = error_of(result, "thief")
     assert "is outside the workspace" in message
-    assert first_line not in message and first_line not in err
+    assert first_line not in message
+    assert first_line not in err
     assert SECRET not in json.dumps(result)
     assert "thief" not in [t["name"] for t in result["trained"]]
     assert bytes_in(fleet.oci_dir, needle) == []
@@ -119,7 +120,7 @@ def test_an_environment_named_dot_dot_is_a_config_error_and_writes_nothing(
     (fleet.root / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
     _git.commit(fleet.root, [CONFIG_FILE], "a hostile environment")
 
-    code, out, err = mw(capsys, fleet, "apply", "-j", "1")
+    code, _out, err = mw(capsys, fleet, "apply", "-j", "1")
     assert code == 1
     assert CONFIG_FILE in err
     assert "field 'environments': environment name '../../x' is not valid" in err

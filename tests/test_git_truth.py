@@ -1,4 +1,4 @@
-"""Git is the source of truth: only committed specs, pipelines and pointers train (issue 9, item 4)."""
+"""Git is the source of truth: only committed specs, pipelines and pointers train (issue 9.4)."""
 
 from __future__ import annotations
 

@@ -208,7 +208,9 @@ def model_inputs(spec: ModelSpec, data_hash: str, pipe: PipelineRef) -> dict[str
     }
 
 
-def uncommitted(spec: ModelSpec, pipe: PipelineRef, data: DataResolver, prov: Provenance) -> list[str]:
+def uncommitted(
+    spec: ModelSpec, pipe: PipelineRef, data: DataResolver, prov: Provenance
+) -> list[str]:
     """The pipeline folder and pointer file of a model that differ from HEAD."""
     found = []
     if pipe.source == data.ws.pipelines_dir / pipe.name:  # a recorded snapshot is immutable

@@ -156,7 +156,9 @@ class Provenance:
                 problems.append(f"{self.shown(f)}: not committed ({state})")
         for path, state in sorted(repo.changes.items()):
             if path.startswith(prefix) and state == "deleted":
-                problems.append(f"{self.shown(os.path.join(repo.top, path))}: deleted, not committed")
+                problems.append(
+                    f"{self.shown(os.path.join(repo.top, path))}: deleted, not committed"
+                )
         return problems
 
     def commit_of(self, path: Path | str) -> str | None:
