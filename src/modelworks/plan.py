@@ -212,12 +212,10 @@ def uncommitted(
     spec: ModelSpec, pipe: PipelineRef, data: DataResolver, prov: Provenance
 ) -> list[str]:
     """The pipeline folder and pointer file of a model that differ from HEAD."""
-    found = []
-    if pipe.source == data.ws.pipelines_dir / pipe.name:  # a recorded snapshot is immutable
-        found += prov.folder_problems(pipe.source)
+    found = list(prov.pipeline_problems(pipe))
     pointer = data.pointer_of(spec)
     if pointer is not None:
-        pointer_problem = prov.file_problem(pointer)
+        pointer_problem = prov.file_state(pointer)[0]
         if pointer_problem:
             found.append(pointer_problem)
     return found
@@ -243,8 +241,7 @@ def plan_one(
     dirty: list[str] = []
     commit = None
     if prov is not None:
-        spec_problem = prov.file_problem(item.path)
-        commit = prov.commit_of(item.path) if spec_problem is None else None
+        spec_problem, commit = prov.file_state(str(item.path))
         dirty = ([spec_problem] if spec_problem else []) + uncommitted(spec, pipe, data, prov)
     if dirty and not allow_dirty:
         hint = "; commit it or pass --allow-dirty"
@@ -309,11 +306,12 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
     view = RegistryView.read(store)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
     data = DataResolver(ws)
+    prov = Provenance(ws.root, ws.pipelines_dir)
+    prov.prefetch(ws.models_dir)
     loaded = load_specs(ws.models_dir)
     if names:
         wanted = set(names)
         loaded = [item for item in loaded if item.name in wanted]
-    prov = Provenance(ws.root)
     models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
     explain_updates(store, models)
     data.save()

@@ -16,44 +16,56 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from modelworks.pipelines.catalog import folder_files
+from modelworks.pipelines.catalog import PipelineRef, folder_files
 
 _STATES = {"?": "untracked", "A": "staged, not committed", "D": "deleted", "R": "renamed"}
 
 
-@dataclass
 class RepoStatus:
-    """One repository's working tree against its HEAD."""
+    """One repository's working tree against its HEAD.
 
-    top: str
-    head: str | None
-    changes: dict[str, str]  # repo-relative posix path -> "untracked", "modified", ...
-    _tracked: dict[str, set[str]] = field(default_factory=dict)
+    The git commands start at once and are read when first needed, so a plan loads its specs
+    while git stats the working tree.
+    """
 
-    @classmethod
-    def read(cls, top: str) -> RepoStatus:
-        head = _run(top, "rev-parse", "--verify", "-q", "HEAD^{commit}").decode().strip()
-        out = _run(top, "status", "--porcelain", "-z", "--untracked-files=all")
-        return cls(top, head or None, parse_status(out))
+    def __init__(self, top: str) -> None:
+        self.top = top
+        self._procs = {
+            "head": _start(top, "rev-parse", "--verify", "-q", "HEAD^{commit}"),
+            "status": _start(top, "status", "--porcelain", "-z", "--untracked-files=all"),
+            "tracked": _start(top, "ls-files", "-z"),
+        }
+        self._out: dict[str, bytes] = {}
 
-    def tracked(self, prefix: str) -> set[str]:
-        """Paths under `prefix` in the index (one `git ls-files` per folder asked about)."""
-        if prefix not in self._tracked:
-            out = _run(self.top, "ls-files", "-z", "--", prefix or ".")
-            self._tracked[prefix] = {p for p in out.decode().split("\0") if p}
-        return self._tracked[prefix]
+    def _result(self, name: str) -> bytes:
+        if name not in self._out:
+            proc = self._procs[name]
+            out, _err = proc.communicate()
+            self._out[name] = out if proc.returncode == 0 else b""
+        return self._out[name]
 
-    def tracked_file(self, rel: str) -> bool:
-        """True when `rel` is in the index (git-ignored files are not in status)."""
-        folder = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
-        return rel in self.tracked(folder)
+    @cached_property
+    def head(self) -> str | None:
+        return self._result("head").decode().strip() or None
+
+    @cached_property
+    def changes(self) -> dict[str, str]:
+        """Repo-relative posix path -> "untracked", "modified", ... for what differs."""
+        return parse_status(self._result("status"))
+
+    @cached_property
+    def tracked(self) -> set[str]:
+        """Every path in the index."""
+        return set(self._result("tracked").decode(errors="surrogateescape").split("\0")) - {""}
 
 
-def _run(top: str, *args: str) -> bytes:
-    proc = subprocess.run(["git", "-C", top, *args], capture_output=True)
-    return proc.stdout if proc.returncode == 0 else b""
+def _start(top: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["git", "-C", top, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
 
 
 def parse_status(out: bytes) -> dict[str, str]:
@@ -86,10 +98,13 @@ class Provenance:
     """What is committed, for the files a plan reads; every answer is cached."""
 
     root: Path
+    pipelines_dir: Path
     _tops: dict[str, str | None] = field(default_factory=dict)
     _repos: dict[str, RepoStatus] = field(default_factory=dict)
     _real: dict[str, str] = field(default_factory=dict)
     _folders: dict[str, list[str]] = field(default_factory=dict)
+    _files: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    _pipes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def _top(self, directory: str) -> str | None:
         if directory not in self._tops:
@@ -112,8 +127,12 @@ class Provenance:
         if top is None:
             return None, os.path.join(real_dir, name)
         if top not in self._repos:
-            self._repos[top] = RepoStatus.read(top)
-        rel = os.path.relpath(os.path.join(real_dir, name), top).replace(os.sep, "/")
+            self._repos[top] = RepoStatus(top)
+        full = os.path.join(real_dir, name)
+        # Slicing, not os.path.relpath: a plan locates every spec and relpath is slow.
+        rel = full[len(top) + 1 :] if full != top else ""
+        if os.sep != "/":
+            rel = rel.replace(os.sep, "/")
         return self._repos[top], rel
 
     def shown(self, path: Path | str) -> str:
@@ -121,17 +140,36 @@ class Provenance:
         rel = os.path.relpath(str(path), self.root)
         return str(path) if rel.startswith("..") else rel.replace(os.sep, "/")
 
-    def file_problem(self, path: Path | str) -> str | None:
-        """Why the file at `path` is not the committed one, or None when it is."""
+    def prefetch(self, folder: Path) -> None:
+        """Start reading the status of the repository holding `folder`."""
+        self._locate(os.path.join(folder, "."))
+
+    def file_state(self, path: str) -> tuple[str | None, str | None]:
+        """(why the file is not the committed one or None, the commit holding it or None)."""
+        if path not in self._files:
+            self._files[path] = self._read_file(path)
+        return self._files[path]
+
+    def _read_file(self, path: str) -> tuple[str | None, str | None]:
         repo, rel = self._locate(path)
         if repo is None:
-            return f"{self.shown(path)}: not committed (not in a git repository)"
+            return f"{self.shown(path)}: not committed (not in a git repository)", None
         state = repo.changes.get(rel)
         if state is None and repo.head is None:
             state = "no commit yet"
-        if state is None and not repo.tracked_file(rel):
-            state = "untracked"
-        return None if state is None else f"{self.shown(path)}: not committed ({state})"
+        if state is None and rel not in repo.tracked:
+            state = "untracked"  # or git-ignored: either way not in HEAD
+        if state is None:
+            return None, repo.head
+        return f"{self.shown(path)}: not committed ({state})", None
+
+    def pipeline_problems(self, pipe: PipelineRef) -> list[str]:
+        """Why the pipeline a model uses differs from HEAD; a recorded snapshot never does."""
+        key = (pipe.name, pipe.version)
+        if key not in self._pipes:
+            current = pipe.source == self.pipelines_dir / pipe.name
+            self._pipes[key] = self.folder_problems(pipe.source) if current else []
+        return self._pipes[key]
 
     def folder_problems(self, folder: Path) -> list[str]:
         """Why a pipeline folder differs from HEAD: each untracked, modified or deleted file."""
@@ -147,7 +185,7 @@ class Provenance:
         if repo.head is None:
             return [f"{self.shown(folder)}: not committed (no commit yet)"]
         prefix = rel.rstrip("/") + "/"
-        tracked = repo.tracked(prefix)
+        tracked = repo.tracked
         problems = []
         for f in folder_files(folder):
             frel = prefix + f.relative_to(folder).as_posix()
@@ -160,8 +198,3 @@ class Provenance:
                     f"{self.shown(os.path.join(repo.top, path))}: deleted, not committed"
                 )
         return problems
-
-    def commit_of(self, path: Path | str) -> str | None:
-        """HEAD of the repository holding `path` (which holds it, when it is clean)."""
-        repo, _rel = self._locate(path)
-        return repo.head if repo is not None else None

@@ -84,12 +84,12 @@ class DataResolver:
             self._pointers[key] = read_pointer(pointer).md5
         return self._pointers[key]
 
-    def pointer_of(self, spec: ModelSpec) -> Path | None:
+    def pointer_of(self, spec: ModelSpec) -> str | None:
         """The .dvc pointer file a spec's data version is read from (None: pinned or local)."""
         ds = spec.data_source
         if ds.type != "dvc" or ds.dvc_hash:
             return None
-        return self.repo_root(ds.repo_url) / f"{ds.dataset}.dvc"
+        return os.path.join(self.repo_root(ds.repo_url), f"{ds.dataset}.dvc")
 
     def version(self, spec: ModelSpec) -> str:
         """The data hash that goes into the fingerprint (no content is read for dvc)."""
