@@ -70,13 +70,17 @@ def test_a_pipeline_outside_the_pipelines_folder_is_refused_and_never_imported(
     )
     write_spec(fleet, "escape", "data/set0/data.csv", pipeline="../../elsewhere/pl")
     (fleet.pipelines_dir / "linked").symlink_to(outside)  # a committed symlink, same code
-    _git.commit(fleet.root, ["pipelines"], "a symlinked pipeline")
+    inner = write_pipeline(fleet, "inner", commit=False)
+    (inner / "helper.py").symlink_to(outside / "pipeline.py")  # one file that leads outside
+    _git.commit(fleet.root, ["pipelines"], "symlinked pipelines")
     write_spec(fleet, "linked", "data/set0/data.csv", pipeline="linked")
+    write_spec(fleet, "inner-link", "data/set0/data.csv", pipeline="inner")
 
     code, result, _ = apply_json(capsys, fleet)
     assert code == 1
     assert "pipeline name '../../elsewhere/pl' is not valid" in error_of(result, "escape")
     assert "outside" in error_of(result, "linked")
+    assert "outside" in error_of(result, "inner-link")
     assert sorted(t["name"] for t in result["trained"]) == ["model-0", "model-1", "model-2"]
     assert not marker.exists()
 
@@ -175,3 +179,21 @@ def test_a_configured_data_root_is_allowed(capsys: Capsys, tmp_path: Path) -> No
     assert code == 1
     assert sorted(t["name"] for t in result["trained"]) == ["model-0", "shared-model"]
     assert "or data.roots" in error_of(result, "not-shared")
+
+
+def test_a_symlinked_folder_to_outside_under_a_recursive_glob_is_refused_before_walking(
+    capsys: Capsys, fleet: Workspace, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.csv").write_text(f"f0,label\n{SECRET},1\n")
+    (fleet.root / "data" / "root-link").symlink_to("/")
+    (fleet.root / "data" / "out-link").symlink_to(outside)
+    local_spec(fleet, "roamer", "data/**/*.no-such-suffix")
+    started = time.monotonic()
+    code, out, _ = mw(capsys, fleet, "plan", "--json")
+    assert time.monotonic() - started < 10
+    assert code == 1
+    (roamer,) = [m for m in json.loads(out)["models"] if m["name"] == "roamer"]
+    assert "is outside the workspace" in roamer["reasons"][0]
+    assert SECRET not in out

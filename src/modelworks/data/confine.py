@@ -87,10 +87,35 @@ def _files_under(folder: str) -> Iterator[str]:
             yield os.path.join(dirpath, f)
 
 
+def check_links(base: str, roots: Roots, pattern: str) -> None:
+    """Before a `**` glob walks base: no symlinked folder below it leads outside or loops.
+
+    glob follows symlinked folders, so one link to / would otherwise walk the whole machine.
+    """
+    budget = roots.max_files * 10
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # glob's ** skips them too
+        budget -= len(dirnames) + len(filenames)
+        if budget < 0:
+            raise DataError(
+                f"local data source {pattern!r} would walk more than {roots.max_files * 10} "
+                "entries; narrow the pattern or raise data.max_files in modelworks.yaml"
+            )
+        for d in dirnames:
+            link = os.path.join(dirpath, d)
+            if os.path.islink(link):
+                real = roots.check(link, "local data path")
+                if (dirpath + os.sep).startswith(real.rstrip(os.sep) + os.sep):
+                    raise DataError(f"local data path {link!r} is a symlink loop (to {real})")
+
+
 def matched_files(root: Path, pattern: str, roots: Roots) -> list[Path]:
     """The files a local data source names, in the order the tree hash reads them."""
     full = os.path.normpath(pattern if os.path.isabs(pattern) else os.path.join(root, pattern))
-    roots.check(glob_base(full), "local data path")
+    base = glob_base(full)
+    roots.check(base, "local data path")
+    if "**" in full and os.path.isdir(base):
+        check_links(os.path.realpath(base), roots, pattern)
     matches = sorted(Path(p) for p in _bounded(glob.iglob(full, recursive=True), roots, pattern))
     files: list[Path] = []
     for m in matches:

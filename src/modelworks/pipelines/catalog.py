@@ -121,6 +121,13 @@ class Catalog:
             raise PipelineError(f"{vfile} is missing: a pipeline folder needs a version file")
         if not (folder / ENTRY_FILE).exists():
             raise PipelineError(f"{folder / ENTRY_FILE} is missing: it holds the pipeline's steps")
+        for f in folder_files(folder):
+            target = os.path.realpath(f)
+            if not target.startswith(real + os.sep):
+                raise PipelineError(
+                    f"{f} resolves to {target}, outside {folder}: a pipeline's files must be "
+                    "inside its folder"
+                )
         version = vfile.read_text().strip()
         digest = folder_hash(folder)
         recorded = self.recorded.get((name, version))
