@@ -197,3 +197,14 @@ def test_a_symlinked_folder_to_outside_under_a_recursive_glob_is_refused_before_
     (roamer,) = [m for m in json.loads(out)["models"] if m["name"] == "roamer"]
     assert "is outside the workspace" in roamer["reasons"][0]
     assert SECRET not in out
+
+
+def test_a_spec_deploying_to_an_environment_that_is_not_a_name_is_refused(
+    capsys: Capsys, fleet: Workspace
+) -> None:
+    write_spec(fleet, "wanderer", "data/set0/data.csv", deploy={"environments": ["../../x"]})
+    code, out, _ = mw(capsys, fleet, "plan", "--json")
+    assert code == 1
+    (wanderer,) = [m for m in json.loads(out)["models"] if m["name"] == "wanderer"]
+    assert wanderer["action"] == "error"
+    assert "field 'deploy.environments.0'" in wanderer["reasons"][0]
