@@ -308,11 +308,14 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
     data = DataResolver(ws)
     prov = Provenance(ws.root, ws.pipelines_dir)
     prov.prefetch(ws.models_dir)
-    loaded = load_specs(ws.models_dir)
-    if names:
-        wanted = set(names)
-        loaded = [item for item in loaded if item.name in wanted]
-    models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
+    try:
+        loaded = load_specs(ws.models_dir)
+        if names:
+            wanted = set(names)
+            loaded = [item for item in loaded if item.name in wanted]
+        models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
+    finally:
+        prov.close()
     explain_updates(store, models)
     data.save()
     return Plan(models)

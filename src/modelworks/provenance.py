@@ -47,6 +47,11 @@ class RepoStatus:
             self._out[name] = out if proc.returncode == 0 else b""
         return self._out[name]
 
+    def close(self) -> None:
+        """Reap every git process (those nobody asked about too)."""
+        for name in self._procs:
+            self._result(name)
+
     @cached_property
     def head(self) -> str | None:
         return self._result("head").decode().strip() or None
@@ -139,6 +144,11 @@ class Provenance:
         """A path as a message shows it: relative to the workspace when inside it."""
         rel = os.path.relpath(str(path), self.root)
         return str(path) if rel.startswith("..") else rel.replace(os.sep, "/")
+
+    def close(self) -> None:
+        """Wait for the git processes this plan started."""
+        for repo in self._repos.values():
+            repo.close()
 
     def prefetch(self, folder: Path) -> None:
         """Start reading the status of the repository holding `folder`."""
