@@ -123,9 +123,11 @@ def plan_suite(n: int, scratch: Path) -> dict[str, Any]:
     raw = json.loads(original)
     raw["model_hyperparameters"]["C"] = 9.5
     spec_path.write_text(json.dumps(raw, indent=2))
+    fleet.git(root, "commit", "-q", "-am", "one spec changed")  # plan trains committed specs
     out["one_spec_changed"] = cli_plan(root)
     out["one_spec_changed_inproc"] = inproc_plan(root)
     spec_path.write_text(original)
+    fleet.git(root, "commit", "-q", "-am", "one spec changed back")
 
     fleet.write_csv(root / fleet.dataset_path(0), seed=10_000)
     out["data_add"] = measure(

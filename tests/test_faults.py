@@ -156,7 +156,14 @@ def test_plan_detailed_exitcode(workspace: Workspace, flag: str | None) -> None:
     if flag:
         doc = json.loads(changes.stdout)
         assert doc["summary"] == {"create": 2, "update": 0, "unchanged": 0, "error": 0}
-        assert set(doc["models"][0]) == {"name", "action", "reasons", "fingerprint", "version"}
+        assert set(doc["models"][0]) == {
+            "name",
+            "action",
+            "reasons",
+            "fingerprint",
+            "version",
+            "dirty",
+        }
     subprocess.run(
         [sys.executable, "-m", "modelworks", "apply"],
         cwd=workspace.root,

@@ -16,7 +16,13 @@ from modelworks.plan import plan
 from modelworks.registry.queries import runs, show
 from modelworks.registry.store import Store
 from modelworks.runs.executor import LocalExecutor
-from modelworks.testing import TINY_PIPELINE, write_dataset, write_pipeline, write_spec
+from modelworks.testing import (
+    TINY_PIPELINE,
+    commit_paths,
+    write_dataset,
+    write_pipeline,
+    write_spec,
+)
 from modelworks.workspace import Workspace
 
 
@@ -111,6 +117,7 @@ def test_hyperparameter_and_pipeline_version_reasons(fleet: Workspace) -> None:
         r = json.loads(p.read_text())
         r["kubeflow_pipeline_version"] = "tiny-v2" if i == 1 else "tiny-v1"
         p.write_text(json.dumps(r))
+    commit_paths([fleet.models_dir], "specs")
     reasons = {m.name: m.reasons for m in plan(fleet, Store(fleet.registry_url)).models}
     assert reasons["model-0"] == ["hyperparameter C 1.0 -> 5.0"]
     assert reasons["model-1"] == ["pipeline v1 -> v2"]
@@ -146,6 +153,7 @@ def test_gates_block_deploy_and_are_recorded(fleet: Workspace) -> None:
     raw = json.loads(spec.read_text())
     raw["gates"] = {"min": {"accuracy": 1.01}}
     spec.write_text(json.dumps(raw))
+    commit_paths([spec], "gate")
     result = _apply(fleet)
     assert [g["name"] for g in result.gated] == ["model-2"]
     assert "accuracy" in result.gated[0]["reasons"][0]
@@ -167,6 +175,7 @@ def test_no_regression_gate_against_test(fleet: Workspace) -> None:
     # Training on labels that are noise makes accuracy drop below what test serves.
     raw["model_hyperparameters"]["C"] = 1e-6
     spec.write_text(json.dumps(raw))
+    commit_paths([spec], "no regression")
     result = _apply(fleet)
     names = [g["name"] for g in result.gated] + [t["name"] for t in result.trained]
     assert names == ["model-0"]

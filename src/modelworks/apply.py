@@ -169,7 +169,6 @@ def _jobs(
     data = DataResolver(ws)
     key = signing_key(ws)
     baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
-    commit = _git.head(ws.root) if _git.is_repo(ws.root) else None
     work_dir = ws.state_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -214,7 +213,9 @@ def _jobs(
                 "signing_key": str(key),
                 "scan_threshold": ws.settings.scan.severity,
                 "scan_limits": ws.settings.scan.limits(),
-                "spec_commit": commit,
+                # The commit the plan found holding exactly this spec (HEAD may move later).
+                "spec_commit": mp.commit,
+                "dirty": mp.dirty,
                 "spec_path": _rel(ws, mp.loaded.path),
                 "secrets_dir": str(secrets_dir(ws)),
                 "sealing_key": str(sealing_keys(ws)[0]),
@@ -331,6 +332,8 @@ class _Recorder:
         lineage = {
             "spec_path": job["spec_path"],
             "spec_commit": job["spec_commit"],
+            "dirty": bool(job.get("dirty")),
+            "uncommitted": list(job.get("dirty") or []),
             "pipeline": job["pipeline"]["name"],
             "pipeline_version": job["pipeline"]["version"],
             "pipeline_hash": job["pipeline"]["hash"],
@@ -380,6 +383,8 @@ class _Recorder:
                 },
             )
         )
+        if job.get("dirty"):
+            entry["dirty"] = True
         if status == "succeeded":
             self.result.trained.append({**entry, "digest": r.get("digest")})
         elif status == "rejected":
@@ -410,6 +415,8 @@ def deploy_auto(
             mp = fps[v.fingerprint]
             spec = mp.spec
             if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
+                continue
+            if (v.lineage or {}).get("dirty"):  # trained with --allow-dirty: never deployed
                 continue
             cfg = gdeploy.deploy_config(
                 ws,
@@ -524,15 +531,19 @@ def apply(
     actor: str = "modelworks",
     trigger: str = "auto",
     wait: float = 0,
+    allow_dirty: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_result: ProgressFn | None = None,
 ) -> ApplyResult:
-    """Train what the plan says changed, register it, and deploy to auto-deploy envs."""
+    """Train what the plan says changed, register it, and deploy to auto-deploy envs.
+
+    Only committed inputs are trained unless `allow_dirty`; a dirty version is never deployed.
+    """
     started = time.perf_counter()
     lock = workspace_lock(ws, wait)
     try:
         queue.requeue_interrupted(store)
-        p = plan(ws, store, names)
+        p = plan(ws, store, names, allow_dirty=allow_dirty)
         result = ApplyResult()
         result.skipped = [m.name for m in p.models if m.action == "unchanged"]
         result.errors = [

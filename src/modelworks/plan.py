@@ -21,6 +21,10 @@ For each spec the plan looks the fingerprint up among the model's registered ver
                                       "data 5c2145f3 -> e9a8…", "pipeline v1.23.0 -> v1.29.0",
                                       "hyperparameter epochs 1 -> 5"
     spec, data or pipeline broken  -> error, with the message; the rest is still planned
+    spec, pipeline or pointer not  -> error ("models/x.json: not committed (modified); commit
+    committed (see provenance.py)     it or pass --allow-dirty"); with --allow-dirty the model
+                                      plans, its inputs carry "dirty": true (so its version
+                                      differs from the clean one) and it is never deployed
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from modelworks import LINE_FORMAT
 from modelworks.data.sources import DataResolver
 from modelworks.errors import ModelworksError
 from modelworks.pipelines.catalog import Catalog, PipelineRef
+from modelworks.provenance import Provenance
 from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
 from modelworks.spec import LoadedSpec, ModelSpec, load_specs
 
@@ -72,6 +77,8 @@ class ModelPlan:
     loaded: LoadedSpec | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     pipeline: PipelineRef | None = None
+    commit: str | None = None  # the commit holding exactly this spec; None when it is dirty
+    dirty: list[str] = field(default_factory=list)  # uncommitted inputs (with --allow-dirty)
 
     @property
     def spec(self) -> ModelSpec:
@@ -86,6 +93,7 @@ class ModelPlan:
             "reasons": self.reasons,
             "fingerprint": self.fingerprint,
             "version": self.version,
+            "dirty": self.dirty,
         }
 
 
@@ -200,10 +208,28 @@ def model_inputs(spec: ModelSpec, data_hash: str, pipe: PipelineRef) -> dict[str
     }
 
 
+def uncommitted(
+    spec: ModelSpec, pipe: PipelineRef, data: DataResolver, prov: Provenance
+) -> list[str]:
+    """The pipeline folder and pointer file of a model that differ from HEAD."""
+    found = list(prov.pipeline_problems(pipe))
+    pointer = data.pointer_of(spec)
+    if pointer is not None:
+        pointer_problem = prov.file_state(pointer)[0]
+        if pointer_problem:
+            found.append(pointer_problem)
+    return found
+
+
 def plan_one(
-    item: LoadedSpec, view: RegistryView, data: DataResolver, catalog: Catalog
+    item: LoadedSpec,
+    view: RegistryView,
+    data: DataResolver,
+    catalog: Catalog,
+    prov: Provenance | None = None,
+    allow_dirty: bool = False,
 ) -> ModelPlan:
-    """Plan a single loaded spec against the registry view."""
+    """Plan a single loaded spec against the registry view (and, given `prov`, Git)."""
     if item.spec is None:
         return ModelPlan(item.name, "error", [item.error or "invalid spec"], loaded=item)
     spec = item.spec
@@ -212,9 +238,20 @@ def plan_one(
         data_hash = data.resolve(spec).hash
     except ModelworksError as exc:
         return ModelPlan(spec.name, "error", [f"{item.path}: {exc}"], loaded=item)
+    dirty: list[str] = []
+    commit = None
+    if prov is not None:
+        spec_problem, commit = prov.file_state(str(item.path))
+        dirty = ([spec_problem] if spec_problem else []) + uncommitted(spec, pipe, data, prov)
+    if dirty and not allow_dirty:
+        hint = "; commit it or pass --allow-dirty"
+        return ModelPlan(spec.name, "error", [d + hint for d in dirty], loaded=item)
     inputs = model_inputs(spec, data_hash, pipe)
+    if dirty:
+        inputs["dirty"] = True  # only then: clean fingerprints stay what they always were
     fp = fingerprint(inputs)
     mp = ModelPlan(spec.name, "unchanged", [], fp, version_id(fp), item, inputs, pipe)
+    mp.dirty, mp.commit = dirty, commit
     known = view.fingerprints.get(spec.name)
     if known and fp in known:
         return mp
@@ -223,6 +260,7 @@ def plan_one(
     mp.action, mp.reasons = ("update", []) if known else ("create", ["new model"])
     if failed and failed[0] == fp:
         mp.reasons.append(f"retry: the last run failed: {failed[1][:200]}")
+    mp.reasons += [f"dirty: {d}" for d in dirty]
     return mp
 
 
@@ -253,21 +291,31 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def plan(ws: Workspace, store: Store, names: list[str] | None = None) -> Plan:
-    """Compute the plan for the workspace (or only the named models)."""
+def plan(
+    ws: Workspace, store: Store, names: list[str] | None = None, *, allow_dirty: bool = False
+) -> Plan:
+    """Compute the plan for the workspace (or only the named models) from committed inputs.
+
+    With `allow_dirty`, uncommitted specs, pipelines and pointers are planned and marked dirty.
+    """
     with gc_paused():
-        return _plan(ws, store, names)
+        return _plan(ws, store, names, allow_dirty)
 
 
-def _plan(ws: Workspace, store: Store, names: list[str] | None) -> Plan:
+def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: bool) -> Plan:
     view = RegistryView.read(store)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
     data = DataResolver(ws)
-    loaded = load_specs(ws.models_dir)
-    if names:
-        wanted = set(names)
-        loaded = [item for item in loaded if item.name in wanted]
-    models = [plan_one(item, view, data, catalog) for item in loaded]
+    prov = Provenance(ws.root, ws.pipelines_dir)
+    prov.prefetch(ws.models_dir)
+    try:
+        loaded = load_specs(ws.models_dir)
+        if names:
+            wanted = set(names)
+            loaded = [item for item in loaded if item.name in wanted]
+        models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
+    finally:
+        prov.close()
     explain_updates(store, models)
     data.save()
     return Plan(models)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,7 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from modelworks.errors import SpecError, did_you_mean
 
 # A model name is an OCI repository path component, so every name can be packaged and pushed.
-from modelworks.names import NAME_PATTERN
+from modelworks.names import NAME_MAX, NAME_PATTERN, is_name
 
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -47,7 +47,9 @@ class Gates(_Strict):
 
 
 class DeploySettings(_Strict):
-    environments: list[str] = Field(default_factory=lambda: ["test"])
+    environments: list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX)]] = Field(
+        default_factory=lambda: ["test"]
+    )
     auto_deploy: bool = True
 
 
@@ -80,6 +82,18 @@ class ModelSpec(_Strict):
     schedule: str | None = None
     monitoring: Monitoring | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_name(cls, value: str) -> str:
+        # A pipeline is a folder under pipelines/: '../../elsewhere/pl' must never be imported.
+        if not is_name(value):
+            raise ValueError(
+                f"pipeline name {value!r} is not valid: a pipeline is a folder under "
+                "pipelines/, named with lower-case letters, digits and '.', '_' or '-' "
+                "(no '/' or '..')"
+            )
+        return value
 
     @field_validator("runtime")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,33 @@ def make_workspace(root: Path, **settings: Any) -> Workspace:
     return ws
 
 
+def commit_paths(paths: list[Path], message: str) -> str | None:
+    """Commit these files in the git repository that holds them (what a user does before apply)."""
+    if not paths:
+        return None
+    top = paths[0].resolve().parent
+    while not (top / ".git").exists():
+        if top.parent == top:
+            return None  # not in a repository: nothing to commit to
+        top = top.parent
+    return _git.commit(top, [os.path.relpath(p.resolve(), top) for p in paths], message)
+
+
 def write_pipeline(
-    ws: Workspace, name: str = "tiny", version: str = "v1", source: str = TINY_PIPELINE
+    ws: Workspace,
+    name: str = "tiny",
+    version: str = "v1",
+    source: str = TINY_PIPELINE,
+    *,
+    commit: bool = True,
 ) -> Path:
-    """Write pipelines/<name>/{version,pipeline.py}."""
+    """Write pipelines/<name>/{version,pipeline.py} and commit them (unless commit=False)."""
     folder = ws.pipelines_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "version").write_text(version + "\n")
     (folder / "pipeline.py").write_text(source)
+    if commit:
+        commit_paths([folder], f"pipeline {name} {version}")
     return folder
 
 
@@ -90,9 +110,13 @@ def write_spec(
     pipeline: str = "tiny",
     version: str = "v1",
     fmt: str = "json",
+    commit: bool = True,
     **extra: Any,
 ) -> Path:
-    """A spec in the reference format (extra keys are merged in)."""
+    """A spec in the reference format (extra keys are merged in), committed unless commit=False.
+
+    Plan and apply train only committed specs, so a test writes them the way a user does.
+    """
     payload: dict[str, Any] = {
         "data_source": {"type": "dvc", "dataset": dataset},
         "model_name": name,
@@ -110,6 +134,8 @@ def write_spec(
         import yaml
 
         path.write_text(yaml.safe_dump(payload))
+    if commit:
+        commit_paths([path], f"spec {name}")
     return path
 
 
@@ -117,14 +143,18 @@ def small_fleet(ws: Workspace, models: int = 3, datasets: int = 2) -> list[str]:
     """A pipeline, `datasets` versioned datasets and `models` specs over them; committed."""
     from modelworks.data.add import add
 
-    write_pipeline(ws)
+    write_pipeline(ws, commit=False)
     names = []
     for d in range(datasets):
         write_dataset(ws, f"data/set{d}/data.csv", seed=d)
     for i in range(models):
         name = f"model-{i}"
         write_spec(
-            ws, name, f"data/set{i % datasets}/data.csv", model_hyperparameters={"C": 1.0 + i}
+            ws,
+            name,
+            f"data/set{i % datasets}/data.csv",
+            commit=False,
+            model_hyperparameters={"C": 1.0 + i},
         )
         names.append(name)
     for d in range(datasets):
@@ -205,10 +235,12 @@ def slow_fleet(ws: Workspace, n: int, sleep: float) -> None:
         "def train(data, params):",
         f"def train(data, params):\n    import time; time.sleep({sleep})",
     )
-    write_pipeline(ws, source=source)
+    write_pipeline(ws, source=source, commit=False)
     write_dataset(ws, "data/d/data.csv")
     for i in range(n):
-        write_spec(ws, f"m{i:02d}", "data/d/data.csv", model_hyperparameters={"C": 1 + i})
+        write_spec(
+            ws, f"m{i:02d}", "data/d/data.csv", commit=False, model_hyperparameters={"C": 1 + i}
+        )
     add(ws, ws.root / "data/d/data.csv", commit=False)
     _git.commit(ws.root, ["models", "pipelines", "data"], "slow fleet")
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelworks.errors import ConfigError
+from modelworks.names import check_name
 
 CONFIG_FILE = "modelworks.yaml"
 
@@ -47,6 +48,14 @@ class DataSettings(_Section):
     remote: str | None = Field(None, description="A DVC remote that is a local folder.")
     watch: list[str] = Field(
         default_factory=list, description="Folders whose new files are versioned."
+    )
+    roots: list[str] = Field(
+        default_factory=list,
+        description="Folders outside the workspace that local data sources, globs and data "
+        "repos may read (relative paths are against the workspace); nothing else is read.",
+    )
+    max_files: int = Field(
+        10000, ge=1, description="Most files one local data source (a glob) may match."
     )
 
 
@@ -245,9 +254,19 @@ def load_settings(path: Path, environ: dict[str, str] | None = None) -> Settings
         if env.get(var):
             raw.setdefault(section, {})[field] = env[var]
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(path, exc)) from None
+    _check_names(path, settings)
+    return settings
+
+
+def _check_names(path: Path, settings: Settings) -> None:
+    """Environment and tenant names become folders and refs: they must be plain names."""
+    for env in settings.environments:
+        check_name("environment", env, f"{path}: field 'environments'")
+    for tenant in settings.tenants:
+        check_name("tenant", tenant, f"{path}: field 'tenants'")
 
 
 @dataclass

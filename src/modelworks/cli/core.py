@@ -63,6 +63,16 @@ def data_add(
         console.print(f"  committed {v.commit[:10]}")
 
 
+AllowDirtyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-dirty",
+        help="Also train uncommitted specs, pipelines and pointers; their versions are marked "
+        "dirty and are never deployed or promoted.",
+    ),
+]
+
+
 def plan_cmd(
     models: Annotated[list[str] | None, typer.Argument(help="Only these models.")] = None,
     workspace: WorkspaceOpt = None,
@@ -73,12 +83,13 @@ def plan_cmd(
     show_unchanged: Annotated[
         bool, typer.Option("--all", help="List unchanged models too.")
     ] = False,
+    allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Show what apply would train and why (a diff of fingerprints against the registry)."""
     from modelworks.plan import plan
 
     ws, store = open_workspace(workspace)
-    p = plan(ws, store, models or None)
+    p = plan(ws, store, models or None, allow_dirty=allow_dirty)
     if json_out:
         emit_json(p.to_dict())
     else:
@@ -121,6 +132,7 @@ def apply_cmd(
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
+    allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Train, gate, package and register what changed; deploy passing versions to test."""
     from modelworks.apply import apply
@@ -136,6 +148,7 @@ def apply_cmd(
             executor=ex,
             actor=actor(ws, as_user, "developer", "apply"),
             wait=wait,
+            allow_dirty=allow_dirty,
             on_start=on_start,
             on_result=on_result,
         )
@@ -202,8 +215,10 @@ def _print_apply(result: Any) -> None:
 
     for t in result.trained:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(t["metrics"].items()))
+        dirty = "  [yellow](dirty: not deployed, not promotable)[/yellow]" if t.get("dirty") else ""
         console.print(
-            f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}", highlight=False
+            f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}{dirty}",
+            highlight=False,
         )
     for g in result.gated:
         console.print(
@@ -310,7 +325,11 @@ def show_cmd(
         console.print(
             f"             data {str(lin.get('data_hash'))[:8]}"
             f"  pipeline {lin.get('pipeline_version')}"
-            f"  commit {str(lin.get('spec_commit'))[:10]}",
+            + (
+                "  DIRTY (uncommitted inputs)"
+                if lin.get("dirty")
+                else f"  commit {str(lin.get('spec_commit'))[:10]}"
+            ),
             style="dim",
             highlight=False,
         )

@@ -67,8 +67,13 @@ def read_pointer(pointer: Path) -> Pointer:
         doc = yaml.load(pointer.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise DataError(f"{pointer}: pointer file not found; run `mw data add` first") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{pointer}: not a readable DVC pointer file: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{pointer}: not a readable DVC pointer file: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        # Only where, never what: the "pointer" may be any file and its lines are not ours to show.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise DataError(f"{pointer}: not a valid DVC pointer file{where}") from None
     outs = doc.get("outs") if isinstance(doc, dict) else None
     if not outs or not isinstance(outs, list) or not isinstance(outs[0], dict):
         raise DataError(f"{pointer}: expected an 'outs' list with one entry")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 from pathlib import Path
 
+from modelworks.data.confine import Roots, matched_files
 from modelworks.data.dvc import file_md5
 from modelworks.errors import DataError
 
@@ -50,16 +50,14 @@ class HashCache:
             self.dirty = False
 
 
-def tree_hash(root: Path, pattern: str, cache: HashCache) -> tuple[str, list[Path]]:
-    """A hash over every file matching `pattern` under root: names and content, sorted."""
-    full = pattern if os.path.isabs(pattern) else str(root / pattern)
-    matches = sorted(Path(p) for p in glob.glob(full, recursive=True))
-    files: list[Path] = []
-    for m in matches:
-        if m.is_dir():
-            files.extend(sorted(p for p in m.rglob("*") if p.is_file()))
-        elif m.is_file():
-            files.append(m)
+def tree_hash(
+    root: Path, pattern: str, cache: HashCache, roots: Roots | None = None
+) -> tuple[str, list[Path]]:
+    """A hash over every file matching `pattern` under root: names and content, sorted.
+
+    Only files inside `roots` (default: root itself) are read; see modelworks.data.confine.
+    """
+    files = matched_files(root, pattern, roots or Roots(root))
     if not files:
         raise DataError(f"local data source {pattern!r} matches no file under {root}")
     h = hashlib.md5()

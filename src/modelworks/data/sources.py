@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks import _git
+from modelworks.data.confine import Roots
 from modelworks.data.dvc import cache_path, read_pointer, store
 from modelworks.data.hashing import HashCache, tree_hash
 from modelworks.errors import DataError
@@ -32,6 +34,7 @@ class DataResolver:
 
     ws: Workspace
     hashes: HashCache = field(init=False)
+    roots: Roots = field(init=False)
     _repos: dict[str, Path] = field(default_factory=dict)
     _pointers: dict[tuple[str, str], str] = field(default_factory=dict)
     _found: dict[str, Path] = field(default_factory=dict)
@@ -39,6 +42,12 @@ class DataResolver:
 
     def __post_init__(self) -> None:
         self.hashes = HashCache(self.ws.state_dir / "hashcache.json")
+        data = self.ws.settings.data
+        extra = [str(self.ws.path(r)) for r in data.roots]
+        clones = self.ws.state_dir / "repos"
+        if not Roots(self.ws.root).contains(os.path.realpath(clones)):
+            extra.append(str(clones))  # a state_dir outside the workspace holds the clones
+        self.roots = Roots(self.ws.root, tuple(extra), data.max_files)
 
     def repo_root(self, repo_url: str | None) -> Path:
         """The local folder of a data repo: the workspace, a local path, or a clone of a URL."""
@@ -51,6 +60,7 @@ class DataResolver:
             root = self._clone(repo_url)
         else:
             root = self.ws.path(repo_url)
+            self.roots.check(root, "data repo")
             if not root.is_dir():
                 raise DataError(f"data repo {repo_url!r} is not a folder ({root})")
         self._repos[key] = root
@@ -69,8 +79,17 @@ class DataResolver:
     def pointer_hash(self, repo: Path, dataset: str) -> str:
         key = (str(repo), dataset)  # no Path per spec: thousands of specs share a pointer
         if key not in self._pointers:
-            self._pointers[key] = read_pointer(repo / f"{dataset}.dvc").md5
+            pointer = repo / f"{dataset}.dvc"
+            self.roots.check(pointer, "data pointer file")
+            self._pointers[key] = read_pointer(pointer).md5
         return self._pointers[key]
+
+    def pointer_of(self, spec: ModelSpec) -> str | None:
+        """The .dvc pointer file a spec's data version is read from (None: pinned or local)."""
+        ds = spec.data_source
+        if ds.type != "dvc" or ds.dvc_hash:
+            return None
+        return os.path.join(self.repo_root(ds.repo_url), f"{ds.dataset}.dvc")
 
     def version(self, spec: ModelSpec) -> str:
         """The data hash that goes into the fingerprint (no content is read for dvc)."""
@@ -88,7 +107,7 @@ class DataResolver:
 
     def _local_tree(self, pattern: str) -> tuple[str, list[Path]]:
         if pattern not in self._local:
-            self._local[pattern] = tree_hash(self.ws.root, pattern, self.hashes)
+            self._local[pattern] = tree_hash(self.ws.root, pattern, self.hashes, self.roots)
         return self._local[pattern]
 
     def caches(self, repo: Path) -> list[Path]:

@@ -223,6 +223,11 @@ def _items(
                 f"{c.name}: version {c.version!r} is {state}; only registered "
                 "versions can be promoted"
             )
+        if (new.lineage or {}).get("dirty"):
+            raise DeployError(
+                f"{c.name}: version {c.version!r} was trained from uncommitted inputs "
+                "(mw apply --allow-dirty) and is never promoted; commit them and run `mw apply`"
+            )
         old = versions.get((model.id, c.previous)) if c.previous else None
         items.append(
             {

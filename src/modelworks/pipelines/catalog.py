@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks.errors import PipelineError, did_you_mean
+from modelworks.names import is_name
 
 VERSION_FILE = "version"
 ENTRY_FILE = "pipeline.py"
@@ -94,7 +95,18 @@ class Catalog:
         return found
 
     def _read_current(self, name: str) -> tuple[str, str]:
+        if not is_name(name):
+            raise PipelineError(
+                f"pipeline name {name!r} is not valid: it must be a folder directly under "
+                f"{self.pipelines_dir} (lower-case letters, digits, '.', '_', '-'; no '/')"
+            )
         folder = self.pipelines_dir / name
+        real, base = os.path.realpath(folder), os.path.realpath(self.pipelines_dir)
+        if not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise PipelineError(
+                f"pipeline {name!r}: {folder} resolves to {real}, outside {self.pipelines_dir}; "
+                "pipeline code must live in the pipelines folder"
+            )
         if not folder.is_dir():
             known = (
                 [p.name for p in self.pipelines_dir.iterdir() if p.is_dir()]
@@ -109,6 +121,13 @@ class Catalog:
             raise PipelineError(f"{vfile} is missing: a pipeline folder needs a version file")
         if not (folder / ENTRY_FILE).exists():
             raise PipelineError(f"{folder / ENTRY_FILE} is missing: it holds the pipeline's steps")
+        for f in folder_files(folder):
+            target = os.path.realpath(f)
+            if not target.startswith(real + os.sep):
+                raise PipelineError(
+                    f"{f} resolves to {target}, outside {folder}: a pipeline's files must be "
+                    "inside its folder"
+                )
         version = vfile.read_text().strip()
         digest = folder_hash(folder)
         recorded = self.recorded.get((name, version))

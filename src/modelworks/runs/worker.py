@@ -46,6 +46,9 @@ def image_annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[st
         f"{ANNOTATION_PREFIX}.spec.path": job.get("spec_path") or "",
         f"{ANNOTATION_PREFIX}.line": LINE_FORMAT,
     }
+    if job.get("dirty"):  # trained from uncommitted inputs (--allow-dirty)
+        notes[f"{ANNOTATION_PREFIX}.dirty"] = "true"
+        notes[f"{ANNOTATION_PREFIX}.dirty.inputs"] = "; ".join(job["dirty"])[:1000]
     for name, value in metrics.items():
         notes[f"{ANNOTATION_PREFIX}.metrics.{name}"] = f"{value:.6g}"
     return notes
