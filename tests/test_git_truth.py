@@ -114,6 +114,14 @@ def test_allow_dirty_trains_marks_dirty_never_deploys_and_promote_refuses(
     assert notes["dev.modelworks.dirty"] == "true"
     assert notes["dev.modelworks.spec.commit"] == ""
 
+    # A rollback cannot put the dirty version anywhere, even where no approval is needed.
+    head = _git.head(fleet.root)
+    rb = ["rollback", "model-0", "--env", "test", "--to", trained["version"], "--as", "alice"]
+    code, _, err = mw(capsys, fleet, *rb)
+    assert code == 1
+    assert "uncommitted inputs (dirty)" in err
+    assert _git.head(fleet.root) == head
+
     # Put the dirty version into test by hand: promotion still refuses it.
     v = info["latest"]
     cfg = gdeploy.deploy_config(

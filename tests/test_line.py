@@ -19,6 +19,7 @@ from modelworks.runs.executor import LocalExecutor
 from modelworks.testing import (
     TINY_PIPELINE,
     commit_paths,
+    run_cli,
     write_dataset,
     write_pipeline,
     write_spec,
@@ -266,3 +267,23 @@ def test_local_data_source(workspace: Workspace) -> None:
     p = plan(workspace, store)
     assert p.models[0].action == "update"
     assert p.models[0].reasons[0].startswith("data ")
+
+
+def test_apply_prints_error_text_as_written(
+    capsys: pytest.CaptureFixture[str], fleet: Workspace
+) -> None:
+    # A pipeline's error text is data, not Rich markup: brackets survive and nothing is styled away.
+    write_pipeline(
+        fleet,
+        name="noisy",
+        version="v1",
+        source=TINY_PIPELINE.replace(
+            "def train(data, params):",
+            "def train(data, params):\n    raise ValueError('bad [red]value[/red] in [params]')",
+        ),
+    )
+    write_spec(fleet, "noisy-model", "data/set0/data.csv", pipeline="noisy")
+    code, out, _ = run_cli(capsys, "apply", "-C", str(fleet.root), "-j", "1")
+    assert code == 1
+    assert "bad [red]value[/red] in [params]" in out
+    assert "1 failed" in out

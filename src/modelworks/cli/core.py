@@ -211,8 +211,11 @@ class _progress:
 
 
 def _print_apply(result: Any) -> None:
+    from rich.markup import escape
+
     from modelworks._console import console
 
+    # Names, reasons and errors come from specs and pipeline code: print them, never parse them.
     for t in result.trained:
         metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(t["metrics"].items()))
         dirty = "  [yellow](dirty: not deployed, not promotable)[/yellow]" if t.get("dirty") else ""
@@ -222,22 +225,27 @@ def _print_apply(result: Any) -> None:
         )
     for g in result.gated:
         console.print(
-            f"[yellow]    gated[/yellow] {g['name']} {g['version']}: {'; '.join(g['reasons'])}",
+            f"[yellow]    gated[/yellow] {g['name']} {g['version']}: "
+            + escape("; ".join(g["reasons"])),
             highlight=False,
         )
     for r in result.rejected:
         console.print(
-            f"[red] rejected[/red] {r['name']} {r['version']}: {r['reason']}",
+            f"[red] rejected[/red] {r['name']} {r['version']}: {escape(str(r['reason']))}",
             highlight=False,
             soft_wrap=True,
         )
     for f in result.failed:
         console.print(
-            f"[red]   failed[/red] {f['name']}: {f['error']}", highlight=False, soft_wrap=True
+            f"[red]   failed[/red] {f['name']}: {escape(str(f['error']))}",
+            highlight=False,
+            soft_wrap=True,
         )
     for e in result.errors:
         console.print(
-            f"[red]    error[/red] {e['name']}: {e['error']}", highlight=False, soft_wrap=True
+            f"[red]    error[/red] {e['name']}: {escape(str(e['error']))}",
+            highlight=False,
+            soft_wrap=True,
         )
     d = result.to_dict()["summary"]
     console.print(

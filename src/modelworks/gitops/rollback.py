@@ -108,6 +108,11 @@ def _registered(store: Store, model: str, version: str) -> tuple[int, str, Model
                 f"{': ' + v.reason if v.reason else ''}; only a registered "
                 "version can be rolled back to"
             )
+        if (v.lineage or {}).get("dirty"):
+            raise DeployError(
+                f"{model} version {version} was trained from uncommitted inputs (dirty) and "
+                "is never deployed; commit them and apply to get a clean version"
+            )
         return m.id, m.tenant, v
 
 
