@@ -376,3 +376,22 @@ def test_verify_env_arguments_are_checked(
     assert "verified 3 config(s) of test" in out
     code, _out, err = run_cli(capsys, "attest", "--env", "test", "-C", str(ws.root))
     assert (code, "needs no approvals" in err) == (1, True)
+
+
+def test_a_hand_commit_to_prod_is_not_exported(ws: Workspace, store: Store, tmp_path: Path) -> None:
+    # Exported KServe manifests are another way to serve prod: they carry the approved version.
+    v1 = ship(ws, store)
+    retrain(ws, "model-0", 0.05)
+    commit, v2 = _hand_commit(ws)
+    assert v2 != v1
+    out = tmp_path / "k8s"
+    settings = ws.root / "modelworks.yaml"
+    settings.write_text(settings.read_text() + "oci:\n  registry: registry.example:5000\n")
+    _git.commit(ws.root, ["modelworks.yaml"], "oci registry")
+    proc = _run(ws, "export", "kserve", "--env", "prod", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{PROD} (commit {commit[:10]}) is not approved" in proc.stderr
+    assert f"exporting {v1} instead" in proc.stderr
+    manifest = (out / "model-0.yaml").read_text()
+    assert f":{v1}" in manifest
+    assert v2 not in manifest

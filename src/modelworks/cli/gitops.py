@@ -406,11 +406,39 @@ def export_kserve_cmd(
             f"{', '.join(sorted(envs))})." + did_you_mean(env, envs)
         )
     oci = ws.settings.oci
+    approved = approved_configs(ws, env)
     with _warnings_to_stderr():
         paths = export_kserve(
-            ws.deploy_repo, env, out, registry=oci.registry, namespace=oci.namespace
+            ws.deploy_repo,
+            env,
+            out,
+            registry=oci.registry,
+            namespace=oci.namespace,
+            configs=approved,
         )
     _report_written(paths, json_out, console)
+
+
+def approved_configs(ws: Any, env: str) -> Any:
+    """A gated env's approved configs at HEAD (refusals warned on stderr); None otherwise."""
+    from rich.markup import escape
+
+    from modelworks._console import err_console
+    from modelworks.gitops.attest import approved_env, is_gated
+    from modelworks.gitops.export import resolve_ref
+
+    if not is_gated(ws, env):
+        return None
+    check = approved_env(ws, env, resolve_ref(ws.deploy_repo, "HEAD"))
+    for r in check.refused:
+        instead = f"exporting {r.fallback} instead" if r.fallback else "not exported"
+        err_console.print(
+            "[yellow]warning:[/yellow] "
+            + escape(f"{r.path} (commit {r.commit[:10]}) is not approved: {r.reason}; {instead}"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    return check.configs
 
 
 def _warnings_to_stderr() -> Any:

@@ -101,7 +101,8 @@ def _check_env(env: str) -> None:
         )
 
 
-def _resolve_ref(repo: Path, ref: str) -> str:
+def resolve_ref(repo: Path, ref: str) -> str:
+    """The commit `ref` names in the deploy repository, or a clear error."""
     if not _git.is_repo(repo):
         raise DeployError(f"{repo} is not a git repository; expected the deploy repository")
     sha = _git.head(repo, ref)
@@ -265,7 +266,7 @@ def export_argocd(
     if not envs:
         raise DeployError("no environments to export; pass at least one (e.g. test, prod)")
     ref = _git.head(repo, revision) if _git.is_repo(repo) else None
-    ref = ref or _resolve_ref(repo, "HEAD")
+    ref = ref or resolve_ref(repo, "HEAD")
     paths: list[Path] = []
     for env in envs:
         _check_env(env)
@@ -397,8 +398,12 @@ def export_kserve(
     namespace: str | None = None,
     ref: str = "HEAD",
     target_namespace: str | None = None,
+    configs: dict[str, DeployConfig] | None = None,
 ) -> list[Path]:
     """Write one `<name>.yaml` InferenceService per model of `env`; return the paths.
+
+    `configs` replaces what the deploy repo holds at `ref` (a gated environment passes only
+    its approved configs, see gitops.attest.approved_env).
 
     `registry`/`namespace` are settings.oci.registry/namespace (namespace defaults to the
     config's image_namespace). `target_namespace` is the Kubernetes namespace (default
@@ -406,8 +411,9 @@ def export_kserve(
     warning); earlier files of models no longer deployed there are removed.
     """
     _check_env(env)
-    sha = _resolve_ref(repo, ref)
-    configs = _check_unique(env, read_env(repo, env, sha))
+    if configs is None:
+        configs = read_env(repo, env, resolve_ref(repo, ref))
+    configs = _check_unique(env, configs)
     docs = {
         name: inference_service(
             cfg, env, registry=registry, namespace=namespace, target_namespace=target_namespace
