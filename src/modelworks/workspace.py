@@ -292,6 +292,16 @@ class Workspace:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
 
+    def contains(self, path: Path) -> bool:
+        """True when `path` resolves (symlinks followed) inside the workspace root."""
+        return path.resolve().is_relative_to(self.root.resolve())
+
+    def show(self, path: Path) -> str:
+        """`path` relative to the root (POSIX) when it is inside, else as given."""
+        if not self.contains(path):
+            return str(path)
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
     @cached_property
     def state_dir(self) -> Path:
         return self.path(self.settings.state_dir)

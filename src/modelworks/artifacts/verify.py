@@ -106,7 +106,7 @@ def verify_signature(ws: Workspace, model_dir: Path) -> dict[str, Any]:
                 raise  # right key, wrong content: the most useful message there is
             first = first or exc
             continue
-        return {"key": _rel(ws, key), "fingerprint": fingerprint(key), "retired": key != keys[0]}
+        return {"key": ws.show(key), "fingerprint": fingerprint(key), "retired": key != keys[0]}
     _refuse_revoked(ws, model_dir)
     tried = f" (also tried {len(keys) - 1} retired key(s))" if len(keys) > 1 else ""
     raise VerificationError(f"{first}{tried}")
@@ -124,7 +124,7 @@ def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
         except VerificationError:
             continue
         raise VerificationError(
-            f"{model_dir}: signed by revoked key {key_id(fingerprint(key))} ({_rel(ws, key)}); "
+            f"{model_dir}: signed by revoked key {key_id(fingerprint(key))} ({ws.show(key)}); "
             "re-sign or retrain"
         )
 
@@ -224,7 +224,7 @@ def _deployed(ws: Workspace, model: str) -> dict[str, dict[str, str]]:
             found[env] = {
                 "version": str(cfg["version"]),
                 "digest": str(cfg["artifact_digest"]),
-                "config": _rel(ws, path),
+                "config": ws.show(path),
             }
         except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
             raise ConfigError(
@@ -358,13 +358,6 @@ def _rescan(ws: Workspace, model_dir: Path) -> dict[str, Any]:
         ] + result.errors
         raise VerificationError(f"model files are not verified safe: {'; '.join(problems)[:500]}")
     return {"safe": True, "threshold": ws.settings.scan.severity, "scanners": result.scanners}
-
-
-def _rel(ws: Workspace, path: Path) -> str:
-    try:
-        return path.resolve().relative_to(ws.root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 # -- the audit log ------------------------------------------------------------------

@@ -316,7 +316,7 @@ def keys_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> 
         keys.append(
             {
                 "id": key_id(fp),
-                "path": _rel(ws, k),
+                "path": ws.show(k),
                 "fingerprint": fp,
                 "current": i == 0,
                 "state": state,
@@ -422,13 +422,6 @@ def secret_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -
         console.print(name, highlight=False)
     if not names:
         console.print("no sealed secrets (add one with `mw secret seal NAME`)", style="dim")
-
-
-def _rel(ws: Any, path: Any) -> str:
-    try:
-        return str(path.resolve().relative_to(ws.root.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def register(app: typer.Typer) -> None:

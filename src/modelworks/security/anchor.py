@@ -248,7 +248,7 @@ def check(
     trusted, revoked = _keys(ws)
     local = read_local(ws)
     committed, deleted_in = read_committed(ws)
-    rel, lpath = committed_path(ws), _show(ws, local_path(ws))
+    rel, lpath = committed_path(ws), ws.show(local_path(ws))
     problems: list[AnchorProblem] = []
     judge = _Judge(trusted, revoked, last_seq, hash_at)
     if committed is not None:
@@ -339,7 +339,7 @@ def _legacy(
     except (ValueError, KeyError, TypeError) as exc:
         return [AnchorProblem(0, "anchor", f"{path}: unreadable audit checkpoint ({exc})")]
     judge = _Judge({}, {}, last_seq, hash_at)
-    return _against_log(seq, hash_, _show(ws, path), mark.get("at"), judge)
+    return _against_log(seq, hash_, ws.show(path), mark.get("at"), judge)
 
 
 def _keys(ws: Workspace) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -357,13 +357,6 @@ def _summary(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if doc is None or "_unreadable" in doc:
         return None
     return {k: doc.get(k) for k in ("seq", "hash", "at", "key")}
-
-
-def _show(ws: Workspace, path: Path) -> str:
-    try:
-        return path.resolve().relative_to(ws.root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def settle(ws: Workspace, seq: int, hash_: str, *, force: bool = False) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def rotate_signing_key(
     _generate_and_swap(private, public, retired, keep_old)
     after = fingerprint(public)
     resigned = resign(ws, anchors)  # so revoking the old key leaves the audit anchors valid
-    paths = [p for p in (public, retired) if p.exists() and _inside(ws.root, p)]
+    paths = [p for p in (public, retired) if p.exists() and ws.contains(p)]
     commit = None
     if paths and _git.is_repo(ws.root):
         rel = [p.relative_to(ws.root).as_posix() for p in paths] + resigned
@@ -155,10 +155,10 @@ def rotate_signing_key(
     result = {
         "before": {
             "fingerprint": before,
-            "retired_as": _show(ws, retired) if keep_old else None,
+            "retired_as": ws.show(retired) if keep_old else None,
             "private_key": "deleted",
         },
-        "after": {"fingerprint": after, "public_key": _show(ws, public)},
+        "after": {"fingerprint": after, "public_key": ws.show(public)},
         "commit": commit,
     }
     audit.record(
@@ -201,18 +201,6 @@ def _archived_private_keys(private: Path) -> list[Path]:
     return [p for p in private.parent.glob(pattern) if p != private]
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _show(ws: Workspace, path: Path) -> str:
-    return path.relative_to(ws.root).as_posix() if _inside(ws.root, path) else str(path)
-
-
 def check_secret_name(name: str) -> None:
     """ConfigError unless `name` is a valid secret name (checked before asking for the value)."""
     from modelworks.security.secrets import _check_name
@@ -238,7 +226,7 @@ def seal_secret(
         )
     replaced = (secrets_dir(ws) / f"{name}.sealed").exists()
     path = seal(name, value, public, secrets_dir(ws))
-    rel = _show(ws, path)
+    rel = ws.show(path)
     sha = None
     if commit and _git.is_repo(ws.root):
         verb = "reseal" if replaced else "seal"

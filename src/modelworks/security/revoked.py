@@ -69,7 +69,7 @@ def _read_revoked(ws: Workspace, path: Path) -> dict[str, dict[str, Any]]:
     texts: list[tuple[str, str]] = []
     if path.is_file():
         texts.append((str(path), path.read_text()))
-    if _git.is_repo(ws.root) and _inside(ws.root, path):
+    if _git.is_repo(ws.root) and ws.contains(path):
         rel = path.resolve().relative_to(ws.root.resolve()).as_posix()
         out = _git.git(ws.root, "log", "--format=%H", "--", rel, check=False)
         commits = [c for c in out.split() if c]
@@ -142,7 +142,7 @@ def revoke_key(
     entry = {
         "id": key_id(fp),
         "fingerprint": fp,
-        "public_key": _show(ws, path),
+        "public_key": ws.show(path),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "by": actor,
         "reason": reason,
@@ -155,9 +155,9 @@ def revoke_key(
     tmp.replace(target)
     _CACHE.clear()
     commit = None
-    if _git.is_repo(ws.root) and _inside(ws.root, target):
+    if _git.is_repo(ws.root) and ws.contains(target):
         msg = f"mw keys revoke {entry['id']}" + (f": {reason}" if reason else "")
-        commit = _git.commit(ws.root, [_show(ws, target)], msg, author=actor)
+        commit = _git.commit(ws.root, [ws.show(target)], msg, author=actor)
     audit.record(
         store,
         [
@@ -170,19 +170,3 @@ def revoke_key(
         ],
     )
     return {**entry, "commit": commit}
-
-
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def _show(ws: Workspace, path: Path) -> str:
-    return (
-        path.resolve().relative_to(ws.root.resolve()).as_posix()
-        if _inside(ws.root, path)
-        else str(path)
-    )
