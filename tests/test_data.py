@@ -94,3 +94,34 @@ def test_bad_pointer_file_is_named(workspace: Workspace) -> None:
     bad.write_text("outs: [{md5: 123}]\n")
     with pytest.raises(DataError, match=r"x\.csv\.dvc: field 'outs\[0\]\.md5'"):
         read_pointer(bad)
+
+
+def test_rerun_after_a_kill_between_spec_bumps_commits_every_spec(
+    fleet: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `mw data add` killed after writing the pointer and bumping model-0 but before bumping
+    model-2 and committing: the re-run bumps model-2 and commits both with the pointer."""
+    from modelworks.testing import run_cli
+
+    path = write_dataset(fleet, "data/set0/data.csv", seed=5)
+    half = add(fleet, path, commit=False)  # pointer and both specs written, nothing committed
+    _git.git(fleet.root, "checkout", "HEAD", "--", "models/model-2.json")  # killed before this
+    assert half.previous
+    assert half.previous != half.md5
+    assert half.md5 in (fleet.models_dir / "model-0.json").read_text()
+    assert half.md5 not in (fleet.models_dir / "model-2.json").read_text()
+
+    code, out, err = run_cli(capsys, "data", "add", str(path), "-C", str(fleet.root))
+    assert code == 0, err
+    assert f"{half.previous[:8]} -> {half.md5[:8]}" in out  # the committed hash it replaces
+    dirty = _git.git(fleet.root, "status", "--porcelain", "--", "models", "data")
+    assert dirty.strip() == ""
+    for name in ("model-0", "model-2"):
+        spec = json.loads(_git.show(fleet.root, "HEAD", f"models/{name}.json") or "{}")
+        assert spec["data_source"]["dvc_hash"] == half.md5, name
+    pointer = yaml.safe_load(_git.show(fleet.root, "HEAD", "data/set0/data.csv.dvc") or "")
+    assert pointer["outs"][0]["md5"] == half.md5
+    message = _git.git(fleet.root, "log", "-1", "--format=%B")
+    assert "models/model-0.json" in message
+    assert "models/model-2.json" in message
+    assert "model-1" not in message  # reads the other dataset
