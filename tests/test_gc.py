@@ -156,3 +156,31 @@ def test_gc_keeps_fresh_files_and_images_newer_than_the_newest_run(
     assert json.loads(out)["removed"] == []
     assert oci.tags("model-1")["feedbeef00"] == image.digest
     assert fresh_tmp.exists()
+
+
+def test_controller_collects_on_its_schedule(tmp_path: Path) -> None:
+    from modelworks.controller.loop import Controller
+    from modelworks.registry.store import Store
+    from modelworks.testing import make_workspace, small_fleet
+
+    ws = make_workspace(tmp_path / "ws", gc={"interval": 0.001})
+    small_fleet(ws)
+    ctl = Controller(ws, Store(ws.registry_url), workers=2, lock_wait=0.2)
+    first = ctl.tick()
+    assert first.errors == []
+    assert first.applied
+    assert first.applied[0]["trained"] == 3
+    work = ws.state_dir / "work" / "0abc123def-killed"
+    work.mkdir(parents=True)
+    (work / "partial.bin").write_bytes(b"p" * 1000)
+    temp = ws.cache_dir / ".tmp-killed"
+    temp.write_bytes(b"t" * 500)
+    _age(work, temp)
+    time.sleep(0.01)
+    second = ctl.tick()
+    assert second.errors == []
+    assert second.gc == {"removed": 2, "bytes": 1500}
+    assert not work.exists()
+    assert not temp.exists()
+    for name, version, _digest in _versions(ws):
+        OCIStore(ws.oci_dir).verify(OCIStore(ws.oci_dir).resolve(name, version).digest)

@@ -116,6 +116,11 @@ class GCSettings(_Section):
         description="`mw gc` removes unreferenced blobs, work folders and temp files only "
         "when older than this many seconds (a writer racing gc keeps its files).",
     )
+    interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between the controller's gc passes; 0 (the default) never runs gc.",
+    )
 
 
 class SigningSettings(_Section):

@@ -110,7 +110,7 @@ def deployed_digests(ws: Workspace) -> set[str]:
 
 
 def _registry_state(store: Store) -> tuple[set[tuple[str, str]], set[str], set[str], float | None]:
-    """(model, version) rows, registered digests, running versions, newest run's creation time."""
+    """(model, version) rows, registered digests, active runs' versions, newest run's time."""
     from sqlalchemy import func, select
 
     from modelworks.registry.models import Model, ModelVersion, Run
@@ -121,7 +121,9 @@ def _registry_state(store: Store) -> tuple[set[tuple[str, str]], set[str], set[s
                 Model, Model.id == ModelVersion.model_id
             )
         ).all()
-        running = {v for (v,) in s.execute(select(Run.version).where(Run.status == "running"))}
+        # A queued or running run may recover its packaged image (runs/worker.py recover()).
+        active = Run.status.in_(("queued", "running"))
+        running = {v for (v,) in s.execute(select(Run.version).where(active))}
         newest = s.execute(select(func.max(Run.created_at))).scalar()
     versions = {(name, version) for name, version, _ in rows}
     digests = {d for _, _, d in rows if d}
