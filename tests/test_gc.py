@@ -184,3 +184,26 @@ def test_controller_collects_on_its_schedule(tmp_path: Path) -> None:
     assert not temp.exists()
     for name, version, _digest in _versions(ws):
         OCIStore(ws.oci_dir).verify(OCIStore(ws.oci_dir).resolve(name, version).digest)
+
+
+def test_gc_refuses_while_a_deployment_cannot_be_read(
+    capsys: pytest.CaptureFixture[str], fleet: Workspace
+) -> None:
+    from modelworks import _git
+
+    bad = fleet.root / "deploy" / "test" / "model-0" / "config.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("artifact_digest: [unclosed\n")
+    _git.commit(fleet.root, ["deploy"], "a hand-edited config")
+    temp = fleet.cache_dir / ".tmp-killed"
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"t")
+    _age(temp)
+    code, _, err = mw(capsys, fleet, "gc")
+    assert code == 1
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    assert "deploy/test/model-0/config.yaml: not valid YAML" in lines[0]
+    assert temp.exists()  # nothing removed

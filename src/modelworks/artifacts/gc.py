@@ -99,9 +99,11 @@ def deployed_digests(ws: Workspace) -> set[str]:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
             raise ArtifactError(
-                f"{repo / path}: not valid YAML ({exc}); gc refuses to run while a "
-                "deployment cannot be read"
+                f"{repo / path}: not valid YAML at HEAD{where}; gc removes nothing while a "
+                "deployment cannot be read (fix and commit the config)"
             ) from None
         digest = doc.get("artifact_digest") if isinstance(doc, dict) else None
         if isinstance(digest, str):
