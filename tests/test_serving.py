@@ -411,6 +411,28 @@ def test_lazy_new_version_after_restart_with_tampered_blob(deployed: Fleet) -> N
         assert infer(c, "iris-onnx", X[:1].astype(np.float32), dtype="FP32").status_code == 200
 
 
+def test_corrupted_cache_entry_is_re_extracted_from_the_intact_store(deployed: Fleet) -> None:
+    cfg = deployed.configs["iris@1"]
+    entry = deployed.ws.state_dir / "serving-cache" / cfg.artifact_digest.split(":", 1)[1]
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+    with AppClient(app) as c:
+        assert infer(c, "iris", X[:1]).status_code == 200
+    model_file = next(p for p in entry.iterdir() if p.suffix == ".skops")
+    intact = model_file.read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2] ^= 0xFF
+    model_file.chmod(0o644)
+    model_file.write_bytes(bytes(damaged))
+    app = create_app(deployed.ws, ENV, reconcile_in_background=False, sample_rate=0.0)
+    with AppClient(app) as c:  # a restart finds the damaged entry and extracts it again
+        body = infer(c, "iris", X[:5]).json()
+        assert body["model_version"] == "1"
+        assert body["outputs"][0]["data"] == deployed.models["iris@1"].predict(X[:5]).tolist()
+        assert c.get("/v2/models/iris/ready").status_code == 200
+    assert model_file.read_bytes() == intact
+    assert not [p for p in entry.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
 def test_lru_evicts_and_reloads(deployed: Fleet) -> None:
     app = create_app(deployed.ws, ENV, max_memory=1, reconcile_in_background=False, sample_rate=0.0)
     server = app.state.server

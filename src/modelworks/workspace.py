@@ -109,6 +109,20 @@ class ServingSettings(_Section):
     )
 
 
+class GCSettings(_Section):
+    min_age: float = Field(
+        3600.0,
+        ge=0,
+        description="`mw gc` removes unreferenced blobs, work folders and temp files only "
+        "when older than this many seconds (a writer racing gc keeps its files).",
+    )
+    interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between the controller's gc passes; 0 (the default) never runs gc.",
+    )
+
+
 class SigningSettings(_Section):
     private_key: str = Field(".mw/keys/signing-key.pem", description="EC private key (PEM).")
     public_key: str = Field("keys/signing-key.pub.pem", description="Public key, committed.")
@@ -215,6 +229,7 @@ class Settings(_Section):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    gc: GCSettings = Field(default_factory=GCSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -59,6 +59,7 @@ class TickReport:
     noops: list[dict[str, Any]] = field(default_factory=list)
     monitored: dict[str, dict[str, int]] = field(default_factory=dict)
     reconciled: bool = False
+    gc: dict[str, int] | None = None
     stopped: bool = False
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -98,6 +99,7 @@ class Controller:
         self._schedules: dict[str, str] | None = None
         self._urls: list[repos.WatchedRepo] | None = None
         self._last_monitor: float | None = None
+        self._last_gc: float | None = None
         self._monitor_thread: threading.Thread | None = None
         self.background = False
 
@@ -173,6 +175,7 @@ class Controller:
             self._schedules_due(r)
             self._monitor(r)
             self._drift(r)
+            self._gc(r)
             if deploy_moved or any(a.get("deployed") for a in r.applied):
                 self._reconcile_serving(r)
         except StoppingError:
@@ -321,6 +324,27 @@ class Controller:
             log.info("monitoring pass: %s", done or "nothing served")
         except Exception:  # the next pass tries again
             log.exception("monitoring pass failed")
+
+    def _gc(self, r: TickReport) -> None:
+        """`mw gc` every `gc.interval` seconds (off by default), skipped while an apply runs."""
+        from modelworks.artifacts.gc import collect
+
+        every = self.ws.settings.gc.interval
+        now = time.monotonic()
+        if not every or (self._last_gc is not None and now - self._last_gc < every):
+            return
+        self._last_gc = now
+        try:
+            lock = workspace_lock(self.ws, 0)
+        except LockError:
+            return  # an apply holds the workspace: the next pass collects
+        try:
+            report = collect(self.ws, self.store)
+        finally:
+            lock.release()
+        r.gc = {"removed": len(report.items), "bytes": report.bytes}
+        if report.items:
+            log.info("gc: removed %d item(s), %d bytes", len(report.items), report.bytes)
 
     def _drift(self, r: TickReport) -> None:
         from modelworks.monitor.run import retrain_requests

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from modelworks import _git
 from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
 from modelworks.errors import DataError
@@ -36,7 +38,11 @@ class DataVersion:
 
 
 def _bump_specs(ws: Workspace, dataset: str, md5: str) -> list[Path]:
-    """Set data_source.dvc_hash of every spec that reads `dataset` from this workspace."""
+    """Set data_source.dvc_hash of every spec that reads `dataset` from this workspace.
+
+    Returns every such spec, also those that already hold `md5`: a killed earlier run may
+    have written them without committing, and this run's commit must take them along.
+    """
     bumped = []
     for path in spec_files(ws.models_dir):
         try:
@@ -46,12 +52,39 @@ def _bump_specs(ws: Workspace, dataset: str, md5: str) -> list[Path]:
         ds = raw.get("data_source")
         if not isinstance(ds, dict) or ds.get("type") != "dvc" or ds.get("dataset") != dataset:
             continue
-        if ds.get("repo_url") not in (None, "", ".") or ds.get("dvc_hash") == md5:
+        if ds.get("repo_url") not in (None, "", "."):
             continue
-        ds["dvc_hash"] = md5
-        dump_spec(raw, path)
+        if ds.get("dvc_hash") != md5:
+            ds["dvc_hash"] = md5
+            dump_spec(raw, path)
         bumped.append(path)
     return bumped
+
+
+def _changed(ws: Workspace, paths: list[Path], md5: str) -> list[Path]:
+    """The specs whose last commit does not hold `md5` yet (all of them outside Git)."""
+    if not _git.is_repo(ws.root) or _git.head(ws.root) is None:
+        return paths
+    return [p for p in paths if md5 not in (_git.show(ws.root, "HEAD", _rel(ws, p)) or "")]
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    return path.relative_to(ws.root).as_posix()
+
+
+def _committed_md5(ws: Workspace, pointer: Path) -> str | None:
+    """The dataset hash of the last commit's pointer (what this version replaces)."""
+    if not _git.is_repo(ws.root) or _git.head(ws.root) is None:
+        return read_pointer(pointer).md5 if pointer.exists() else None
+    text = _git.show(ws.root, "HEAD", _rel(ws, pointer))
+    try:
+        doc = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        doc = None  # a broken committed pointer: this add replaces it
+    outs = doc.get("outs") if isinstance(doc, dict) else None
+    out = outs[0] if isinstance(outs, list) and outs else None
+    md5 = out.get("md5") if isinstance(out, dict) else None
+    return md5 if isinstance(md5, str) else None
 
 
 def add(
@@ -72,14 +105,17 @@ def add(
     except ValueError:
         raise DataError(f"{path}: must be inside the workspace {ws.root}") from None
     pointer = target.with_name(target.name + ".dvc")
-    previous = read_pointer(pointer).md5 if pointer.exists() else None
+    # A re-run after a kill repairs what the killed run left half done: the pointer may be
+    # written (or committed) with some specs bumped and uncommitted, others not bumped yet.
+    previous = _committed_md5(ws, pointer)
     md5 = file_md5(target)
     size = target.stat().st_size
     store(ws.cache_dir, target, md5)
     write_pointer(pointer, md5, size, target.name)
     gitignore = gitignore_add(target.parent, target.name)
     version = DataVersion(dataset, md5, size, pointer, previous)
-    bumped = _bump_specs(ws, dataset, md5) if update_specs else []
+    readers = _bump_specs(ws, dataset, md5) if update_specs else []
+    bumped = _changed(ws, readers, md5)
     version.bumped = [str(p.relative_to(ws.root)) for p in bumped]
     if commit and _git.is_repo(ws.root):
         paths = [pointer, gitignore, *bumped]

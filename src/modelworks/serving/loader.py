@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelworks.errors import ArtifactError, ServingError
+from modelworks.errors import ArtifactError, ServingError, VerificationError
 from modelworks.serving.cache import cache_dir_for
 from modelworks.serving.runtimes import LoadedModel, load_model, read_metadata
 
@@ -43,10 +47,15 @@ class ModelLoader:
             self._store = oci.OCIStore(self.ws.oci_dir)
         return self._store
 
-    def materialize(self, digest: str) -> Path:
-        """The folder holding the digest's model files, extracted (verified) on first use."""
+    def materialize(self, digest: str, *, fresh: bool = False) -> Path:
+        """The folder holding the digest's model files, extracted (verified) on first use.
+
+        With fresh, an existing cache entry is dropped first and extracted again from the store.
+        """
         dest = cache_dir_for(self.cache_root, digest)
-        if dest.is_dir():  # extraction renames a complete folder into place
+        if fresh:
+            self.drop(digest)
+        elif dest.is_dir():  # extraction renames a complete folder into place
             return dest
         try:
             return Path(self.store.extract(digest, dest, exist_ok=True))
@@ -54,6 +63,16 @@ class ModelLoader:
             raise
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"cannot extract artifact {digest}: {exc}") from None
+
+    def drop(self, digest: str) -> None:
+        """Remove the digest's cache entry: renamed aside first, so no reader sees half of it."""
+        dest = cache_dir_for(self.cache_root, digest)
+        if not dest.is_dir():
+            return
+        aside = Path(tempfile.mkdtemp(prefix=".tmp-drop-", dir=self.cache_root))
+        with contextlib.suppress(FileNotFoundError):  # another thread dropped it first
+            os.rename(dest, aside / dest.name)
+        shutil.rmtree(aside, ignore_errors=True)
 
     def verify_signature(self, model_dir: Path) -> None:
         """Refuse a model folder whose signature does not verify with a trusted workspace key.
@@ -70,9 +89,21 @@ class ModelLoader:
         return read_metadata(self.materialize(cfg.artifact_digest))
 
     def load(self, cfg: DeployConfig) -> LoadedModel:
-        """Extract, verify and load the model a deploy config names."""
+        """Extract, verify and load the model a deploy config names.
+
+        A cache entry that no longer matches its signature (a damaged disk, an edited file) is
+        extracted again from the store, whose digests are checked on the way out.
+        """
+        cached = cache_dir_for(self.cache_root, cfg.artifact_digest).is_dir()
         model_dir = self.materialize(cfg.artifact_digest)
-        self.verify_signature(model_dir)
+        try:
+            self.verify_signature(model_dir)
+        except VerificationError as exc:
+            if not cached:
+                raise
+            log.warning("cache entry %s fails verification (%s); re-extracting", model_dir, exc)
+            model_dir = self.materialize(cfg.artifact_digest, fresh=True)
+            self.verify_signature(model_dir)
         return load_model(
             model_dir,
             name=cfg.name,
