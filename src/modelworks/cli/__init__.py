@@ -21,7 +21,16 @@ app = typer.Typer(
 
 # Each module registers its commands on `app`; imports stay lazy inside the commands
 # so that `mw plan` starts fast.
-COMMAND_MODULES = ["core", "gitops", "serve", "supply", "monitor", "controller", "admin"]
+COMMAND_MODULES = [
+    "core",
+    "gitops",
+    "serve",
+    "supply",
+    "monitor",
+    "controller",
+    "admin",
+    "fsck",
+]
 
 
 def emit_json(payload: Any) -> None:
