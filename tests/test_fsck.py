@@ -64,15 +64,18 @@ def test_apply_refuses_a_lost_registry_and_writes_nothing(
     code, out, err = mw(capsys, trained, "apply")
     assert code != 0
     assert str(_db(trained)) in err
-    assert "deployment config(s) in Git" in err and "image(s) in the OCI store" in err
+    assert "deployment config(s) in Git" in err
+    assert "image(s) in the OCI store" in err
     assert "mw fsck --repair" in err
-    assert "Traceback" not in err and "trained" not in out
+    assert "Traceback" not in err
+    assert "trained" not in out
     # nothing written: no registry created or filled, no commit, no new image
     assert not _db(trained).exists() or _db(trained).stat().st_size == 0
     assert _git.head(trained.root) == head
     assert sorted(p.name for p in (trained.oci_dir / "blobs" / "sha256").iterdir()) == images
     code, _out, err = mw(capsys, trained, "status")
-    assert code != 0 and "mw fsck --repair" in err
+    assert code != 0
+    assert "mw fsck --repair" in err
 
 
 def test_a_new_workspace_still_opens_a_new_registry(fleet: Workspace, capsys: Any) -> None:
@@ -86,7 +89,8 @@ def test_fsck_on_a_consistent_workspace_exits_0(trained: Workspace, capsys: Any)
     code, out, err = mw(capsys, trained, "fsck", "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["ok"] is True and report["problems"] == []
+    assert report["ok"] is True
+    assert report["problems"] == []
 
 
 def test_fsck_names_a_version_whose_image_files_were_deleted(
@@ -99,7 +103,8 @@ def test_fsck_names_a_version_whose_image_files_were_deleted(
     assert code == 1
     problems = json.loads(out)["problems"]
     assert [(p["kind"], p["model"]) for p in problems] == [("image-missing", name)]
-    assert version in problems[0]["detail"] and "is missing" in problems[0]["detail"]
+    assert version in problems[0]["detail"]
+    assert "is missing" in problems[0]["detail"]
 
 
 def test_fsck_names_an_image_and_a_deployment_without_registry_row(
@@ -115,8 +120,10 @@ def test_fsck_names_an_image_and_a_deployment_without_registry_row(
     conn.close()
     code, out, _err = mw(capsys, trained, "fsck")
     assert code == 1
-    assert "image-unregistered" in out and f"{name}:{version}" in out
-    assert "git-unregistered" in out and f"deploy/test/{name}/config.yaml" in out
+    assert "image-unregistered" in out
+    assert f"{name}:{version}" in out
+    assert "git-unregistered" in out
+    assert f"deploy/test/{name}/config.yaml" in out
 
 
 def test_fsck_names_a_deployment_row_git_does_not_show(trained: Workspace, capsys: Any) -> None:
@@ -147,7 +154,8 @@ def test_repair_rebuilds_the_fleet_so_nothing_retrains(trained: Workspace, capsy
     code, out, err = mw(capsys, trained, "fsck", "--repair", "--json")
     assert code == 0, out + err
     report = json.loads(out)
-    assert report["repaired"]["models"] == 3 and report["repaired"]["versions"] == 3
+    assert report["repaired"]["models"] == 3
+    assert report["repaired"]["versions"] == 3
     assert report["repaired"]["deployments"] == 3
     assert any(item.startswith("runs") for item in report["lost"])
     assert any("approvals" in item for item in report["lost"])
@@ -155,7 +163,9 @@ def test_repair_rebuilds_the_fleet_so_nothing_retrains(trained: Workspace, capsy
     code, out, err = mw(capsys, trained, "plan", "--json")
     assert code == 0, err
     summary = json.loads(out)["summary"]
-    assert summary["create"] == 0 and summary["update"] == 0 and summary["unchanged"] == 3
+    assert summary["create"] == 0
+    assert summary["update"] == 0
+    assert summary["unchanged"] == 3
     code, out, err = mw(capsys, trained, "status", "--json")
     assert code == 0, err
     rows = {r["name"]: r for r in json.loads(out)["models"]}
@@ -195,3 +205,24 @@ def test_repair_after_a_lost_store_reports_what_remains(trained: Workspace, caps
     assert code == 1
     problems = json.loads(out)["problems"]
     assert {p["kind"] for p in problems} == {"git-unregistered"}
+
+
+def test_repair_rebuilds_promotions_from_merge_commits(trained: Workspace, capsys: Any) -> None:
+    name = sorted(_versions(trained))[0]
+    code, _out, err = mw(capsys, trained, "promote", name, "--to", "prod", "--as", "alice")
+    assert code == 0, err
+    code, _out, err = mw(capsys, trained, "approve", "1", "--as", "bob")
+    assert code == 0, err
+    gc.collect()
+    _drop_sidecars(trained)
+    _db(trained).write_bytes(b"")
+    code, out, err = mw(capsys, trained, "fsck", "--repair", "--json")
+    assert code == 0, out + err
+    code, out, err = mw(capsys, trained, "status", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)["models"]}
+    assert rows[name]["deployed"]["prod"] == _versions(trained)[name][0]
+    conn = sqlite3.connect(_db(trained))
+    kinds = conn.execute("SELECT kind FROM deployments WHERE env = 'prod'").fetchall()
+    conn.close()
+    assert kinds == [("promote",)]

@@ -286,10 +286,18 @@ def _deploy_history(ws: Workspace) -> list[tuple[str, str, str, str, dict[str, A
             for line in lines
             if line[:1] in ("A", "M") and "\t" in line and _is_config(line.split("\t", 1)[1])
         ]
-        kind = next((k for k in ("promote", "rollback") if subject.lower().startswith(k)), "deploy")
+        kind = _kind(subject)
         for path, text in _git.cat_files(repo, commit, paths).items():
             out.append((commit, author, kind, path, _parse(text)))
     return out
+
+
+def _kind(subject: str) -> str:
+    """deploy, promote or rollback, from the subjects apply, approve and rollback write."""
+    lowered = subject.lower()
+    if lowered.startswith("merge promotion"):
+        return "promote"
+    return "rollback" if lowered.startswith("rollback") else "deploy"
 
 
 def _is_config(path: str) -> bool:
