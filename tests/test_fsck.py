@@ -178,6 +178,8 @@ def test_repair_rebuilds_the_fleet_so_nothing_retrains(trained: Workspace, capsy
     assert _git.head(trained.root) == head
     code, out, _err = mw(capsys, trained, "fsck")
     assert code == 0, out
+    code, out, err = mw(capsys, trained, "verify", sorted(before)[0], "--json")
+    assert code == 0, out + err
 
 
 def test_repair_of_a_deleted_version_row_adds_it_back(trained: Workspace, capsys: Any) -> None:
