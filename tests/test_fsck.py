@@ -228,3 +228,25 @@ def test_repair_rebuilds_promotions_from_merge_commits(trained: Workspace, capsy
     kinds = conn.execute("SELECT kind FROM deployments WHERE env = 'prod'").fetchall()
     conn.close()
     assert kinds == [("promote",)]
+
+
+def test_a_registry_recreated_by_another_command_is_still_refused(
+    trained: Workspace, capsys: Any
+) -> None:
+    head = _git.head(trained.root)
+    _drop_sidecars(trained)
+    _db(trained).unlink()
+    code, _out, err = mw(capsys, trained, "user", "add", "carol")  # recreates the file
+    assert code == 0, err
+    assert _db(trained).stat().st_size > 0
+    code, out, err = mw(capsys, trained, "apply", "--json")
+    assert code != 0
+    assert "empty (no model versions)" in err
+    assert "mw fsck --repair" in err
+    assert out == ""
+    assert _git.head(trained.root) == head
+    code, out, err = mw(capsys, trained, "fsck", "--repair", "--json")
+    assert code == 0, out + err
+    code, out, err = mw(capsys, trained, "plan", "--json")
+    assert code == 0, err
+    assert json.loads(out)["summary"]["unchanged"] == 3

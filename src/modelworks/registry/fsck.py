@@ -121,9 +121,10 @@ def oci_images(ws: Workspace) -> list[tuple[str, str, str]]:
     return found
 
 
-def guard(ws: Workspace) -> None:
-    """Refuse to open a missing or 0-byte registry when deployments or images show it was lost."""
-    state = registry_state(ws)
+def guard(ws: Workspace, store: Store | None = None) -> None:
+    """Refuse a lost registry: missing, 0 bytes, or (given `store`) without a single version,
+    while Git has deployments or the OCI store has images. A brand-new workspace passes."""
+    state = registry_state(ws) if store is None else _empty(store)
     if state is None:
         return
     found = []
@@ -135,13 +136,20 @@ def guard(ws: Workspace) -> None:
         found.append(f"{len(images)} image(s) in the OCI store {ws.show(ws.oci_dir)}")
     if not found:
         return  # a brand-new workspace: creating the registry is right
-    path = sqlite_path(ws)
     raise RegistryError(
-        f"the registry {path} is {state}, but this workspace has {' and '.join(found)}: "
-        "it was lost, and starting an empty one would retrain the whole fleet. Run "
-        "`mw fsck --repair` to rebuild it from the OCI store and Git, or restore "
-        f"{path} from a backup"
+        f"the registry {_registry_name(ws)} is {state}, but this workspace has "
+        f"{' and '.join(found)}: it was lost, and starting an empty one would retrain the whole "
+        "fleet. Run `mw fsck --repair` to rebuild it from the OCI store and Git, or restore "
+        "it from a backup"
     )
+
+
+def _empty(store: Store) -> str | None:
+    """ "empty (no model versions)" when the registry has not a single version row."""
+    with store.session() as s:
+        if s.scalar(select(ModelVersion.id).limit(1)) is None:
+            return "empty (no model versions)"
+    return None
 
 
 # -- checking ---------------------------------------------------------------------------
