@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "controller",
     "admin",
     "gc",
+    "fsck",
 ]
 
 

@@ -27,12 +27,19 @@ ActorOpt = Annotated[
 
 
 def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, Store]:
-    """The workspace at or above `path` and its registry (in token mode: for `role` or up)."""
+    """The workspace at or above `path` and its registry (in token mode: for `role` or up).
+
+    A registry that is missing, 0 bytes or without versions in a workspace with deployments or
+    images was lost: refused (registry/fsck.py guard) rather than silently recreated empty.
+    """
+    from modelworks.registry.fsck import guard
     from modelworks.security.anchor import open_store
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(path)
+    guard(ws)
     store = open_store(ws)
+    guard(ws, store)
     if ws.settings.auth.mode == "token":
         identity_for(ws, store, cli_token(), None, role, "read this workspace")
     return ws, store
