@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,14 @@ from modelworks.testing import TINY_PIPELINE, run_cli, write_dataset, write_pipe
 
 if TYPE_CHECKING:
     from modelworks.workspace import Workspace
+
+SPEC = {
+    "data_source": {"type": "dvc", "dataset": "data/d/data.csv"},
+    "model_name": "m",
+    "kubeflow_pipeline": "tiny",
+    "kubeflow_pipeline_version": "tiny-v1",
+    "runtime_name": "sklearn",
+}
 
 
 def _one_clean_line(err: str) -> str:
@@ -76,3 +85,18 @@ def test_a_failure_a_retry_cannot_fix_is_attempted_once(
     [(status, attempts, error)] = _runs(workspace)
     assert (status, attempts) == ("failed", 1)
     assert expected in error
+
+
+def test_brackets_in_messages_are_printed_not_parsed_as_markup(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = workspace.models_dir / "bad.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({**SPEC, "model_name": "Bad Name"}))
+    _git.commit(workspace.root, ["models"], "a spec with a bad name")
+    code, out, _err = run_cli(capsys, "plan", "-C", str(workspace.root))
+    assert code == 1
+    assert "'^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$'" in out  # the name pattern, whole
+    code, _out, err = run_cli(capsys, "data", "add", "data/[bold]x.csv", "-C", str(workspace.root))
+    assert code == 1
+    assert "data/[bold]x.csv" in _one_clean_line(err)

@@ -126,9 +126,12 @@ def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:
+    from rich.markup import escape
+
     from modelworks._console import err_console
 
     if verbose:
         err_console.print_exception()
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # The message is data (paths, patterns like [a-z0-9], a pipeline's own text), not markup.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
