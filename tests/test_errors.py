@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from modelworks import _git
+from modelworks import _git, errors
 from modelworks.data.add import add
+from modelworks.errors import LockError, UnavailableError
 from modelworks.testing import TINY_PIPELINE, run_cli, write_dataset, write_pipeline, write_spec
 
 if TYPE_CHECKING:
@@ -100,3 +108,137 @@ def test_brackets_in_messages_are_printed_not_parsed_as_markup(
     code, _out, err = run_cli(capsys, "data", "add", "data/[bold]x.csv", "-C", str(workspace.root))
     assert code == 1
     assert "data/[bold]x.csv" in _one_clean_line(err)
+
+
+def _mw(ws: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real `mw` process (its exit code is what a script sees)."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=ws.root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_on_a_port_in_use_exits_unavailable_not_locked(workspace: Workspace) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _mw(workspace, "serve", "--port", str(port))
+    assert proc.returncode == UnavailableError.exit_code == 69
+    assert proc.returncode != LockError.exit_code
+    line = _one_clean_line(proc.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def _error_classes() -> list[type[errors.ModelworksError]]:
+    found: list[type[errors.ModelworksError]] = []
+    todo = [errors.ModelworksError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_the_readme_exit_code_table_is_errors_py() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (\d+) \|([^|]+)\|([^|]*)\|$", readme, flags=re.MULTILINE)
+    table = {
+        int(code): (meaning.strip(), re.findall(r"`(\w+)`", names)) for code, meaning, names in rows
+    }
+    assert set(table) == set(errors.EXIT_CODES)  # one table, every code
+    for code, label in errors.EXIT_CODES.items():
+        assert table[code][0].startswith(label), (code, table[code][0])
+    named = {name: code for code, (_, names) in table.items() for name in names}
+    for name, code in named.items():
+        assert getattr(errors, name).exit_code == code, name
+    public = [c for c in _error_classes() if c.__module__ == "modelworks.errors"]
+    assert {c.__name__ for c in public} == set(named)  # every family of errors.py is in the table
+    for cls in _error_classes():  # and no class anywhere has a code the table lacks
+        assert cls.exit_code in errors.EXIT_CODES, cls
+    # The public contract keeps its numbers.
+    assert (errors.ModelworksError.exit_code, errors.LockError.exit_code, errors.EXIT_BUG) == (
+        1,
+        3,
+        70,
+    )
+
+
+def test_a_usage_error_is_not_exit_2(workspace: Workspace) -> None:
+    proc = _mw(workspace, "plan", "--no-such-option")
+    assert proc.returncode == 64  # 2 means "changes found" (plan --detailed-exitcode)
+    assert "No such option" in proc.stderr
+
+
+NO_PSYCOPG = (
+    "import sys; sys.modules['psycopg'] = sys.modules['psycopg2'] = None; "  # not installed
+    "from modelworks.cli import main; main()"
+)
+
+
+def _garbage_yaml(ws: Workspace) -> dict[str, str]:
+    (ws.root / "modelworks.yaml").write_bytes(b"\xff\xfe\x00\x9b garbage \x00\x01")
+    return {}
+
+
+def _mw_is_a_file(ws: Workspace) -> dict[str, str]:
+    shutil.rmtree(ws.state_dir)
+    ws.state_dir.write_text("not a folder")
+    return {}
+
+
+def _read_only_mw(ws: Workspace) -> dict[str, str]:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions: chmod cannot make .mw read-only")
+    for path in [ws.state_dir, *ws.state_dir.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return {}
+
+
+HOSTILE = {
+    "garbage-yaml": (_garbage_yaml, 78, "modelworks.yaml: not a text file"),
+    "mysql-url": (
+        lambda ws: {"MW_REGISTRY_URL": "mysql://mw:pw@localhost/registry"},
+        78,
+        "unsupported database 'mysql'",
+    ),
+    "postgres-without-psycopg": (
+        lambda ws: {"MW_REGISTRY_URL": "postgresql://mw:pw@127.0.0.1/registry", "-c": NO_PSYCOPG},
+        78,
+        "pip install 'modelworks[postgres]'",
+    ),
+    "bad-env-variable": (
+        lambda ws: {"MW_WORKERS": "abc"},
+        78,
+        "environment variable MW_WORKERS: Input should be a valid integer",
+    ),
+    "mw-is-a-file": (_mw_is_a_file, 74, ".mw: File exists"),
+    "read-only-mw": (_read_only_mw, 74, ".mw"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_workspace_is_a_clear_error_not_a_bug(fleet: Workspace, case: str) -> None:
+    make, code, expected = HOSTILE[case]
+    env = make(fleet)
+    script = env.pop("-c", None)
+    args = ["-c", script, "plan"] if script else ["-m", "modelworks", "plan"]
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=fleet.root,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == code, proc.stderr
+    line = _one_clean_line(proc.stderr)
+    assert expected in line
+    assert "pw@" not in line  # a password in the URL stays masked
+    if case == "bad-env-variable":
+        assert "modelworks.yaml" not in line  # the variable is at fault, not the file
