@@ -242,3 +242,62 @@ def test_a_hostile_workspace_is_a_clear_error_not_a_bug(fleet: Workspace, case: 
     assert "pw@" not in line  # a password in the URL stays masked
     if case == "bad-env-variable":
         assert "modelworks.yaml" not in line  # the variable is at fault, not the file
+
+
+def test_data_add_of_a_missing_path_says_it_does_not_exist(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run_cli(
+        capsys, "data", "add", str(workspace.root / "data/nope.csv"), "-C", str(workspace.root)
+    )
+    assert code == 1
+    line = _one_clean_line(err)
+    assert "data/nope.csv: does not exist" in line
+    assert "not a file" not in line
+
+
+def test_a_missing_data_hash_lists_each_cache_once(
+    fleet: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_source = {"type": "dvc", "dataset": "data/set0/data.csv", "dvc_hash": "0" * 32}
+    write_spec(fleet, "no-cache", "data/set0/data.csv", data_source=data_source)
+    code, out, err = run_cli(capsys, "plan", "--json", "no-cache", "-C", str(fleet.root))
+    assert code == 1, err
+    [model] = json.loads(out)["models"]
+    [reason] = [r for r in model["reasons"] if "is not in the cache" in r]
+    where = re.search(r"is not in the cache \(([^)]*)\)", reason)
+    assert where is not None, reason
+    caches = where.group(1).split(", ")
+    assert len(caches) == len(set(caches)) == 1, reason  # the workspace is its own data repo
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"data_source": {"type": "dvc", "datset": "data/d/data.csv"}},
+            "field 'data_source.datset': unknown field. Did you mean 'dataset'?",
+        ),
+        (
+            {"gates": {"minn": {"accuracy": 0.5}}},
+            "field 'gates.minn': unknown field. Did you mean 'min'?",
+        ),
+        (
+            {"data_source": None, "data_sorce": {"type": "dvc", "dataset": "data/d/data.csv"}},
+            "field 'data_source': is required but missing. Is 'data_sorce' a typo of it?",
+        ),
+    ],
+    ids=["data_source.datset", "gates.minn", "missing-typo"],
+)
+def test_spec_typos_get_a_did_you_mean(
+    workspace: Workspace,
+    capsys: pytest.CaptureFixture[str],
+    fields: dict[str, Any],
+    expected: str,
+) -> None:
+    spec = {k: v for k, v in {**SPEC, **fields}.items() if v is not None}
+    (workspace.models_dir / "m.json").write_text(json.dumps(spec))
+    _git.commit(workspace.root, ["models"], "a spec with a typo")
+    code, out, _err = run_cli(capsys, "plan", "-C", str(workspace.root))
+    assert code == 1
+    assert expected in out

@@ -229,7 +229,7 @@ def test_a_jwt_works_on_the_cli_in_token_mode(
     assert "alice has the viewer role (via oidc) and cannot promote to prod" in err
     expired = sign(rsa_key, claims(exp=int(time.time()) - 600))
     code, _, err = run_cli(capsys, "promotions", "--token", expired, "-C", str(ws.root))
-    assert code == 1
+    assert code == 77  # authentication (README: exit codes)
     assert "the JWT has expired" in err
     assert "Traceback" not in err
 
