@@ -38,7 +38,7 @@ def test_promote_approve_history_through_the_cli(
     assert (req["id"], req["state"], req["branch"], req["models"]) == (1, "open", "promote/1", 2)
 
     code, _, err = mw(capsys, ws, "approve", "1", "--as", "alice")
-    assert code == 1
+    assert code == 77  # permission denied (README: exit codes)
     assert "error: alice opened promotion request 1 and cannot approve it" in err
     assert "Traceback" not in err
 

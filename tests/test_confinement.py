@@ -125,7 +125,7 @@ def test_an_environment_named_dot_dot_is_a_config_error_and_writes_nothing(
     _git.commit(fleet.root, [CONFIG_FILE], "a hostile environment")
 
     code, _out, err = mw(capsys, fleet, "apply", "-j", "1")
-    assert code == 1
+    assert code == 78  # configuration (README: exit codes)
     assert CONFIG_FILE in err
     assert "field 'environments': environment name '../../x' is not valid" in err
     assert "Traceback" not in err

@@ -81,7 +81,7 @@ def test_no_update_specs(workspace: Workspace) -> None:
 
 
 def test_add_refuses_missing_and_outside_files(workspace: Workspace, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(DataError, match="not a file"):
+    with pytest.raises(DataError, match="does not exist"):
         add(workspace, workspace.root / "data" / "nope.csv")
     outside = tmp_path / "outside.csv"
     outside.write_text("a,b\n1,2\n")

@@ -137,7 +137,7 @@ def test_bad_config_is_named(workspace: Workspace) -> None:
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 78  # configuration (README: exit codes)
     assert "modelworks.yaml: field 'executor.kind'" in proc.stderr
     assert "spark" in proc.stderr
 

@@ -225,11 +225,11 @@ def test_a_jwt_works_on_the_cli_in_token_mode(
     assert code == 0, err
     assert json.loads(out) == {"promotions": []}
     code, _, err = run_cli(capsys, "promote", "m", "--token", viewer, "-C", str(ws.root))
-    assert code == 1
+    assert code == 77  # permission denied (README: exit codes)
     assert "alice has the viewer role (via oidc) and cannot promote to prod" in err
     expired = sign(rsa_key, claims(exp=int(time.time()) - 600))
     code, _, err = run_cli(capsys, "promotions", "--token", expired, "-C", str(ws.root))
-    assert code == 1
+    assert code == 77  # authentication (README: exit codes)
     assert "the JWT has expired" in err
     assert "Traceback" not in err
 
@@ -245,5 +245,5 @@ def test_oidc_settings_need_exactly_one_key_source(
     with pytest.raises(ConfigError, match=r"auth\.oidc.*exactly one of jwks_url and jwks_file"):
         Workspace.load(ws.root)
     code, _, err = run_cli(capsys, "promotions", "-C", str(ws.root))
-    assert code == 1
+    assert code == 78  # configuration (README: exit codes)
     assert "exactly one of jwks_url and jwks_file" in err

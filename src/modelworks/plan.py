@@ -41,7 +41,7 @@ from sqlalchemy import func, select
 
 from modelworks import LINE_FORMAT
 from modelworks.data.sources import DataResolver
-from modelworks.errors import ModelworksError
+from modelworks.errors import ModelworksError, NotFoundError, did_you_mean
 from modelworks.pipelines.catalog import Catalog, PipelineRef
 from modelworks.provenance import Provenance
 from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
@@ -311,11 +311,21 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
     try:
         loaded = load_specs(ws.models_dir)
         if names:
-            wanted = set(names)
-            loaded = [item for item in loaded if item.name in wanted]
+            loaded = select_named(loaded, names, ws.show(ws.models_dir))
         models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
     finally:
         prov.close()
     explain_updates(store, models)
     data.save()
     return Plan(models)
+
+
+def select_named(loaded: list[LoadedSpec], names: list[str], where: str) -> list[LoadedSpec]:
+    """The specs named on the command line; a name that matches no spec is an error."""
+    known = {item.name for item in loaded}
+    for name in names:
+        if name not in known:
+            hint = did_you_mean(name, known) or (" No specs found." if not known else "")
+            raise NotFoundError(f"no model spec named {name!r} in {where}.{hint}")
+    wanted = set(names)
+    return [item for item in loaded if item.name in wanted]

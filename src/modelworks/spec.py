@@ -6,8 +6,9 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -193,13 +194,53 @@ def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> SpecError
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or None
     if err["type"] == "extra_forbidden":
-        hint = did_you_mean(loc[-1], ALLOWED_FIELDS) if len(loc) == 1 else ""
+        hint = did_you_mean(loc[-1], _fields_at(loc[:-1]))
         return SpecError(str(path), f"unknown field.{hint}", field)
     if err["type"] == "missing":
-        return SpecError(str(path), "is required but missing", field)
+        return SpecError(str(path), f"is required but missing.{_typo_of(raw, loc)}", field)
     got = err.get("input")
     shown = json.dumps(got, default=str)[:80] if not isinstance(got, dict) else "a mapping"
     return SpecError(str(path), f"{err['msg']} (got {shown})", field)
+
+
+def _fields_at(loc: list[str]) -> set[str]:
+    """The field names (and aliases) allowed at `loc`: ['gates'] -> {'min', 'max', ...}."""
+    if not loc:
+        return ALLOWED_FIELDS
+    model: type[BaseModel] = ModelSpec
+    for part in loc:
+        fields = {
+            name: f
+            for name, f in model.model_fields.items()
+            for name in (name, *_aliases(f.validation_alias))
+        }
+        annotation = fields[part].annotation if part in fields else None
+        inner = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
+        models = [a for a in inner if issubclass(a, BaseModel)]
+        if not models:
+            return set()
+        model = models[0]
+    return {
+        n for name, f in model.model_fields.items() for n in (name, *_aliases(f.validation_alias))
+    }
+
+
+def _aliases(alias: object) -> list[str]:
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    return [alias] if isinstance(alias, str) else []
+
+
+def _typo_of(raw: dict[str, Any], loc: list[str]) -> str:
+    """' Is 'data_sorce' a typo of it?' when an unknown key beside the missing one is close."""
+    here: Any = raw
+    for part in loc[:-1]:
+        here = here.get(part) if isinstance(here, dict) else None
+    if not isinstance(here, dict):
+        return ""
+    unknown = [k for k in here if isinstance(k, str) and k not in _fields_at(loc[:-1])]
+    match = get_close_matches(loc[-1], unknown, n=1)
+    return f" Is {match[0]!r} a typo of it?" if match else ""
 
 
 def parse_spec(path: Path, raw: dict[str, Any]) -> ModelSpec:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from modelworks.errors import ConfigError
+from modelworks.errors import ConfigError, SettingsError
 from modelworks.names import check_name
 
 CONFIG_FILE = "modelworks.yaml"
@@ -247,32 +247,53 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-def _format_validation(path: Path, exc: ValidationError) -> str:
+def _format_validation(path: Path, exc: ValidationError, from_env: dict[str, str]) -> str:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"])
+    loc = [str(p) for p in first["loc"]]
+    field = ".".join(loc)
+    var = from_env.get(".".join(loc[:2]))
+    if var is not None:  # the value came from the environment, not from the file
+        return f"environment variable {var}: {first['msg']} (got {first.get('input')!r})"
     return f"{path}: field '{field}': {first['msg']} (got {first.get('input')!r})"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """modelworks.yaml as a mapping (missing means {}); SettingsError naming the file if not."""
+    if not path.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not a text file (expected UTF-8 YAML)") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot be read: {exc.strerror}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: expected a mapping at the top level")
+    return loaded or {}
 
 
 def load_settings(path: Path, environ: dict[str, str] | None = None) -> Settings:
     """Read modelworks.yaml (missing means all defaults) and apply MW_* overrides."""
-    raw: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = loaded or {}
+    raw = _read_yaml(path)
     env = os.environ if environ is None else environ
+    from_env: dict[str, str] = {}
     for var, (section, field) in ENV_OVERRIDES.items():
         if env.get(var):
-            raw.setdefault(section, {})[field] = env[var]
+            section_raw = raw.setdefault(section, {})
+            if not isinstance(section_raw, dict):
+                raise SettingsError(f"{path}: field '{section}': expected a mapping")
+            section_raw[field] = env[var]
+            from_env[f"{section}.{field}"] = var
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(path, exc)) from None
-    _check_names(path, settings)
+        raise SettingsError(_format_validation(path, exc, from_env)) from None
+    try:
+        _check_names(path, settings)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
     return settings
 
 

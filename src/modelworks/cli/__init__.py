@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from importlib import import_module
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -55,7 +55,7 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, render ModelworksError as one red line and its exit code."""
-    from modelworks.errors import ModelworksError
+    from modelworks.errors import EXIT_BUG, EXIT_USAGE, ModelworksError, StateError
 
     _register_all()
     args = list(sys.argv[1:] if argv is None else argv)
@@ -72,23 +72,38 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code, verbose)
     except KeyboardInterrupt:
         _fail("interrupted", 130, verbose)
+    except OSError as exc:
+        if not exc.filename:
+            _fail(_unexpected(exc), EXIT_BUG, verbose)
+        # A read-only .mw, a full disk, a file where a folder belongs: the machine, not a bug.
+        _fail(_state_error(exc), StateError.exit_code, verbose)
     except Exception as exc:  # click's own usage errors come through here too
         exit_types, usage_types, abort_types = _click_types()
         if isinstance(exc, exit_types):
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         if isinstance(exc, usage_types):
             exc.show()  # type: ignore[attr-defined]
-            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            # click exits 2 on a usage error; 2 is ours ("changes found"): usage has its own code
+            sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)  # type: ignore[attr-defined]
         if isinstance(exc, abort_types):
             _fail("aborted", 1, verbose)
-        _fail(
-            f"unexpected error: {type(exc).__name__}: {exc} "
-            "(this is a bug in modelworks; run with --verbose and report it)",
-            70,
-            verbose,
-        )
+        _fail(_unexpected(exc), EXIT_BUG, verbose)
     finally:
         _restore_env("MW_TOKEN", saved_token)
+
+
+def _unexpected(exc: BaseException) -> str:
+    return (
+        f"unexpected error: {type(exc).__name__}: {exc} "
+        "(this is a bug in modelworks; run with --verbose and report it)"
+    )
+
+
+def _state_error(exc: OSError) -> str:
+    return (
+        f"cannot read or write {exc.filename}: {exc.strerror} "
+        "(check that it is a folder or file you may write, and the free disk space)"
+    )
 
 
 def _take_token(args: list[str]) -> list[str]:
@@ -135,10 +150,13 @@ def _click_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]
     return found("Exit"), found("ClickException"), found("Abort")
 
 
-def _fail(message: str, code: int, verbose: bool) -> None:
+def _fail(message: str, code: int, verbose: bool) -> NoReturn:
+    from rich.markup import escape
+
     from modelworks._console import err_console
 
     if verbose:
         err_console.print_exception()
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # The message is data (paths, patterns like [a-z0-9], a pipeline's own text), not markup.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)

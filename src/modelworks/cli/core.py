@@ -102,6 +102,8 @@ def plan_cmd(
 
 
 def _print_plan(p: Any, show_unchanged: bool) -> None:
+    from rich.markup import escape
+
     from modelworks._console import console
 
     for m in p.models:
@@ -110,10 +112,11 @@ def _print_plan(p: Any, show_unchanged: bool) -> None:
         style = ACTION_STYLE[m.action]
         version = f" {m.version}" if m.version else ""
         console.print(
-            f"[{style}]{m.action:>9}[/{style}] [bold]{m.name}[/bold]{version}", highlight=False
+            f"[{style}]{m.action:>9}[/{style}] [bold]{escape(m.name)}[/bold]{version}",
+            highlight=False,
         )
         for reason in m.reasons:
-            console.print(f"           {reason}", highlight=False, soft_wrap=True)
+            console.print(f"           {escape(reason)}", highlight=False, soft_wrap=True)
     s = p.summary
     console.print(
         f"Plan: [green]{s['create']} to create[/green], [yellow]{s['update']} to update[/yellow], "
@@ -342,7 +345,9 @@ def show_cmd(
             highlight=False,
         )
         if v["reason"]:
-            console.print(f"             {v['reason']}", style="yellow", highlight=False)
+            console.print(
+                f"             {v['reason']}", style="yellow", highlight=False, markup=False
+            )
 
 
 def runs_cmd(

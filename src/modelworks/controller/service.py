@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from modelworks.errors import ConfigError
+from modelworks import _net
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -63,15 +62,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def check_port(host: str, port: int) -> None:
     """Refuse early, with a clear message, a port something else listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror}; pick another port "
-                "(controller.port / serving.port in modelworks.yaml or --port)"
-            ) from None
+    _net.check_port(host, port, "controller.port / serving.port")
 
 
 def _config(app: Starlette, host: str, port: int) -> uvicorn.Config:

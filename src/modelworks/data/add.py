@@ -98,6 +98,8 @@ def add(
     """Hash a data file into the cache, write its .dvc pointer, bump specs, commit."""
     target = path if path.is_absolute() else Path(os.getcwd()) / path
     target = target.resolve()
+    if not target.exists():
+        raise DataError(f"{path}: does not exist")
     if not target.is_file():
         raise DataError(f"{path}: not a file (mw data add versions one data file at a time)")
     try:

@@ -116,7 +116,11 @@ class DataResolver:
         if self.ws.settings.data.remote:
             found.append(self.ws.path(self.ws.settings.data.remote))
         found += [repo / ".dvc" / "cache", repo / ".mw" / "cache"]
-        return found
+        # The workspace is often its own data repo: list each folder once.
+        unique: dict[Path, Path] = {}
+        for cache in found:
+            unique.setdefault(cache.resolve(), cache)
+        return list(unique.values())
 
     def locate(self, md5: str, repo: Path) -> Path | None:
         """The cached content with this md5 (copied into the workspace cache if found elsewhere)."""

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelworks.errors import RegistryError
+from modelworks.errors import RegistryError, SettingsError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 HEAD_REVISION = "0003_http"
@@ -82,9 +82,12 @@ class Store:
         self.url = url
         # Called with (seq, hash) of the newest audit row after each append (the signed anchor).
         self.on_append = on_append
+        check_url(url)
         try:
             self.engine = make_engine(url)
             migrate(self.engine)
+        except ImportError as exc:
+            raise SettingsError(_missing_driver(url, exc)) from None
         except SQLAlchemyError as exc:
             raise RegistryError(
                 f"cannot open the registry at {_safe(url)}: "
@@ -107,6 +110,29 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+BACKENDS = ("sqlite", "postgresql")
+WHERE = "registry.url in modelworks.yaml or MW_REGISTRY_URL"
+
+
+def check_url(url: str) -> None:
+    """SettingsError unless `url` names a database the registry supports (SQLite, PostgreSQL)."""
+    backend = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    if backend not in BACKENDS:
+        raise SettingsError(
+            f"registry URL {_safe(url)}: unsupported database {backend or url!r}; use "
+            f"sqlite:///PATH or postgresql://USER@HOST/DB ({WHERE})"
+        )
+
+
+def _missing_driver(url: str, exc: ImportError) -> str:
+    if url.startswith("postgresql"):
+        return (
+            f"registry URL {_safe(url)}: PostgreSQL needs the psycopg driver, which is not "
+            "installed: pip install 'modelworks[postgres]'"
+        )
+    return f"registry URL {_safe(url)}: its database driver is not installed ({exc})"
 
 
 def _safe(url: str) -> str:

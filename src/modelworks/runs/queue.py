@@ -2,8 +2,10 @@
 
 A killed apply or controller leaves rows `running`; the next one (holding the workspace lock,
 so the old one is surely dead) puts them back in the queue. Failures that may pass on a
-second try (a crash, a timeout, an unexpected exception) go back to the queue with a backoff
-until `executor.retries` is used up; errors the line diagnosed (a missing step, bad data) do not.
+second try (a crash, a timeout, an I/O or memory error) go back to the queue with a backoff
+until `executor.retries` is used up; errors the line diagnosed (a missing step, bad data) and
+errors a retry repeats (a ValueError or TypeError from bad parameters or data, an ImportError:
+runs/worker.py `retryable`) do not.
 """
 
 from __future__ import annotations

@@ -200,6 +200,27 @@ def _has(store: Any, digest: str, name: str) -> bool:
     return True
 
 
+# What a pipeline raises for wrong code, parameters or data: the same job fails the same way
+# again, so retrying only delays the error (sklearn's InvalidParameterError is a ValueError).
+DETERMINISTIC: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    ImportError,
+    SyntaxError,
+    NameError,
+    AttributeError,
+    LookupError,
+    ArithmeticError,
+    AssertionError,
+    NotImplementedError,
+)
+
+
+def retryable(exc: BaseException) -> bool:
+    """True when a retry may succeed: I/O, memory, timeouts; False for code, parameter, data."""
+    return not isinstance(exc, DETERMINISTIC)
+
+
 def execute(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job to a result dict; never raises (errors are part of the result)."""
     started = time.perf_counter()
@@ -282,7 +303,8 @@ def _run(
             result.update(status="failed", error=str(exc))
             logger.error("%s", exc)
         except Exception as exc:
-            result.update(status="failed", error=f"{type(exc).__name__}: {exc}", retryable=True)
+            error = f"{type(exc).__name__}: {exc}"
+            result.update(status="failed", error=error, retryable=retryable(exc))
             logger.error("%s", traceback.format_exc())
         finally:
             logger.removeHandler(handler)

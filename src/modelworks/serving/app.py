@@ -290,12 +290,23 @@ def run_server(
     """Serve `env` with uvicorn until SIGINT/SIGTERM (uvicorn stops gracefully on both)."""
     import uvicorn
 
+    from modelworks._net import check_port
+    from modelworks.errors import UnavailableError
+
+    check_port(host, port)
     _setup_logging()
     app = create_app(ws, env, ref=ref, max_memory=max_memory, host=host)
     # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
     # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
     with _quiet_signals(), contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        try:
+            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        except SystemExit as exc:
+            # uvicorn exits 3 when it cannot start (a port taken after our check): not "locked"
+            if exc.code:
+                raise UnavailableError(
+                    f"the server for {env!r} could not start on {host}:{port} (see the log above)"
+                ) from None
 
 
 @contextlib.contextmanager
