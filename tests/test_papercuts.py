@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
-from modelworks.testing import run_cli
+from modelworks import _git
+from modelworks.testing import run_cli, write_dataset
+from modelworks.workspace import Workspace
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,3 +28,55 @@ def test_help_shows_no_bool_type_after_flags(
     assert "--json" in out
     assert "<bool>" not in out
     assert "<path>" in out  # options that take a value still show their type
+
+
+def _git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A global git config naming Ada, as a new user's machine has it."""
+    cfg = tmp_path / "gitconfig"
+    cfg.write_text("[user]\n\tname = Ada Lovelace\n\temail = ada@example.org\n")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(cfg))
+
+
+def test_commits_carry_git_s_configured_user_email(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fleet: Workspace,
+) -> None:
+    _git_identity(tmp_path, monkeypatch)
+    write_dataset(fleet, "data/set0/data.csv", seed=11)
+    code, _, err = run_cli(
+        capsys, "data", "add", str(fleet.root / "data/set0/data.csv"), "-C", str(fleet.root)
+    )
+    assert code == 0, err
+    assert _git.git(fleet.root, "log", "-1", "--format=%an <%ae>|%ce").strip() == (
+        "ada lovelace <ada@example.org>|ada@example.org"
+    )
+    code, _, err = run_cli(capsys, "apply", "-C", str(fleet.root))
+    assert code == 0, err
+    deploy = _git.git(fleet.deploy_repo, "log", "-1", "--format=%ae|%s").strip()
+    assert deploy.startswith("ada@example.org|"), deploy
+
+
+def test_another_actor_never_borrows_git_s_email(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fleet: Workspace,
+) -> None:
+    _git_identity(tmp_path, monkeypatch)
+    write_dataset(fleet, "data/set1/data.csv", seed=12)
+    code, _, err = run_cli(
+        capsys,
+        "data",
+        "add",
+        str(fleet.root / "data/set1/data.csv"),
+        "--as",
+        "bob",
+        "-C",
+        str(fleet.root),
+    )
+    assert code == 0, err
+    assert _git.git(fleet.root, "log", "-1", "--format=%an <%ae>").strip() == (
+        "bob <bob@modelworks.local>"
+    )
