@@ -6,8 +6,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 
 from modelworks import _git
+from modelworks._render import plan_line
 from modelworks.testing import run_cli, write_dataset
 from modelworks.workspace import Workspace
 
@@ -80,3 +82,20 @@ def test_another_actor_never_borrows_git_s_email(
     assert _git.git(fleet.root, "log", "-1", "--format=%an <%ae>").strip() == (
         "bob <bob@modelworks.local>"
     )
+
+
+def test_plan_line_reads_like_mw_plan() -> None:
+    line = plan_line({"create": 62, "update": 0, "unchanged": 3, "error": 1})
+    text = Text.from_markup(line).plain
+    assert text == "62 to create, 0 to update, 3 unchanged, 1 error(s)"
+
+
+@pytest.mark.slow
+def test_demo_prints_its_plan_as_a_sentence_not_a_dict(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run_cli(capsys, "demo", str(tmp_path / "demo"), "-j", "2")
+    assert code == 0, err
+    step = next(line for line in out.splitlines() if line.startswith("2. Plan"))
+    assert step == "2. Plan: 62 to create, 0 to update, 0 unchanged, 0 error(s)"
+    assert "{" not in out.split("Explore:")[0]

@@ -24,10 +24,14 @@ def print_plan(p: Any, show_unchanged: bool) -> None:
         )
         for reason in m.reasons:
             console.print(f"           {reason}", highlight=False, soft_wrap=True)
-    s = p.summary
-    console.print(
-        f"Plan: [green]{s['create']} to create[/green], [yellow]{s['update']} to update[/yellow], "
-        f"{s['unchanged']} unchanged, [red]{s['error']} error(s)[/red]."
+    console.print(f"Plan: {plan_line(p.summary)}.")
+
+
+def plan_line(s: dict[str, int]) -> str:
+    """A plan's counts as `mw plan` says them: '62 to create, 0 to update, ...' (Rich markup)."""
+    return (
+        f"[green]{s['create']} to create[/green], [yellow]{s['update']} to update[/yellow], "
+        f"{s['unchanged']} unchanged, [red]{s['error']} error(s)[/red]"
     )
 
 

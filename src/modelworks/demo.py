@@ -50,7 +50,7 @@ def up_hint(directory: Path, port: int) -> str:
 
 def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Build the demo workspace in `directory`, run the line twice, and return a summary."""
-    from modelworks._render import print_apply, print_plan, print_status
+    from modelworks._render import plan_line, print_apply, print_plan, print_status
     from modelworks.data.add import add
     from modelworks.init import init, populate
     from modelworks.plan import plan
@@ -66,7 +66,7 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     say(f"[bold]1. Workspace[/bold] {ws.root}: {count} model specs, 3 pipelines, versioned data")
     store = open_store(ws)
     first_plan = plan(ws, store)
-    say(f"[bold]2. Plan[/bold]: {first_plan.summary}")
+    say(f"[bold]2. Plan[/bold]: {plan_line(first_plan.summary)}")
     first = _apply(ws, store, workers, quiet)
     if not quiet:
         print_apply(first)
