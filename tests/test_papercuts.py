@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -10,7 +13,10 @@ from rich.text import Text
 
 from modelworks import _git
 from modelworks._render import plan_line
-from modelworks.testing import run_cli, write_dataset
+from modelworks.data.add import add
+from modelworks.registry.queries import status
+from modelworks.security.anchor import open_store
+from modelworks.testing import run_cli, write_dataset, write_pipeline, write_spec
 from modelworks.workspace import Workspace
 
 
@@ -99,3 +105,31 @@ def test_demo_prints_its_plan_as_a_sentence_not_a_dict(
     step = next(line for line in out.splitlines() if line.startswith("2. Plan"))
     assert step == "2. Plan: 62 to create, 0 to update, 0 unchanged, 0 error(s)"
     assert "{" not in out.split("Explore:")[0]
+
+
+LONG_NAMES = ["cancer-gradient-boosting-v2-01", "cancer-gradient-boosting-v2-02"]
+
+
+def test_status_at_80_columns_shows_full_names_and_versions(
+    capsys: pytest.CaptureFixture[str], workspace: Workspace
+) -> None:
+    write_pipeline(workspace)
+    write_dataset(workspace, "data/cancer/data.csv")
+    add(workspace, workspace.root / "data/cancer/data.csv")
+    for name in LONG_NAMES:
+        write_spec(workspace, name, "data/cancer/data.csv")
+    code, _, err = run_cli(capsys, "apply", "-C", str(workspace.root))
+    assert code == 0, err
+    versions = [r["version"] for r in status(open_store(workspace))]
+    done = subprocess.run(
+        [sys.executable, "-m", "modelworks", "status", "-C", str(workspace.root)],
+        env={**os.environ, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    assert "…" not in done.stdout
+    for name in [*LONG_NAMES, *versions]:
+        assert name in done.stdout

@@ -130,21 +130,31 @@ def print_apply(result: Any) -> None:
 
 
 def print_status(rows: list[dict[str, Any]]) -> None:
-    """The fleet as a table (model names fold rather than being cut)."""
-    table = Table(title=f"{len(rows)} models", show_lines=False)
-    for col in ("model", "pipeline", "version", "status", "metrics", "test", "prod"):
-        table.add_column(col)
+    """The fleet as a table; names and versions are never cut (they fold in a narrow terminal)."""
+    # The pipeline sits under the model's name, one metric per line: seven columns side by side
+    # cut names to `cancer-…` in an 80-column terminal.
+    table = Table(title=f"{len(rows)} models", show_edge=False, pad_edge=False)
+    longest = max((len(r["name"]) for r in rows), default=5)
+    table.add_column("model / pipeline", overflow="fold", min_width=min(longest, 32))
+    table.add_column("version", overflow="fold", min_width=10)
+    table.add_column("status", overflow="fold")
+    table.add_column("deployed", overflow="fold")
+    table.add_column("metrics", overflow="fold")
     style = {"registered": "green", "gated": "yellow", "rejected": "red"}
     for r in rows:
-        metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(r["metrics"].items())[:3])
+        metrics = "\n".join(f"{k}={v:.3g}" for k, v in sorted(r["metrics"].items())[:3])
         st = r["status"] or (r["last_run"] or {}).get("status") or "-"
         table.add_row(
-            r["name"],
-            r["pipeline"] or "-",
+            f"{escape(r['name'])}\n[dim]{escape(r['pipeline'] or '-')}[/dim]",
             r["version"] or "-",
             f"[{style.get(st, 'red')}]{st}[/]",
-            metrics,
-            r["deployed"].get("test", "-"),
-            r["deployed"].get("prod", "-"),
+            _deployed(r["version"], r["deployed"]),
+            metrics or "-",
         )
     console.print(table)
+
+
+def _deployed(latest: str | None, deployed: dict[str, str]) -> str:
+    """'test, prod' where the latest version is served; 'prod 0598ccf2b8' where another is."""
+    shown = [env if version == latest else f"{env} {version}" for env, version in deployed.items()]
+    return "\n".join(shown) or "-"
