@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from modelworks.errors import GitError
@@ -18,9 +18,15 @@ _ENV = {
 }
 
 
-def git(repo: Path, *args: str, input: bytes | None = None, check: bool = True) -> str:
+def git(
+    repo: Path,
+    *args: str,
+    input: bytes | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """Run `git -C repo args...` and return stdout; raise GitError naming the command."""
-    env = {**os.environ, **{k: v for k, v in _ENV.items() if k not in os.environ}}
+    env = {**os.environ, **{k: v for k, v in _ENV.items() if k not in os.environ}, **(env or {})}
     proc = subprocess.run(
         ["git", "-C", str(repo), *args], input=input, capture_output=True, env=env
     )
@@ -61,10 +67,36 @@ def commit(
     if not staged and not allow_empty:
         return None
     args = ["commit", "-q", "--no-verify", "-m", message]
-    if author:
-        args += ["--author", f"{author} <{author}@modelworks.local>"]
-    git(repo, *args, "--", *rel) if rel else git(repo, *args)
+    who = identity(repo, author)
+    git(repo, *args, "--", *rel, env=who) if rel else git(repo, *args, env=who)
     return head(repo)
+
+
+def identity(repo: Path, author: str | None = None) -> dict[str, str]:
+    """The GIT_AUTHOR_*/GIT_COMMITTER_* environment of a commit the line makes in `repo`.
+
+    git's configured user.email is used for git's own user (the default actor); another
+    actor (`--as bob`, a token's user) is `bob <bob@modelworks.local>`, never git's e-mail.
+    Without a configured identity the line commits as `modelworks <line@modelworks.local>`.
+    """
+    from modelworks.names import NAME_MAX, normalize
+
+    found = git(repo, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+    config = dict(line.partition(" ")[::2] for line in found.splitlines())
+    name, email = config.get("user.name", "").strip(), config.get("user.email", "").strip()
+    env: dict[str, str] = {}
+    if email and "GIT_COMMITTER_EMAIL" not in os.environ:
+        env.update(GIT_COMMITTER_NAME=name or _ENV["GIT_COMMITTER_NAME"], GIT_COMMITTER_EMAIL=email)
+    if author:
+        user = name or os.environ.get("USER", "")  # the default actor, as user_name() has it
+        own = bool(email) and normalize(author) == normalize(user)[:NAME_MAX]
+        env.update(
+            GIT_AUTHOR_NAME=author,
+            GIT_AUTHOR_EMAIL=email if own else f"{author}@modelworks.local",
+        )
+    elif email and "GIT_AUTHOR_EMAIL" not in os.environ:
+        env.update(GIT_AUTHOR_NAME=name or _ENV["GIT_AUTHOR_NAME"], GIT_AUTHOR_EMAIL=email)
+    return env
 
 
 def show(repo: Path, ref: str, path: str) -> str | None:

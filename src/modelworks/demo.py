@@ -15,12 +15,12 @@ CHANGED_DATASET = "data/wine/wine.csv"
 
 
 def _apply(ws: Any, store: Any, workers: int | None, quiet: bool) -> Any:
+    from modelworks._render import ApplyProgress
     from modelworks.apply import apply
-    from modelworks.cli.core import _progress
     from modelworks.runs.executor import for_workspace
 
     ex = for_workspace(ws, workers)
-    with _progress(quiet) as (on_start, on_result):
+    with ApplyProgress(quiet) as (on_start, on_result):
         return apply(ws, store, executor=ex, actor="demo", on_start=on_start, on_result=on_result)
 
 
@@ -50,7 +50,7 @@ def up_hint(directory: Path, port: int) -> str:
 
 def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Build the demo workspace in `directory`, run the line twice, and return a summary."""
-    from modelworks.cli.core import _print_apply, _print_plan, print_status
+    from modelworks._render import plan_line, print_apply, print_plan, print_status
     from modelworks.data.add import add
     from modelworks.init import init, populate
     from modelworks.plan import plan
@@ -66,20 +66,20 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     say(f"[bold]1. Workspace[/bold] {ws.root}: {count} model specs, 3 pipelines, versioned data")
     store = open_store(ws)
     first_plan = plan(ws, store)
-    say(f"[bold]2. Plan[/bold]: {first_plan.summary}")
+    say(f"[bold]2. Plan[/bold]: {plan_line(first_plan.summary)}")
     first = _apply(ws, store, workers, quiet)
     if not quiet:
-        _print_apply(first)
+        print_apply(first)
         print_status(status(store))
     say(f"[bold]3. A new version of {CHANGED_DATASET}[/bold] arrives")
     change_dataset(ws.root / CHANGED_DATASET)
     version = add(ws, ws.root / CHANGED_DATASET, actor="demo")
     second_plan = plan(ws, store)
     if not quiet:
-        _print_plan(second_plan, show_unchanged=False)
+        print_plan(second_plan, show_unchanged=False)
     second = _apply(ws, store, workers, quiet)
     if not quiet:
-        _print_apply(second)
+        print_apply(second)
     seconds = time.perf_counter() - t0
     say(
         f"[bold]Done[/bold] in {seconds:.1f}s: {len(second.trained) + len(second.gated)} model(s) "

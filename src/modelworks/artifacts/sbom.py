@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -200,3 +201,56 @@ def _validator() -> Any:
     from cyclonedx.validation.json import JsonStrictValidator
 
     return JsonStrictValidator(SchemaVersion.V1_5)
+
+
+KEY_PACKAGES = (
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "pandas",
+    "skops",
+    "onnx",
+    "onnxruntime",
+    "skl2onnx",
+    "xgboost",
+    "lightgbm",
+    "torch",
+    "modelworks",
+)
+
+
+def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    """Format, spec version, component count and the versions of a few key packages."""
+    found = doc.get("components")
+    components = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+    versions = {str(c.get("name", "")).lower(): c.get("version") for c in components}
+    meta = _dict(doc.get("metadata"))
+    return {
+        "format": doc.get("bomFormat"),
+        "spec_version": doc.get("specVersion"),
+        "components": len(components),
+        "serial": doc.get("serialNumber"),
+        "created": meta.get("timestamp"),
+        "environment": _dict(meta.get("component")).get("version"),
+        "key_packages": {p: versions[p] for p in KEY_PACKAGES if p in versions},
+    }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def artifact_sbom(oci_layout: str, repo: str, digest: str) -> dict[str, Any]:
+    """The SBOM summary of a stored artifact (``{"error": …}`` when it cannot be read)."""
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.errors import ModelworksError
+
+    layout = Path(oci_layout)
+    depth = repo.count("/") + 1
+    if len(layout.parents) <= depth or layout.parents[depth - 1].name != "repos":
+        return {"error": f"{layout} is not a repos/<repo> folder of an OCI store"}
+    try:
+        doc = json.loads(OCIStore(layout.parents[depth]).read_file(digest, "sbom.json"))
+    except (ModelworksError, OSError, ValueError) as exc:
+        return {"error": f"cannot read sbom.json: {exc}"}
+    return sbom_summary(doc) if isinstance(doc, dict) else {"error": "sbom.json is not an object"}

@@ -37,21 +37,6 @@ if TYPE_CHECKING:
     from modelworks.security.audit import ChainProblem
     from modelworks.workspace import Workspace
 
-KEY_PACKAGES = (
-    "scikit-learn",
-    "numpy",
-    "scipy",
-    "pandas",
-    "skops",
-    "onnx",
-    "onnxruntime",
-    "skl2onnx",
-    "xgboost",
-    "lightgbm",
-    "torch",
-    "modelworks",
-)
-
 
 def verify_version(
     ws: Workspace, store: Store, model: str, version: str | None = None, *, env: str | None = None
@@ -127,43 +112,6 @@ def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
             f"{model_dir}: signed by revoked key {key_id(fingerprint(key))} ({ws.show(key)}); "
             "re-sign or retrain"
         )
-
-
-def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
-    """Format, spec version, component count and the versions of a few key packages."""
-    found = doc.get("components")
-    components = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
-    versions = {str(c.get("name", "")).lower(): c.get("version") for c in components}
-    meta = _dict(doc.get("metadata"))
-    return {
-        "format": doc.get("bomFormat"),
-        "spec_version": doc.get("specVersion"),
-        "components": len(components),
-        "serial": doc.get("serialNumber"),
-        "created": meta.get("timestamp"),
-        "environment": _dict(meta.get("component")).get("version"),
-        "key_packages": {p: versions[p] for p in KEY_PACKAGES if p in versions},
-    }
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def artifact_sbom(oci_layout: str, repo: str, digest: str) -> dict[str, Any]:
-    """The SBOM summary of a stored artifact (``{"error": …}`` when it cannot be read)."""
-    from modelworks.artifacts.oci import OCIStore
-    from modelworks.errors import ModelworksError
-
-    layout = Path(oci_layout)
-    depth = repo.count("/") + 1
-    if len(layout.parents) <= depth or layout.parents[depth - 1].name != "repos":
-        return {"error": f"{layout} is not a repos/<repo> folder of an OCI store"}
-    try:
-        doc = json.loads(OCIStore(layout.parents[depth]).read_file(digest, "sbom.json"))
-    except (ModelworksError, OSError, ValueError) as exc:
-        return {"error": f"cannot read sbom.json: {exc}"}
-    return sbom_summary(doc) if isinstance(doc, dict) else {"error": "sbom.json is not an object"}
 
 
 # -- resolving what to verify -------------------------------------------------------
@@ -329,7 +277,7 @@ def _extract(store: OCIStore, digest: str, dest: Path) -> Path:
 
 
 def _check_sbom(model_dir: Path) -> dict[str, Any]:
-    from modelworks.artifacts.sbom import validate_sbom
+    from modelworks.artifacts.sbom import sbom_summary, validate_sbom
 
     path = model_dir / "sbom.json"
     if not path.is_file():

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from importlib import import_module
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -34,6 +34,30 @@ COMMAND_MODULES = [
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("modelworks")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from modelworks import __version__ as found
+        sys.stdout.write(f"mw (modelworks) {found}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """modelworks: a GitOps model factory."""
+
+
 def emit_json(payload: Any) -> None:
     """Write one JSON document to stdout (the `--json` contract)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
@@ -47,6 +71,9 @@ def _register_all() -> None:
     if not _registered:
         from importlib.util import find_spec
 
+        from modelworks.cli._help import hide_flag_types
+
+        hide_flag_types()
         for name in COMMAND_MODULES:
             if find_spec(f"modelworks.cli.{name}") is not None:
                 import_module(f"modelworks.cli.{name}").register(app)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from modelworks._render import ApplyProgress, print_apply, print_plan, print_status
 from modelworks.cli import emit_json
 from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
 
 data_app = typer.Typer(help="Version datasets (DVC-compatible).", no_args_is_help=True)
-
-ACTION_STYLE = {"create": "green", "update": "yellow", "unchanged": "dim", "error": "red"}
 
 
 def init_cmd(
@@ -93,35 +92,12 @@ def plan_cmd(
     if json_out:
         emit_json(p.to_dict())
     else:
-        _print_plan(p, show_unchanged)
+        print_plan(p, show_unchanged)
     s = p.summary
     if detailed_exitcode:
         raise typer.Exit(1 if s["error"] else 2 if s["create"] + s["update"] else 0)
     if s["error"]:
         raise typer.Exit(1)
-
-
-def _print_plan(p: Any, show_unchanged: bool) -> None:
-    from rich.markup import escape
-
-    from modelworks._console import console
-
-    for m in p.models:
-        if m.action == "unchanged" and not show_unchanged:
-            continue
-        style = ACTION_STYLE[m.action]
-        version = f" {m.version}" if m.version else ""
-        console.print(
-            f"[{style}]{m.action:>9}[/{style}] [bold]{escape(m.name)}[/bold]{version}",
-            highlight=False,
-        )
-        for reason in m.reasons:
-            console.print(f"           {escape(reason)}", highlight=False, soft_wrap=True)
-    s = p.summary
-    console.print(
-        f"Plan: [green]{s['create']} to create[/green], [yellow]{s['update']} to update[/yellow], "
-        f"{s['unchanged']} unchanged, [red]{s['error']} error(s)[/red]."
-    )
 
 
 def apply_cmd(
@@ -143,7 +119,7 @@ def apply_cmd(
 
     ws, store = open_workspace(workspace)
     ex = for_workspace(ws, workers)
-    with _progress(json_out) as (on_start, on_result):
+    with ApplyProgress(json_out) as (on_start, on_result):
         result = apply(
             ws,
             store,
@@ -158,106 +134,9 @@ def apply_cmd(
     if json_out:
         emit_json(result.to_dict())
     else:
-        _print_apply(result)
+        print_apply(result)
     if not result.ok:
         raise typer.Exit(1)
-
-
-class _progress:
-    """A Rich progress bar on stderr fed by apply's callbacks (silent with --json)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.progress: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> tuple[Any, Any]:
-        return self.start, self.advance
-
-    def start(self, total: int) -> None:
-        if self.quiet:
-            return
-        if self.progress is not None:  # retries after a backoff add to the total
-            self.progress.update(self.task, total=self.progress.tasks[0].total + total)
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        from modelworks._console import err_console
-
-        self.progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=err_console,
-            transient=True,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("", total=total)
-
-    def advance(self, result: dict[str, Any]) -> None:
-        if self.progress is not None:
-            self.progress.update(
-                self.task, advance=1, description=f"{result['model']} {result['status']}"
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def _print_apply(result: Any) -> None:
-    from rich.markup import escape
-
-    from modelworks._console import console
-
-    # Names, reasons and errors come from specs and pipeline code: print them, never parse them.
-    for t in result.trained:
-        metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(t["metrics"].items()))
-        dirty = "  [yellow](dirty: not deployed, not promotable)[/yellow]" if t.get("dirty") else ""
-        console.print(
-            f"[green]  trained[/green] {t['name']} {t['version']}  {metrics}{dirty}",
-            highlight=False,
-        )
-    for g in result.gated:
-        console.print(
-            f"[yellow]    gated[/yellow] {g['name']} {g['version']}: "
-            + escape("; ".join(g["reasons"])),
-            highlight=False,
-        )
-    for r in result.rejected:
-        console.print(
-            f"[red] rejected[/red] {r['name']} {r['version']}: {escape(str(r['reason']))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    for f in result.failed:
-        console.print(
-            f"[red]   failed[/red] {f['name']}: {escape(str(f['error']))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    for e in result.errors:
-        console.print(
-            f"[red]    error[/red] {e['name']}: {escape(str(e['error']))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    d = result.to_dict()["summary"]
-    console.print(
-        f"Apply: {d['trained']} trained, {d['gated']} gated, {d['rejected']} rejected, "
-        f"{d['failed']} failed, "
-        f"{d['errors']} error(s), {d['skipped']} unchanged, {d['deployed']} deployed"
-        + (f" (commit {result.commit[:10]})" if result.commit else "")
-        + f" in {result.seconds:.1f}s."
-    )
 
 
 def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
@@ -270,30 +149,6 @@ def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
         emit_json({"models": rows})
         return
     print_status(rows)
-
-
-def print_status(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from modelworks._console import console
-
-    table = Table(title=f"{len(rows)} models", show_lines=False)
-    for col in ("model", "pipeline", "version", "status", "metrics", "test", "prod"):
-        table.add_column(col)
-    style = {"registered": "green", "gated": "yellow", "rejected": "red"}
-    for r in rows:
-        metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(r["metrics"].items())[:3])
-        st = r["status"] or (r["last_run"] or {}).get("status") or "-"
-        table.add_row(
-            r["name"],
-            r["pipeline"] or "-",
-            r["version"] or "-",
-            f"[{style.get(st, 'red')}]{st}[/]",
-            metrics,
-            r["deployed"].get("test", "-"),
-            r["deployed"].get("prod", "-"),
-        )
-    console.print(table)
 
 
 def show_cmd(

@@ -33,7 +33,7 @@ def run_git(
     """`git -C repo args` with an optional author identity and extra environment."""
     full = {**os.environ, **{k: v for k, v in _git._ENV.items() if k not in os.environ}}
     if author:
-        full.update(GIT_AUTHOR_NAME=author, GIT_AUTHOR_EMAIL=f"{author}@modelworks.local")
+        full.update(_git.identity(repo, author))
     full.update(env or {})
     proc = subprocess.run(
         ["git", "-C", str(repo), *args], input=input, capture_output=True, env=full

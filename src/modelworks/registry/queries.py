@@ -162,7 +162,7 @@ def _sbom(name: str, v: ModelVersion | None) -> dict[str, Any] | None:
     """Summary of the artifact's sbom.json (format, spec, components, key packages)."""
     if v is None or not v.artifact_digest or not v.oci_layout:
         return None
-    from modelworks.artifacts.verify import artifact_sbom
+    from modelworks.artifacts.sbom import artifact_sbom
 
     return {"version": v.version, **artifact_sbom(v.oci_layout, name, v.artifact_digest)}
 
