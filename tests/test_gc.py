@@ -191,8 +191,9 @@ def test_gc_refuses_while_a_deployment_cannot_be_read(
 ) -> None:
     from modelworks import _git
 
+    # A trained fleet: with deployments and no registry, every command refuses (lost registry).
+    assert mw(capsys, fleet, "apply")[0] == 0
     bad = fleet.root / "deploy" / "test" / "model-0" / "config.yaml"
-    bad.parent.mkdir(parents=True)
     bad.write_text("artifact_digest: [unclosed\n")
     _git.commit(fleet.root, ["deploy"], "a hand-edited config")
     temp = fleet.cache_dir / ".tmp-killed"
