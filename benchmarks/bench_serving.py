@@ -1,6 +1,12 @@
 """Benchmark `mw serve`: N deployed models, random model per request, against a bare ceiling.
 
     python benchmarks/bench_serving.py --models 1000 --seconds 10 --concurrency 8 --json out.json
+    python benchmarks/bench_serving.py --auth token   # serving.auth: token, a viewer token sent
+
+`--auth none|token` sets `serving.auth` (left unset by default, so the script also runs on
+trees older than the setting). With `token`, a viewer token is made through the library
+(modelworks.security.tokens.create_token) and every request, to both servers, carries
+`Authorization: Bearer <token>` (the bare ceiling ignores it).
 
 Builds a workspace with N tiny skops models (real OCI store, real git deploy repo), starts the
 inference server with uvicorn in a subprocess on 127.0.0.1, and drives it from this process over
@@ -94,19 +100,45 @@ def build_fleet(root: Path, n: int) -> list[str]:
 # -- servers (run as subprocesses) ------------------------------------------------------------
 
 
-def mw_app(root: Path) -> Any:
+def settings(auth: str | None) -> Any:
+    """The workspace settings; `serving.auth` only when asked (older trees lack the field)."""
+    from modelworks.workspace import Settings
+
+    return Settings(serving={"auth": auth}) if auth else Settings()
+
+
+def make_token(root: Path, auth: str | None) -> dict[str, str]:
+    """The request headers of `auth`: with token, a new viewer token made through the library."""
+    headers = {"content-type": "application/json"}
+    if auth != "token":
+        return headers
+    from modelworks.registry.store import Store
+    from modelworks.security.tokens import create_token
+    from modelworks.security.users import add_user
+    from modelworks.workspace import Workspace
+
+    store = Store(Workspace(root, settings(auth)).registry_url)
+    add_user(store, "bench", actor="bench")
+    made = create_token(store, user="bench", role="viewer", expires="1d", actor="bench")
+    store.engine.dispose()
+    return {**headers, "authorization": f"Bearer {made['token']}"}
+
+
+def mw_app(root: Path, auth: str | None = None) -> Any:
     """The real app over the benchmark workspace."""
     from modelworks.serving import create_app
-    from modelworks.workspace import Settings, Workspace
+    from modelworks.workspace import Workspace
 
-    return create_app(Workspace(root, Settings()), "test", sample_rate=0.0, poll_interval=30)
+    ws = Workspace(root, settings(auth))
+    return create_app(ws, "test", sample_rate=0.0, poll_interval=30)
 
 
-def serve_mw(root: Path, port: int) -> None:
+def serve_mw(root: Path, port: int, auth: str | None = None) -> None:
     """The real server: create_app over the workspace, uvicorn, one worker."""
     import uvicorn
 
-    uvicorn.run(mw_app(root), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    app = mw_app(root, auth)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def bare_app(root: Path) -> Any:
@@ -146,7 +178,7 @@ def serve_bare(root: Path, port: int) -> None:
     uvicorn.run(bare_app(root), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-async def _asgi_post(app: Any, path: str, payload: bytes) -> int:
+async def _asgi_post(app: Any, path: str, payload: bytes, headers: dict[str, str]) -> int:
     """One POST through the ASGI app directly (no sockets); return the status."""
     scope = {
         "type": "http",
@@ -158,7 +190,7 @@ async def _asgi_post(app: Any, path: str, payload: bytes) -> int:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
@@ -177,21 +209,23 @@ async def _asgi_post(app: Any, path: str, payload: bytes) -> int:
     return status
 
 
-def in_process(root: Path, names: list[str], requests: int) -> dict[str, Any]:
+def in_process(
+    root: Path, names: list[str], requests: int, headers: dict[str, str], auth: str | None
+) -> dict[str, Any]:
     """Microseconds per request through each app with no network (warm models)."""
     rng = random.Random(2)
     payloads = [(f"/v2/models/{rng.choice(names)}/infer", body(rng)) for _ in range(requests)]
 
     async def go(app: Any) -> float:
         for name in names:  # warm every model: a random sample would leave some cold
-            await _asgi_post(app, f"/v2/models/{name}/infer", body(rng))
+            await _asgi_post(app, f"/v2/models/{name}/infer", body(rng), headers)
         t0 = time.perf_counter()
         for path, payload in payloads:
-            if await _asgi_post(app, path, payload) != 200:
+            if await _asgi_post(app, path, payload, headers) != 200:
                 raise SystemExit(f"in-process request to {path} failed")
         return (time.perf_counter() - t0) / len(payloads) * 1e6
 
-    mw_us, bare_us = asyncio.run(go(mw_app(root))), asyncio.run(go(bare_app(root)))
+    mw_us, bare_us = asyncio.run(go(mw_app(root, auth))), asyncio.run(go(bare_app(root)))
     return {
         "requests": requests,
         "mw_us": round(mw_us, 1),
@@ -207,13 +241,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(kind: str, root: Path, auth: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server subprocess and wait until it answers."""
     import httpx
 
     port = _free_port()
+    extra = ["--auth", auth] if auth else []
     proc = subprocess.Popen(
-        [sys.executable, __file__, f"--serve-{kind}", str(root), "--port", str(port)]
+        [sys.executable, __file__, f"--serve-{kind}", str(root), "--port", str(port), *extra]
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -237,7 +272,9 @@ def body(rng: random.Random) -> bytes:
     ).encode()
 
 
-async def _drive(base: str, names: list[str], seconds: float, concurrency: int) -> dict[str, Any]:
+async def _drive(
+    base: str, names: list[str], seconds: float, concurrency: int, headers: dict[str, str]
+) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -254,7 +291,7 @@ async def _drive(base: str, names: list[str], seconds: float, concurrency: int) 
             r = await http.post(
                 f"/v2/models/{name}/infer",
                 content=body(rng),
-                headers={"content-type": "application/json"},
+                headers=headers,
             )
             latencies.append(time.perf_counter() - t0)
             errors += r.status_code != 200
@@ -280,13 +317,13 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "rounds_rps": [r["rps"] for r in runs]}
 
 
-def cold_pass(base: str, names: list[str]) -> dict[str, Any]:
+def cold_pass(base: str, names: list[str], headers: dict[str, str]) -> dict[str, Any]:
     """Hit every model once, in order (each first request loads it); then read load metrics."""
     import httpx
 
     rng = random.Random(1)
     lat = []
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, timeout=60, headers=headers) as http:
         for name in names:
             t0 = time.perf_counter()
             r = http.post(f"/v2/models/{name}/infer", content=body(rng))
@@ -321,19 +358,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         names = build_fleet(tmp / "ws", args.models)
         build_s = time.perf_counter() - t0
-        inproc = in_process(tmp / "ws", names, args.inprocess_requests)
-        mw, mw_base = start("mw", tmp / "ws")
+        headers = make_token(tmp / "ws", args.auth)
+        inproc = in_process(tmp / "ws", names, args.inprocess_requests, headers, args.auth)
+        mw, mw_base = start("mw", tmp / "ws", args.auth)
         bare, bare_base = start("bare", tmp / "ws")
         try:
-            cold = cold_pass(mw_base, names)
+            cold = cold_pass(mw_base, names, headers)
             if args.warmup:  # warm connections, allocators and code paths of both servers
                 for base in (mw_base, bare_base):
-                    asyncio.run(_drive(base, names, min(2.0, args.seconds), args.concurrency))
+                    warm = min(2.0, args.seconds)
+                    asyncio.run(_drive(base, names, warm, args.concurrency, headers))
             runs: dict[str, list[dict[str, Any]]] = {"mw": [], "bare": []}
             for _ in range(args.rounds):  # interleaved, so load from elsewhere hits both alike
                 for key, base in (("mw", mw_base), ("bare", bare_base)):
                     runs[key].append(
-                        asyncio.run(_drive(base, names, args.seconds, args.concurrency))
+                        asyncio.run(_drive(base, names, args.seconds, args.concurrency, headers))
                     )
             served, ceiling = _median(runs["mw"]), _median(runs["bare"])
         finally:
@@ -345,6 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "serving",
         "models": args.models,
+        "auth": args.auth or "unset",
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -390,12 +430,15 @@ def main() -> None:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--inprocess-requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per server")
+    parser.add_argument(
+        "--auth", choices=("none", "token"), help="serving.auth of mw serve (default: unset)"
+    )
     parser.add_argument("--serve-mw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_mw:
-        return serve_mw(args.serve_mw, args.port)
+        return serve_mw(args.serve_mw, args.port, args.auth)
     if args.serve_bare:
         return serve_bare(args.serve_bare, args.port)
     result = run(args)

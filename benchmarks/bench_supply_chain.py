@@ -1,13 +1,14 @@
 """Benchmark the supply-chain steps: scanning and signing cost per model vs training time.
 
-    python benchmarks/bench_supply_chain.py [--workspace DIR] [--workers 2] [--repeat 3]
-        [--json out.json]
+    python benchmarks/bench_supply_chain.py [--workspace DIR | --keep DIR] [--workers 2]
+        [--repeat 3] [--json out.json]
 
 Builds the `mw demo` fleet (62 models: classifiers in sklearn and onnx, forecasters,
 anomaly detectors) and applies it with the local executor, unless --workspace names an
-already-applied workspace. Then, for every registered version, it extracts the ModelCar,
-removes model.sig (the line scans and signs the folder before the signature exists) and
-times, in this process:
+already-applied workspace (`--keep DIR` builds it in DIR and leaves it there, so later
+runs can measure the same artifacts with `--workspace DIR/demo`). Then, for every
+registered version, it extracts the ModelCar, removes model.sig (the line scans and signs
+the folder before the signature exists) and times, in this process:
 
 - scan   ``scan_dir(folder, threshold)``        what the worker runs before packaging
 - sign   ``sign_dir(folder, private_key)``      what the worker runs before packaging
@@ -209,6 +210,7 @@ def print_report(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, help="an already-applied workspace to measure")
+    parser.add_argument("--keep", type=Path, help="build the demo in this folder and keep it")
     parser.add_argument(
         "--workers", type=int, default=2, help="training workers for the demo apply"
     )
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from modelworks.workspace import Workspace
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
-        root = args.workspace or build_demo(Path(tmp) / "demo", args.workers)
+        where = args.keep or Path(tmp)
+        root = args.workspace or build_demo(where / "demo", args.workers)
         ws = Workspace.load(root)
         rows = measure(ws, versions(ws), args.repeat)
     if not rows:
