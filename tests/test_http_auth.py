@@ -311,3 +311,27 @@ def test_a_real_server_in_token_mode(secured: tuple[Workspace, dict[str, str]]) 
         refused(http.post("/admin/reconcile", headers=bearer(tokens["viewer"])), 403, "admin")
         assert http.post("/admin/reconcile", headers=bearer(tokens["admin"])).status_code == 200
         assert http.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("ttl", [0.0, 0.5])
+def test_a_revoked_token_stops_within_the_token_cache_window(tmp_path: Path, ttl: float) -> None:
+    import time
+
+    from modelworks.security.tokens import create_token, revoke_token
+
+    ws = make_workspace(tmp_path / "ws", serving={"auth": "token", "token_cache_seconds": ttl})
+    deploy_iris(ws)
+    store = Store(ws.registry_url)
+    admin = _tokens(store)["admin"]
+    vera = create_token(store, user="vera", role="viewer", actor="root")
+    app = create_app(ws, "test", reconcile_in_background=False, sample_rate=0.0)
+    with AppClient(app) as c:
+        assert _infer(c, headers=bearer(vera["token"])).status_code == 200
+        revoke_token(store, vera["id"], actor="root")
+        if ttl:
+            # trusted for the window, then checked again
+            assert _infer(c, headers=bearer(vera["token"])).status_code == 200
+            time.sleep(ttl + 0.1)
+        refused(_infer(c, headers=bearer(vera["token"])), 401, "revoked")
+        assert _infer(c, headers=bearer(admin)).status_code == 200
+        refused(c.post("/admin/reconcile", headers=bearer(vera["token"])), 401, "revoked")

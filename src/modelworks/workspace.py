@@ -107,6 +107,12 @@ class ServingSettings(_Section):
         "endpoints: none, or token (Authorization: Bearer; recommended). Unset: none on a "
         "loopback bind, token on any other.",
     )
+    token_cache_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an HTTP server trusts a token it has checked before checking it "
+        "against the registry again (0: every request); a revoked token stops within this.",
+    )
 
 
 class GCSettings(_Section):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from modelworks.errors import ModelworksError
+from modelworks.security.identity import require
 from modelworks.serving.http import REALM, BodyLimit, error_response
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ Policy = Callable[[str, str], str | None]  # (method, path) -> the role needed; 
 SERVING_OPEN = frozenset({"/v2/health/live", "/v2/health/ready"})
 CONTROLLER_OPEN = frozenset({"/healthz", "/hooks/git"})
 READ_METHODS = frozenset({"GET", "HEAD"})
+MAX_CACHED_TOKENS = 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -128,6 +131,10 @@ class BearerAuth:
         refused: Counter | None = None,
     ) -> None:
         self.app, self.ws, self.store, self.policy, self.refused = app, ws, store, policy, refused
+        # A token checked against the registry is trusted for token_cache_seconds: a registry
+        # read per request halved throughput (benchmarks/README.md, after the trust work).
+        self.ttl = ws.settings.serving.token_cache_seconds
+        self._seen: dict[str, tuple[float, Identity]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -139,19 +146,32 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization")
+        action = f"{method} {path}"
         try:
-            identity = await run_in_threadpool(self._check, header, role, f"{method} {path}")
+            identity = self._cached(header)
+            if identity is None:
+                identity = await run_in_threadpool(self._check, header)
+            require(identity, role, action)
         except ModelworksError as exc:
             await self._refuse(exc, header is not None)(scope, receive, send)
             return
         scope.setdefault("state", {})["identity"] = identity
         await self.app(scope, receive, send)
 
-    def _check(self, header: str | None, role: str, action: str) -> Identity:
-        from modelworks.security.identity import authenticate_bearer, require
+    def _cached(self, header: str | None) -> Identity | None:
+        hit = self._seen.get(header) if header else None
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def _check(self, header: str | None) -> Identity:
+        from modelworks.security.identity import authenticate_bearer
 
         identity = authenticate_bearer(self.ws, self.store(), header)
-        require(identity, role, action)
+        if header and self.ttl > 0:
+            if len(self._seen) >= MAX_CACHED_TOKENS:
+                self._seen.clear()
+            self._seen[header] = (time.monotonic(), identity)
         return identity
 
     def _refuse(self, exc: ModelworksError, sent_token: bool) -> Response:
