@@ -31,6 +31,7 @@ from modelworks.gitops.rollback import rollback
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment
 from modelworks.registry.store import Store
+from modelworks.testing import spawn_mw
 from modelworks.workspace import Workspace
 
 PROD = config_path("prod", "model-0")
@@ -50,16 +51,7 @@ def store(ws: Workspace) -> Store:
 
 
 def _mw(ws: Workspace, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """The real CLI in its own session, as test_faults starts it (so killpg takes it all)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "modelworks", *args],
-        cwd=ws.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, **(env or {})},
-    )
+    return spawn_mw(ws, *args, env={**os.environ, **(env or {})})
 
 
 def _run(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:

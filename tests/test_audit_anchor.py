@@ -14,7 +14,7 @@ import pytest
 from test_supply_chain import trained
 
 from modelworks import _git
-from modelworks.testing import run_cli
+from modelworks.testing import mw
 from modelworks.workspace import Workspace
 
 ANCHOR = "audit/anchor.json"
@@ -23,10 +23,6 @@ ANCHOR = "audit/anchor.json"
 @pytest.fixture
 def ws(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return trained(tmp_path, tmp_path_factory)
-
-
-def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def verify(capsys: pytest.CaptureFixture[str], ws: Workspace) -> tuple[int, dict[str, Any]]:

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from test_promote import retrain, served, trained_copy
 
 from modelworks import _git
-from modelworks.testing import run_cli
+from modelworks.testing import mw, mw_json
 from modelworks.workspace import Workspace
-
-
-def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
-    """Run `mw ARGS -C ws`; return (exit code, stdout, stderr)."""
-    return run_cli(capsys, *args, "-C", str(ws.root))
-
-
-def mw_json(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> Any:
-    code, out, err = mw(capsys, ws, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture

@@ -18,19 +18,8 @@ from modelworks.artifacts.oci import OCIStore
 from modelworks.cli import main
 from modelworks.security.keys import sealing_keys, secrets_dir
 from modelworks.security.secrets import unseal
-from modelworks.testing import run_cli
+from modelworks.testing import mw, mw_json
 from modelworks.workspace import Workspace
-
-
-def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
-    """Run `mw ARGS -C ws`; return (exit code, stdout, stderr)."""
-    return run_cli(capsys, *args, "-C", str(ws.root))
-
-
-def mw_json(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> Any:
-    code, out, err = mw(capsys, ws, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def one_error(err: str) -> str:

@@ -16,7 +16,7 @@ from modelworks.errors import ConfigError
 from modelworks.testing import (
     TINY_PIPELINE,
     make_workspace,
-    run_cli,
+    mw,
     small_fleet,
     write_dataset,
     write_pipeline,
@@ -26,10 +26,6 @@ from modelworks.workspace import CONFIG_FILE, Workspace, load_settings
 
 Capsys = pytest.CaptureFixture[str]
 SECRET = "s3cr3t-token-do-not-leak"
-
-
-def mw(capsys: Capsys, ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def apply_json(capsys: Capsys, ws: Workspace) -> tuple[int, dict[str, Any], str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelworks.artifacts.oci import OCIStore
-from modelworks.testing import slow_fleet
+from modelworks.testing import slow_fleet, spawn_mw
 from modelworks.workspace import Workspace
 
 
@@ -22,16 +22,7 @@ def _slow_fleet(ws: Workspace, n: int) -> None:
     slow_fleet(ws, n, sleep=0.15)
 
 
-def _mw(ws: Workspace, *args: str, **kw):  # type: ignore[no-untyped-def]
-    return subprocess.Popen(
-        [sys.executable, "-m", "modelworks", *args],
-        cwd=ws.root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        **kw,
-    )
+_mw = spawn_mw
 
 
 def _versions(ws: Workspace) -> list[tuple[str, str, str]]:

@@ -12,12 +12,8 @@ from typing import Any
 import pytest
 
 from modelworks import _git
-from modelworks.testing import run_cli
+from modelworks.testing import mw
 from modelworks.workspace import Workspace
-
-
-def mw(capsys: Any, ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def _db(ws: Workspace) -> Path:

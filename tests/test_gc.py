@@ -13,14 +13,10 @@ from typing import Any
 import pytest
 
 from modelworks.artifacts.oci import OCIStore
-from modelworks.testing import deploy_iris, run_cli, write_spec
+from modelworks.testing import deploy_iris, mw, write_spec
 from modelworks.workspace import Workspace
 
 OLD = time.time() - 7200  # older than gc.min_age (3600 s) and than every run
-
-
-def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def _age(*paths: Path) -> None:

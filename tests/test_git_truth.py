@@ -13,14 +13,10 @@ from modelworks import _git
 from modelworks.gitops import deploy as gdeploy
 from modelworks.registry.queries import show
 from modelworks.registry.store import Store
-from modelworks.testing import commit_paths, run_cli, write_spec
+from modelworks.testing import commit_paths, mw, write_spec
 from modelworks.workspace import Workspace
 
 Capsys = pytest.CaptureFixture[str]
-
-
-def mw(capsys: Capsys, ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
 
 
 def apply_json(capsys: Capsys, ws: Workspace, *args: str) -> tuple[int, dict[str, Any]]:

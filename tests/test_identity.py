@@ -22,21 +22,10 @@ from modelworks.registry.models import Token
 from modelworks.registry.store import Store
 from modelworks.security.identity import Identity, authenticate_bearer, require
 from modelworks.security.tokens import hash_token
-from modelworks.testing import run_cli
+from modelworks.testing import mw, mw_json
 from modelworks.workspace import CONFIG_FILE, Workspace
 
 Capsys = pytest.CaptureFixture[str]
-
-
-def mw(capsys: Capsys, ws: Workspace, *args: str) -> tuple[int, str, str]:
-    """Run `mw ARGS -C ws`; return (exit code, stdout, stderr)."""
-    return run_cli(capsys, *args, "-C", str(ws.root))
-
-
-def mw_json(capsys: Capsys, ws: Workspace, *args: str) -> Any:
-    code, out, err = mw(capsys, ws, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def refused(capsys: Capsys, ws: Workspace, *args: str) -> str:

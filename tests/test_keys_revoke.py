@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,23 +11,13 @@ from test_supply_chain import trained
 
 from modelworks import _git
 from modelworks.serving import create_app
-from modelworks.testing import AppClient, run_cli
+from modelworks.testing import AppClient, mw, mw_json
 from modelworks.workspace import Workspace
 
 
 @pytest.fixture
 def ws(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return trained(tmp_path, tmp_path_factory)
-
-
-def mw(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> tuple[int, str, str]:
-    return run_cli(capsys, *args, "-C", str(ws.root))
-
-
-def mw_json(capsys: pytest.CaptureFixture[str], ws: Workspace, *args: str) -> Any:
-    code, out, err = mw(capsys, ws, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def key_files(ws: Workspace) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,31 @@ def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def mw(capsys: Any, ws: Workspace, *args: str) -> tuple[int, str, str]:
+    """Run `mw ARGS -C ws` in-process; return (exit code, stdout, stderr)."""
+    return run_cli(capsys, *args, "-C", str(ws.root))
+
+
+def mw_json(capsys: Any, ws: Workspace, *args: str) -> Any:
+    """Run `mw ARGS -C ws --json`, require exit 0, and return the parsed output."""
+    code, out, err = mw(capsys, ws, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def spawn_mw(ws: Workspace, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """The real `mw ARGS` in a process of its own session (so killpg stops all of it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelworks", *args],
+        cwd=ws.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
 
 
 class AppClient:

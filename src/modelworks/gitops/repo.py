@@ -6,7 +6,6 @@ checked-out main's index and work tree together with the ref, keeping unrelated 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -31,17 +30,8 @@ def run_git(
     check: bool = True,
 ) -> str:
     """`git -C repo args` with an optional author identity and extra environment."""
-    full = {**os.environ, **{k: v for k, v in _git._ENV.items() if k not in os.environ}}
-    if author:
-        full.update(_git.identity(repo, author))
-    full.update(env or {})
-    proc = subprocess.run(
-        ["git", "-C", str(repo), *args], input=input, capture_output=True, env=full
-    )
-    if check and proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip() or proc.stdout.decode().strip()
-        raise GitError(f"git {' '.join(args[:3])} failed in {repo}: {msg}")
-    return proc.stdout.decode(errors="replace")
+    extra = {**(_git.identity(repo, author) if author else {}), **(env or {})}
+    return _git.git(repo, *args, input=input, check=check, env=extra)
 
 
 @dataclass(frozen=True)
