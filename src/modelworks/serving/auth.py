@@ -118,6 +118,37 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+class TokenCache:
+    """Identities of recently checked Authorization headers, each trusted for `ttl` seconds.
+
+    A token checked against the registry is trusted for `serving.token_cache_seconds`: a
+    registry read per request halved throughput (benchmarks/README.md, after the trust work).
+    A revoked token therefore stops working within that many seconds.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, Identity]] = {}
+
+    def get(self, header: str | None) -> Identity | None:
+        hit = self._seen.get(header) if header else None
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def check(self, header: str | None, authenticate: Callable[[], Identity]) -> Identity:
+        """The cached identity of `header`, else `authenticate()`'s (then cached)."""
+        hit = self.get(header)
+        if hit is not None:
+            return hit
+        identity = authenticate()
+        if header and self.ttl > 0:
+            if len(self._seen) >= MAX_CACHED_TOKENS:
+                self._seen.clear()
+            self._seen[header] = (time.monotonic(), identity)
+        return identity
+
+
 class BearerAuth:
     """ASGI middleware: authenticate `Authorization: Bearer` and check the route's role."""
 
@@ -131,10 +162,7 @@ class BearerAuth:
         refused: Counter | None = None,
     ) -> None:
         self.app, self.ws, self.store, self.policy, self.refused = app, ws, store, policy, refused
-        # A token checked against the registry is trusted for token_cache_seconds: a registry
-        # read per request halved throughput (benchmarks/README.md, after the trust work).
-        self.ttl = ws.settings.serving.token_cache_seconds
-        self._seen: dict[str, tuple[float, Identity]] = {}
+        self.tokens = TokenCache(ws.settings.serving.token_cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,7 +176,7 @@ class BearerAuth:
         header = Headers(scope=scope).get("authorization")
         action = f"{method} {path}"
         try:
-            identity = self._cached(header)
+            identity = self.tokens.get(header)
             if identity is None:
                 identity = await run_in_threadpool(self._check, header)
             require(identity, role, action)
@@ -158,21 +186,10 @@ class BearerAuth:
         scope.setdefault("state", {})["identity"] = identity
         await self.app(scope, receive, send)
 
-    def _cached(self, header: str | None) -> Identity | None:
-        hit = self._seen.get(header) if header else None
-        if hit is None or time.monotonic() - hit[0] > self.ttl:
-            return None
-        return hit[1]
-
     def _check(self, header: str | None) -> Identity:
         from modelworks.security.identity import authenticate_bearer
 
-        identity = authenticate_bearer(self.ws, self.store(), header)
-        if header and self.ttl > 0:
-            if len(self._seen) >= MAX_CACHED_TOKENS:
-                self._seen.clear()
-            self._seen[header] = (time.monotonic(), identity)
-        return identity
+        return self.tokens.check(header, lambda: authenticate_bearer(self.ws, self.store(), header))
 
     def _refuse(self, exc: ModelworksError, sent_token: bool) -> Response:
         if self.refused is not None and exc.status in (401, 403):

@@ -1,0 +1,1 @@
+"""Tenants: who owns what, who may see it, and qualified model names (`acme/churn`)."""
