@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -31,15 +32,23 @@ class Base(DeclarativeBase):
 class Tenant(Base):
     __tablename__ = "tenants"
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    weight: Mapped[float | None] = mapped_column(Float)
     max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_runs: Mapped[int | None] = mapped_column(Integer)
     max_models: Mapped[int | None] = mapped_column(Integer)
+    max_artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The tenant as declared in modelworks.yaml (or through the API), for `mw tenant show`.
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_models_tenant_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
     tenant: Mapped[str] = mapped_column(String(128), default="default", index=True)
     spec_path: Mapped[str | None] = mapped_column(String(1024))
     pipeline: Mapped[str | None] = mapped_column(String(255))
@@ -99,9 +108,14 @@ class Run(Base):
     """A training job: durable, so a killed controller or apply resumes from the queue."""
 
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_model", "model_id"))
+    __table_args__ = (
+        Index("ix_runs_status", "status"),
+        Index("ix_runs_model", "model_id"),
+        Index("ix_runs_status_tenant", "status", "tenant"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    tenant: Mapped[str] = mapped_column(String(128), default="default", server_default="default")
     fingerprint: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))
     # queued, running, succeeded, failed, gated, rejected, cancelled
@@ -114,6 +128,8 @@ class Run(Base):
     duration: Mapped[float | None] = mapped_column(Float)
     train_seconds: Mapped[float | None] = mapped_column(Float)
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why a queued run waits (a tenant's run limit, fair share), shown by `mw runs`.
+    reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

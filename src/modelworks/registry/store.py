@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelworks.errors import RegistryError, SettingsError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0003_http"
+HEAD_REVISION = "0004_tenants"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -61,18 +61,30 @@ def migrate(engine: Engine) -> None:
     _upgrade(engine)
 
 
-def _upgrade(engine: Engine) -> None:
+def _upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # Two processes migrating one database at once would race; serialize them.
-            conn.execute(text("SELECT pg_advisory_xact_lock(724511)"))
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # Batch migrations recreate tables that others reference; SQLite checks foreign
+            # keys on DROP unless they are off, and the pragma only applies outside a transaction.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    # Two processes migrating one database at once would race; serialize them.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(724511)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 class Store:
