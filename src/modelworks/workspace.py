@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from modelworks.errors import ConfigError, SettingsError
 from modelworks.names import check_name
+from modelworks.tenancy.config import TenantSettings
 
 CONFIG_FILE = "modelworks.yaml"
 
@@ -238,7 +239,11 @@ class Settings(_Section):
     gc: GCSettings = Field(default_factory=GCSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
-    tenants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tenants: dict[str, TenantSettings] = Field(
+        default_factory=dict,
+        description="Teams sharing this platform (modelworks.tenancy.config); once any is "
+        "declared, every spec belongs to one.",
+    )
 
 
 # Environment variables that override the file: name -> (section, field).

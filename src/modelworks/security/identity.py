@@ -40,6 +40,10 @@ class Identity:
         """True when this identity's role is `role` or a higher one."""
         return ROLES.index(self.role) >= role_rank(role)
 
+    def require(self, role: str, action: str) -> None:
+        """PermissionDeniedError unless this identity holds `role` (see `require`)."""
+        require(self, role, action)
+
     @property
     def audit_actor(self) -> str:
         """The actor written to the audit log: local identities are marked unauthenticated."""

@@ -1,1 +1,5 @@
-"""Tenants: who owns what, who may see it, and qualified model names (`acme/churn`)."""
+"""Tenants: their declared settings, who may see which, and qualified model names.
+
+Pure (no registry, no I/O), at the bottom of the layering so every layer can use it; the
+registry's view of tenants (declared plus API-created) is `modelworks.registry.tenants`.
+"""

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from modelworks.errors import NotFoundError
-from modelworks.security.identity import require
 
 if TYPE_CHECKING:
     from modelworks.security.identity import Identity
@@ -68,4 +67,4 @@ def require_in_tenant(identity: Identity, tenant: str, role: str, action: str, w
     approve it, nor learn that it exists.
     """
     require_visible(identity, tenant, what)
-    require(identity, role, action)
+    identity.require(role, action)
