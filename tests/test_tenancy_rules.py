@@ -37,13 +37,15 @@ LOCAL = Identity("me", "admin", "default", False, "local")
 
 
 def test_only_platform_admins_and_the_local_user_see_every_tenant() -> None:
-    assert is_platform_admin(PLATFORM) and is_platform_admin(LOCAL)
+    assert is_platform_admin(PLATFORM)
+    assert is_platform_admin(LOCAL)
     assert not is_platform_admin(DEFAULT_DEV)
     assert not is_platform_admin(Identity("a", "admin", "acme", True, "token"))
     assert visible_tenants(PLATFORM) is None
     assert visible_tenants(ACME_VIEWER) == frozenset({"acme"})
     assert visible_tenants(DEFAULT_DEV) == frozenset({"default"})
-    assert can_see(ACME_VIEWER, "acme") and not can_see(ACME_VIEWER, "globex")
+    assert can_see(ACME_VIEWER, "acme")
+    assert not can_see(ACME_VIEWER, "globex")
 
 
 def test_filter_visible_keeps_own_tenant_rows_and_treats_missing_as_default() -> None:
@@ -117,8 +119,9 @@ def test_api_created_tenants_join_declared_ones_and_cannot_override_them(tmp_pat
         save_tenant(ws, store, "globex", {"weight": 3, "quotas": {"max_models": 5}})
         found = tenants(ws, store)
         assert list(found) == ["acme", "globex"]
-        assert found["globex"].weight == 3 and found["globex"].quotas.max_models == 5
-        with pytest.raises(ConflictError, match="declared in modelworks.yaml"):
+        assert found["globex"].weight == 3
+        assert found["globex"].quotas.max_models == 5
+        with pytest.raises(ConflictError, match=r"declared in modelworks\.yaml"):
             save_tenant(ws, store, "acme", {"weight": 9})
         with pytest.raises(ConfigError, match="weight"):
             save_tenant(ws, store, "globex", {"weight": -1})
