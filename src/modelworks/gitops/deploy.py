@@ -45,8 +45,9 @@ class DeployConfig(BaseModel):
 
     @property
     def qualified(self) -> str:
-        """`tenant/name`, bare for the default tenant: the key of this config."""
-        return qualified(self.tenant, self.name)
+        """`tenant/name`, bare for the default tenant: the key of this config (a name that
+        already holds a '/' is taken as written)."""
+        return self.name if "/" in self.name else qualified(self.tenant, self.name)
 
 
 def config_path(env: str, model: str, tenant: str | None = None) -> str:
@@ -55,7 +56,7 @@ def config_path(env: str, model: str, tenant: str | None = None) -> str:
     `model` is a qualified name (`acme/churn` -> deploy/<env>/acme/churn/config.yaml, bare
     `churn` -> deploy/<env>/churn/config.yaml), or a bare name with its `tenant`.
     """
-    ref = qualified(tenant, model) if tenant is not None else model
+    ref = qualified(tenant, model) if tenant is not None and "/" not in model else model
     return f"{DEPLOY_DIR}/{env}/{ref}/{CONFIG_NAME}"
 
 
