@@ -63,7 +63,8 @@ def test_folder_and_field_disagreeing_is_that_specs_error(tmp_path: Path) -> Non
     models = by_name(plan(ws, Store(ws.registry_url)))
     odd = models["acme/odd"]
     assert odd.action == "error"
-    assert "models/acme/odd.json" in odd.reasons[0] and "field 'tenant'" in odd.reasons[0]
+    assert "models/acme/odd.json" in odd.reasons[0]
+    assert "field 'tenant'" in odd.reasons[0]
     assert models["acme/churn"].action == "create"
 
 
@@ -93,7 +94,8 @@ def test_a_name_clash_inside_one_tenant_is_only_that_tenants_error(tmp_path: Pat
     _git.commit(ws.root, ["models"], "clash")
     p = plan(ws, Store(ws.registry_url))
     errors = [m for m in p.models if m.action == "error"]
-    assert len(errors) == 2 and all(m.name == "acme/twin" for m in errors)
+    assert len(errors) == 2
+    assert all(m.name == "acme/twin" for m in errors)
     assert "declared twice in tenant 'acme'" in errors[0].reasons[0]
     assert by_name(p)["globex/churn"].action == "create"
 
@@ -104,7 +106,8 @@ def test_reading_another_tenants_data_is_refused_before_reading(tmp_path: Path) 
     spy = by_name(plan(ws, Store(ws.registry_url)))["acme/spy"]
     assert spy.action == "error"
     reason = spy.reasons[0]
-    assert "models/acme/spy.json" in reason and "field 'data_source.dataset'" in reason
+    assert "models/acme/spy.json" in reason
+    assert "field 'data_source.dataset'" in reason
     assert "tenant 'acme' may read only data/acme" in reason
 
 
@@ -112,7 +115,8 @@ def test_a_local_glob_outside_the_roots_is_refused(tmp_path: Path) -> None:
     ws = two_tenants(tmp_path)
     write_spec(ws, "glob", "x", folder="acme", data_source={"type": "local", "path": "data/**"})
     glob = by_name(plan(ws, Store(ws.registry_url)))["acme/glob"]
-    assert glob.action == "error" and "field 'data_source.path'" in glob.reasons[0]
+    assert glob.action == "error"
+    assert "field 'data_source.path'" in glob.reasons[0]
 
 
 def test_pipelines_and_environments_a_tenant_may_not_use(tmp_path: Path) -> None:
@@ -128,8 +132,10 @@ def test_pipelines_and_environments_a_tenant_may_not_use(tmp_path: Path) -> None
     )
     reasons = by_name(plan(ws, Store(ws.registry_url)))["globex/wide"].reasons[0]
     assert "models/globex/wide.json" in reasons
-    assert "field 'kubeflow_pipeline'" in reasons and "(allowed: tiny)" in reasons
-    assert "field 'deploy.environments'" in reasons and "may not use prod (allowed: test)" in reasons
+    assert "field 'kubeflow_pipeline'" in reasons
+    assert "(allowed: tiny)" in reasons
+    assert "field 'deploy.environments'" in reasons
+    assert "may not use prod (allowed: test)" in reasons
 
 
 def test_over_max_models_the_models_past_the_limit_error(tmp_path: Path) -> None:
@@ -182,7 +188,8 @@ def test_apply_keeps_two_tenants_apart_in_registry_deploy_and_oci(applied: Works
         assert (ws.oci_dir / "repos" / tenant / "churn" / "index.json").is_file()
     assert not (ws.deploy_repo / "deploy" / "test" / "churn").exists()
     again = apply(ws, store, actor="tester")
-    assert sorted(again.skipped) == ["acme/churn", "globex/churn"] and not again.trained
+    assert sorted(again.skipped) == ["acme/churn", "globex/churn"]
+    assert not again.trained
 
 
 def test_declared_tenants_are_upserted_without_settings(applied: Workspace) -> None:
@@ -203,7 +210,9 @@ def test_bare_names_resolve_to_the_only_tenant_having_one(applied: Workspace, ca
     info = mw_json(capsys, applied, "show", "acme/churn")
     assert (info["name"], info["tenant"]) == ("acme/churn", "acme")
     code, _out, err = mw(capsys, applied, "show", "churn")
-    assert code != 0 and "acme/churn" in err and "globex/churn" in err
+    assert code != 0
+    assert "acme/churn" in err
+    assert "globex/churn" in err
 
 
 def test_artifact_bytes_quota_blocks_new_versions_once_used(applied: Workspace) -> None:
@@ -224,7 +233,8 @@ def test_artifact_bytes_quota_blocks_new_versions_once_used(applied: Workspace) 
 def test_tenant_list_and_show(applied: Workspace, capsys: Any) -> None:
     listed = mw_json(capsys, applied, "tenant", "list")["tenants"]
     assert [t["name"] for t in listed] == ["acme", "globex"]
-    assert listed[0]["models"] == 1 and listed[0]["source"] == "file"
+    assert listed[0]["models"] == 1
+    assert listed[0]["source"] == "file"
     assert listed[0]["quotas"]["max_models"] == 5
     shown = mw_json(capsys, applied, "tenant", "show", "acme")
     assert shown["data_roots"] == ["data/acme"]
@@ -233,8 +243,11 @@ def test_tenant_list_and_show(applied: Workspace, capsys: Any) -> None:
     assert shown["usage"]["artifact_bytes"]["used"] > 0
     assert shown["approvals"]["prod"] >= 1
     globex = mw_json(capsys, applied, "tenant", "show", "globex")
-    assert globex["environments"] == ["test"] and "prod" not in globex["approvals"]
+    assert globex["environments"] == ["test"]
+    assert "prod" not in globex["approvals"]
     code, _out, err = mw(capsys, applied, "tenant", "show", "initech")
-    assert code == NotFoundError.exit_code and "tenant 'initech' not found" in err
+    assert code == NotFoundError.exit_code
+    assert "tenant 'initech' not found" in err
     code, out, _err = mw(capsys, applied, "tenant", "list")
-    assert code == 0 and "ACME Analytics" in out
+    assert code == 0
+    assert "ACME Analytics" in out

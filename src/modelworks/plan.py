@@ -406,10 +406,13 @@ def _over_models(mine: list[ModelPlan], limit: int, use: Usage, tenant: str) -> 
         if room > 0:
             room -= 1
             continue
-        m.action, m.reasons = "error", [
-            f"{_where(m)}tenant {tenant!r} is at its quota max_models={limit} "
-            f"({registered} registered); remove a model or raise quotas.max_models"
-        ]
+        m.action, m.reasons = (
+            "error",
+            [
+                f"{_where(m)}tenant {tenant!r} is at its quota max_models={limit} "
+                f"({registered} registered); remove a model or raise quotas.max_models"
+            ],
+        )
 
 
 def _over_bytes(mine: list[ModelPlan], limit: int, use: Usage, tenant: str) -> None:
@@ -420,11 +423,14 @@ def _over_bytes(mine: list[ModelPlan], limit: int, use: Usage, tenant: str) -> N
         if total < limit and total + expected <= limit:
             total += expected
             continue
-        m.action, m.reasons = "error", [
-            f"{_where(m)}tenant {tenant!r} is over its quota max_artifact_bytes={limit} "
-            f"({use.artifact_bytes} bytes registered, {expected} more expected); "
-            "delete old versions (mw gc) or raise quotas.max_artifact_bytes"
-        ]
+        m.action, m.reasons = (
+            "error",
+            [
+                f"{_where(m)}tenant {tenant!r} is over its quota max_artifact_bytes={limit} "
+                f"({use.artifact_bytes} bytes registered, {expected} more expected); "
+                "delete old versions (mw gc) or raise quotas.max_artifact_bytes"
+            ],
+        )
 
 
 def _where(m: ModelPlan) -> str:

@@ -19,6 +19,10 @@ def _quota(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _all(values: list[str] | None) -> str:
+    return "all" if values is None else (", ".join(values) or "none")
+
+
 @tenant_app.command("list")
 def tenant_list_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     """Every tenant: display name, weight, quotas, models, source (file or api)."""
@@ -69,11 +73,9 @@ def tenant_show_cmd(
         f"[bold]{info['name']}[/bold] ({info['display_name']}, from {info['source']})",
         f"  weight        {info['weight']:g}",
         f"  data roots    {', '.join(info['data_roots']) or '-'}",
-        f"  pipelines     {', '.join(info['pipelines']) if info['pipelines'] is not None else 'all'}",
-        "  environments  "
-        + (", ".join(info["environments"]) if info["environments"] is not None else "all"),
-        "  approvals     "
-        + (", ".join(f"{e}: {n}" for e, n in info["approvals"].items()) or "-"),
+        f"  pipelines     {_all(info['pipelines'])}",
+        f"  environments  {_all(info['environments'])}",
+        "  approvals     " + (", ".join(f"{e}: {n}" for e, n in info["approvals"].items()) or "-"),
         f"  oci namespace {info['oci_namespace']}",
         f"  models        {use['models']['used']} of {_quota(q['max_models'])}",
         f"  artifacts     {use['artifact_bytes']['used']} bytes of "

@@ -180,7 +180,9 @@ def owner_problem(spec: ModelSpec, data: DataResolver, roots: TenantRoots) -> st
     if ds.repo_url and ds.repo_url.startswith(URL_PREFIXES):
         if roots.allows_url(ds.repo_url):
             return None
-        return f"field 'data_source.repo_url': {ds.repo_url!r} is not a data root ({roots.describe()})"
+        return (
+            f"field 'data_source.repo_url': {ds.repo_url!r} is not a data root ({roots.describe()})"
+        )
     base = data.ws.path(ds.repo_url) if ds.repo_url else data.ws.root
     if roots.allows_path(os.path.join(base, str(ds.dataset))):
         return None

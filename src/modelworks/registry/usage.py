@@ -84,9 +84,10 @@ def usage(store: Store, oci_dir: Path, tenants: Iterable[str] | None = None) -> 
     with store.session() as s:
         rows = s.execute(q).tuples().all()
     for tenant, name, digest in rows:
-        if digest not in sizes:
-            sizes[digest] = manifest_bytes(oci_dir, str(digest))
+        key = str(digest)
+        if key not in sizes:
+            sizes[key] = manifest_bytes(oci_dir, key)
         use = found.setdefault(tenant, Usage())
-        use.artifact_bytes += sizes[digest]
-        use.latest_bytes[qualified(tenant, name)] = sizes[digest]
+        use.artifact_bytes += sizes[key]
+        use.latest_bytes[qualified(tenant, name)] = sizes[key]
     return found
