@@ -251,3 +251,24 @@ def test_tenant_list_and_show(applied: Workspace, capsys: Any) -> None:
     code, out, _err = mw(capsys, applied, "tenant", "list")
     assert code == 0
     assert "ACME Analytics" in out
+
+
+def test_fsck_gc_and_promotion_see_tenant_models(applied: Workspace) -> None:
+    from modelworks.artifacts.gc import collect
+    from modelworks.gitops.approve import approve
+    from modelworks.gitops.promote import promote
+    from modelworks.registry.fsck import check
+
+    ws, store = applied, Store(applied.registry_url)
+    assert check(ws, store).problems == []
+    report = collect(ws, store, dry_run=True)
+    assert not [i for i in report.items if "churn" in str(i)]
+    with pytest.raises(ConflictError, match="acme/churn, globex/churn"):
+        promote(ws, store, ["churn"], to="prod", actor="dev")
+    req = promote(ws, store, ["acme/churn"], to="prod", actor="dev")
+    assert [i["model"] for i in req["items"]] == ["acme/churn"]
+    assert req["items"][0]["path"] == "deploy/prod/acme/churn/config.yaml"
+    assert approve(ws, store, req["id"], actor="ann")["state"] == "merged"
+    served = ws.deploy_repo / "deploy" / "prod" / "acme" / "churn" / "config.yaml"
+    assert served.is_file()
+    assert not (ws.deploy_repo / "deploy" / "prod" / "globex").exists()

@@ -11,7 +11,7 @@ from modelworks.errors import NotFoundError, did_you_mean
 from modelworks.registry.models import Deployment, Model, ModelVersion, Run
 from modelworks.registry.store import Store
 from modelworks.tenancy.access import DEFAULT_TENANT
-from modelworks.tenancy.names import qualified, resolve_ref, split_ref
+from modelworks.tenancy.names import model_key, qualified, resolve_ref, split_ref
 
 
 def _iso(dt: Any) -> str | None:
@@ -70,10 +70,12 @@ def get_model(s: Any, ref: str) -> Model:
     return model
 
 
-def model_key(ref: str) -> tuple[str, str]:
-    """`acme/churn` -> ("acme", "churn"); `churn` -> ("default", "churn")."""
-    tenant, name = split_ref(ref)
-    return tenant or DEFAULT_TENANT, name
+def resolve_model(store: Store, ref: str) -> str:
+    """The qualified name (`acme/churn`, bare for the default tenant) of the registered
+    model `ref` names (`tenant/name` or a bare name); NotFoundError / ConflictError else."""
+    with store.session() as s:
+        m = get_model(s, ref)
+        return qualified(m.tenant, m.name)
 
 
 def status(store: Store) -> list[dict[str, Any]]:

@@ -34,6 +34,12 @@ def split_ref(ref: str) -> tuple[str | None, str]:
     return (tenant if sep else None), name
 
 
+def model_key(ref: str) -> tuple[str, str]:
+    """`acme/churn` -> ("acme", "churn"); `churn` -> ("default", "churn")."""
+    tenant, name = split_ref(ref)
+    return tenant or DEFAULT_TENANT, name
+
+
 def resolve_ref(ref: str, known: Iterable[tuple[str, str]], where: str = "the registry") -> str:
     """The qualified name `ref` means among `known` (tenant, name) pairs.
 
