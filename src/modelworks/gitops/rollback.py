@@ -9,6 +9,7 @@ never served there), recorded as a Deployment of kind "rollback".
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +181,8 @@ def rollback(
     In a gated environment (approvals > 0) only a version the environment served through an
     approval can come back, and the commit carries a new signed attestation (kind rollback).
     """
-    model = resolve_model(store, model)
+    with contextlib.suppress(NotFoundError):  # unknown: reported as not deployed below
+        model = resolve_model(store, model)
     state = repo_state(ws.deploy_repo)
     path = config_path(env, model)
     served = _log(state, path, None)
