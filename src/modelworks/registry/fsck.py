@@ -96,7 +96,7 @@ def registry_state(ws: Workspace) -> str | None:
 
 
 def deploy_configs_at_head(ws: Workspace) -> dict[str, str]:
-    """Every deploy/<env>/[<tenant>/]<model>/config.yaml at HEAD of the deploy repo: path -> text."""
+    """Every deploy/<env>/[<tenant>/]<model>/config.yaml at HEAD of the deploy repo, by path."""
     repo = ws.deploy_repo
     if not _git.is_repo(repo) or _git.head(repo) is None:
         return {}
