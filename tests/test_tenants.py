@@ -32,9 +32,9 @@ TENANTS: dict[str, Any] = {
 }
 
 
-def two_tenants(root: Path, tenants: dict[str, Any] | None = None) -> Workspace:
+def two_tenants(root: Path, tenants: dict[str, Any] | None = None, **settings: Any) -> Workspace:
     """acme/churn and globex/churn, each over its own data root, committed."""
-    ws = make_workspace(root, tenants=tenants or TENANTS)
+    ws = make_workspace(root, tenants=tenants or TENANTS, **settings)
     write_pipeline(ws, commit=False)
     for tenant in ("acme", "globex"):
         write_dataset(ws, f"data/{tenant}/churn.csv", seed=len(tenant))
@@ -272,3 +272,43 @@ def test_fsck_gc_and_promotion_see_tenant_models(applied: Workspace) -> None:
     served = ws.deploy_repo / "deploy" / "prod" / "acme" / "churn" / "config.yaml"
     assert served.is_file()
     assert not (ws.deploy_repo / "deploy" / "prod" / "globex").exists()
+
+
+def test_two_tenants_on_each_registry_backend(tmp_path: Path, registry_url: str) -> None:
+    ws = two_tenants(tmp_path / "ws", registry={"url": registry_url})
+    store = Store(ws.registry_url)
+    result = apply(ws, store, actor="tester")
+    assert result.ok, result.to_dict()
+    assert sorted(t["name"] for t in result.trained) == ["acme/churn", "globex/churn"]
+    with store.session() as s:
+        assert {(m.tenant, m.name) for m in s.scalars(select(Model))} == {
+            ("acme", "churn"),
+            ("globex", "churn"),
+        }
+        assert s.get(Tenant, "acme") is not None
+    assert {m.action for m in plan(ws, store).models} == {"unchanged"}
+
+
+def test_mw_plan_takes_qualified_names(tmp_path: Path, capsys: Any) -> None:
+    ws = two_tenants(tmp_path)
+    doc = mw_json(capsys, ws, "plan", "globex/churn")
+    assert [(m["name"], m["tenant"]) for m in doc["models"]] == [("globex/churn", "globex")]
+    code, _out, err = mw(capsys, ws, "plan", "churn")
+    assert code != 0
+    assert "acme/churn, globex/churn" in err
+    code, _out, err = mw(capsys, ws, "plan", "initech/churn")
+    assert code == NotFoundError.exit_code
+    assert "initech/churn" in err
+
+
+def test_declared_data_roots_replace_the_default(tmp_path: Path) -> None:
+    tenants = {"acme": {"data_roots": ["shared/acme"]}, "globex": {}}
+    ws = two_tenants(tmp_path, tenants)
+    write_dataset(ws, "shared/acme/more.csv")
+    add(ws, ws.root / "shared/acme/more.csv", commit=False)
+    write_spec(ws, "more", "shared/acme/more.csv", folder="acme", commit=False)
+    _git.commit(ws.root, ["models", "shared"], "shared data")
+    models = by_name(plan(ws, Store(ws.registry_url)))
+    assert models["acme/more"].action == "create"
+    assert models["acme/churn"].action == "error"
+    assert "may read only shared/acme" in models["acme/churn"].reasons[0]
