@@ -312,3 +312,11 @@ def test_declared_data_roots_replace_the_default(tmp_path: Path) -> None:
     assert models["acme/more"].action == "create"
     assert models["acme/churn"].action == "error"
     assert "may read only shared/acme" in models["acme/churn"].reasons[0]
+
+
+def test_mw_verify_and_runs_take_tenant_models(applied: Workspace, capsys: Any) -> None:
+    code, out, err = mw(capsys, applied, "verify", "globex/churn")
+    assert code == 0, err
+    runs = mw_json(capsys, applied, "runs", "--model", "acme/churn")
+    rows = runs if isinstance(runs, list) else runs["runs"]
+    assert [(r["model"], r["tenant"]) for r in rows] == [("acme/churn", "acme")]
