@@ -315,7 +315,7 @@ def test_declared_data_roots_replace_the_default(tmp_path: Path) -> None:
 
 
 def test_mw_verify_and_runs_take_tenant_models(applied: Workspace, capsys: Any) -> None:
-    code, out, err = mw(capsys, applied, "verify", "globex/churn")
+    code, _out, err = mw(capsys, applied, "verify", "globex/churn")
     assert code == 0, err
     runs = mw_json(capsys, applied, "runs", "--model", "acme/churn")
     rows = runs if isinstance(runs, list) else runs["runs"]
