@@ -98,7 +98,16 @@ def save_tenant(ws: Workspace, store: Store, name: str, settings: dict[str, Any]
 def sync_declared(ws: Workspace, store: Store) -> int:
     """Upsert the file's tenants into the registry's `tenants` table (display name, weight,
     quotas; `settings` stays NULL: a non-NULL one marks an API-created tenant). Returns how
-    many rows changed."""
+    many rows changed; a row another plan sharing the registry inserted first is left to it."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _upsert_declared(ws, store)
+    except IntegrityError:
+        return 0
+
+
+def _upsert_declared(ws: Workspace, store: Store) -> int:
     from modelworks.registry.models import Tenant
 
     changed = 0
@@ -115,7 +124,7 @@ def sync_declared(ws: Workspace, store: Store) -> int:
                 "max_artifact_bytes": q.max_artifact_bytes,
                 "settings": None,
             }
-            if all(getattr(row, k) == v for k, v in values.items()) and row in s:
+            if row in s and all(getattr(row, k) == v for k, v in values.items()):
                 continue
             for key, value in values.items():
                 setattr(row, key, value)
