@@ -326,8 +326,9 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
         loaded = load_specs(ws.models_dir, tenants=owners)
         if names:
             loaded = select_named(loaded, names, ws.show(ws.models_dir))
+        roots = {t: TenantRoots(ws.root, t, tuple(cfg.roots(t))) for t, cfg in owners.items()}
         for item in loaded:
-            confine_to_tenant(ws, item, owners, data)
+            confine_to_tenant(item, owners, roots, data)
         models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
     finally:
         prov.close()
@@ -349,7 +350,10 @@ def select_named(loaded: list[LoadedSpec], names: list[str], where: str) -> list
 
 
 def confine_to_tenant(
-    ws: Workspace, item: LoadedSpec, owners: dict[str, TenantSettings], data: DataResolver
+    item: LoadedSpec,
+    owners: dict[str, TenantSettings],
+    roots: dict[str, TenantRoots],
+    data: DataResolver,
 ) -> None:
     """With tenants, a spec may read only its tenant's data roots and use only its allowed
     pipelines and environments; a violation becomes the spec's error (nothing is read)."""
@@ -371,8 +375,8 @@ def confine_to_tenant(
             f"field 'deploy.environments': tenant {tenant!r} may not use {', '.join(denied)} "
             f"(allowed: {allowed})"
         )
-    roots = TenantRoots(ws.root, tenant, tuple(settings.roots(tenant)))
-    data_problem = owner_problem(spec, data, roots)
+    own = roots.get(tenant) or TenantRoots(data.ws.root, tenant, tuple(settings.roots(tenant)))
+    data_problem = owner_problem(spec, data, own)
     if data_problem:
         problems.append(data_problem)
     if problems:
