@@ -120,6 +120,9 @@ def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
 def _resolve(
     ws: Workspace, store: Store, model: str, version: str | None, env: str | None
 ) -> tuple[dict[str, Any] | None, str, dict[str, dict[str, str]]]:
+    from modelworks.registry.queries import resolve_model
+
+    model = resolve_model(store, model)  # `churn` may mean the one tenant's acme/churn
     rows = _versions(store, model)
     deployed = _deployed(ws, model)
     if version and version.startswith("sha256:"):

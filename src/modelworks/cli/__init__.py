@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "admin",
     "gc",
     "fsck",
+    "tenant",
 ]
 
 

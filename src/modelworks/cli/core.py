@@ -152,7 +152,7 @@ def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
 
 
 def show_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -243,7 +243,7 @@ def runs_cmd(
 
 
 def logs_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     run: Annotated[
         int | None, typer.Option("--run", help="A run id (default: the latest).")
     ] = None,

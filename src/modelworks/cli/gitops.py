@@ -227,7 +227,7 @@ def reject_cmd(
 
 
 def rollback_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     env: EnvOpt = "prod",
     to: Annotated[
         str | None, typer.Option("--to", help="Version to put back (default: the previous one).")
@@ -279,7 +279,7 @@ def attest_cmd(
 
 
 def history_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     env: EnvOpt = "prod",
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="At most this many entries.")

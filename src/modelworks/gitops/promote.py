@@ -48,6 +48,7 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Model, ModelVersion, PromotionRequest
+from modelworks.tenancy.names import model_key, qualified, resolve_ref
 
 if TYPE_CHECKING:
     from modelworks.gitops.forge import ForgeProvider
@@ -133,12 +134,7 @@ def _select(
     rows: dict[str, Model],
     source: str,
 ) -> list[Candidate]:
-    unknown = [m for m in models if m not in cands]
-    if unknown:
-        raise NotFoundError(
-            f"model {unknown[0]!r} is not deployed in {source}; only what "
-            f"{source} serves can be promoted." + did_you_mean(unknown[0], set(cands))
-        )
+    models = [_deployed_ref(m, cands, source) for m in models]
     chosen = [cands[m] for m in dict.fromkeys(models)] if models else list(cands.values())
     if pipeline:
         chosen = [c for c in chosen if c.name in rows and rows[c.name].pipeline == pipeline]
@@ -150,6 +146,20 @@ def _select(
             and all(str((rows[c.name].labels or {}).get(k)) == v for k, v in labels.items())
         ]
     return [c for c in chosen if c.version != c.previous]
+
+
+def _deployed_ref(ref: str, cands: dict[str, Candidate], source: str) -> str:
+    """The qualified name `ref` means among the models `source` serves."""
+    if ref in cands:
+        return ref
+    known = [model_key(c) for c in cands]
+    try:
+        return resolve_ref(ref, known, source)
+    except NotFoundError:
+        raise NotFoundError(
+            f"model {ref!r} is not deployed in {source}; only what "
+            f"{source} serves can be promoted." + did_you_mean(ref, set(cands))
+        ) from None
 
 
 # ---------------------------------------------------------------- metric deltas
@@ -306,7 +316,7 @@ def promote(
     cands = _candidates(state.repo, state.tip, source, to)
     provider = provider_for(ws, environ)
     with store.session() as s:
-        rows = {m.name: m for m in s.scalars(select(Model))}
+        rows = {qualified(m.tenant, m.name): m for m in s.scalars(select(Model))}
         chosen = _select(cands, models or [], all_changed, pipeline, wanted_labels, rows, source)
         if not chosen:
             raise DeployError(

@@ -9,6 +9,7 @@ never served there), recorded as a Deployment of kind "rollback".
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,8 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, ModelVersion, PromotionRequest
-from modelworks.registry.queries import get_model
+from modelworks.registry.queries import get_model, resolve_model
+from modelworks.tenancy.names import split_ref
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -146,7 +148,7 @@ def _config_text(
         runtime = (yaml.safe_load(current) or {}).get("runtime")
     cfg = deploy_config(
         ws,
-        model,
+        split_ref(model)[1],
         tenant,
         str(runtime or "sklearn"),
         v.version,
@@ -179,6 +181,8 @@ def rollback(
     In a gated environment (approvals > 0) only a version the environment served through an
     approval can come back, and the commit carries a new signed attestation (kind rollback).
     """
+    with contextlib.suppress(NotFoundError):  # unknown: reported as not deployed below
+        model = resolve_model(store, model)
     state = repo_state(ws.deploy_repo)
     path = config_path(env, model)
     served = _log(state, path, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import func, select
@@ -9,6 +10,8 @@ from sqlalchemy import func, select
 from modelworks.errors import NotFoundError, did_you_mean
 from modelworks.registry.models import Deployment, Model, ModelVersion, Run
 from modelworks.registry.store import Store
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import model_key, qualified, resolve_ref, split_ref
 
 
 def _iso(dt: Any) -> str | None:
@@ -54,12 +57,25 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
     }
 
 
-def get_model(s: Any, name: str) -> Model:
-    model: Model | None = s.scalar(select(Model).where(Model.name == name))
-    if model is None:
-        names = s.scalars(select(Model.name)).all()
-        raise NotFoundError(f"no model named {name!r} in the registry.{did_you_mean(name, names)}")
+def get_model(s: Any, ref: str) -> Model:
+    """The model `ref` names: `tenant/name`, or a bare name (see tenancy.names.resolve_ref)."""
+    _tenant, name = split_ref(ref)
+    found = s.scalars(select(Model).where(Model.name == name))
+    rows = {(m.tenant or DEFAULT_TENANT, m.name): m for m in found}
+    if not rows:
+        names = s.execute(select(Model.tenant, Model.name)).tuples().all()
+        shown = [qualified(t, n) for t, n in names]
+        raise NotFoundError(f"no model named {ref!r} in the registry.{did_you_mean(ref, shown)}")
+    model: Model = rows[model_key(resolve_ref(ref, rows))]
     return model
+
+
+def resolve_model(store: Store, ref: str) -> str:
+    """The qualified name (`acme/churn`, bare for the default tenant) of the registered
+    model `ref` names (`tenant/name` or a bare name); NotFoundError / ConflictError else."""
+    with store.session() as s:
+        m = get_model(s, ref)
+        return qualified(m.tenant, m.name)
 
 
 def status(store: Store) -> list[dict[str, Any]]:
@@ -81,7 +97,7 @@ def status(store: Store) -> list[dict[str, Any]]:
             v, r = versions.get(m.id), runs.get(m.id)
             rows.append(
                 {
-                    "name": m.name,
+                    "name": qualified(m.tenant, m.name),
                     "tenant": m.tenant,
                     "pipeline": m.pipeline,
                     "version": v.version if v else None,
@@ -138,13 +154,13 @@ def show(store: Store, name: str) -> dict[str, Any]:
                 "scan": _scan_status(latest_ok.scan),
             }
         return {
-            "name": m.name,
+            "name": qualified(m.tenant, m.name),
             "tenant": m.tenant,
             "pipeline": m.pipeline,
             "spec_path": m.spec_path,
             "labels": m.labels,
             "artifact": artifact,
-            "sbom": _sbom(m.name, latest_ok),
+            "sbom": _sbom(latest_ok),
             "latest": version_dict(versions[0]) if versions else None,
             "versions": [version_dict(v) for v in versions],
             "deployments": current,
@@ -158,13 +174,21 @@ def _scan_status(scan: Any) -> str:
     return "unknown"
 
 
-def _sbom(name: str, v: ModelVersion | None) -> dict[str, Any] | None:
+def _sbom(v: ModelVersion | None) -> dict[str, Any] | None:
     """Summary of the artifact's sbom.json (format, spec, components, key packages)."""
     if v is None or not v.artifact_digest or not v.oci_layout:
         return None
     from modelworks.artifacts.sbom import artifact_sbom
 
-    return {"version": v.version, **artifact_sbom(v.oci_layout, name, v.artifact_digest)}
+    repo = layout_repo(v.oci_layout)
+    return {"version": v.version, **artifact_sbom(v.oci_layout, repo, v.artifact_digest)}
+
+
+def layout_repo(layout: str) -> str:
+    """The OCI repository a `<store>/repos/<repo>` layout folder holds (`acme/churn`)."""
+    parts = PurePath(layout).parts
+    at = len(parts) - 1 - parts[::-1].index("repos") if "repos" in parts else len(parts) - 2
+    return "/".join(parts[at + 1 :])
 
 
 def runs(
@@ -172,12 +196,15 @@ def runs(
 ) -> list[dict[str, Any]]:
     """Recent runs, newest first."""
     with store.session() as s:
-        q = select(Run, Model.name).join(Model).order_by(Run.id.desc()).limit(limit)
+        q = select(Run, Model.tenant, Model.name).join(Model).order_by(Run.id.desc()).limit(limit)
         if model:
             q = q.where(Run.model_id == get_model(s, model).id)
         if status:
             q = q.where(Run.status == status)
-        return [run_dict(r, name) for r, name in s.execute(q)]
+        return [
+            {**run_dict(r, qualified(tenant, name)), "tenant": tenant}
+            for r, tenant, name in s.execute(q)
+        ]
 
 
 def run_log(store: Store, model: str, run_id: int | None = None) -> tuple[dict[str, Any], str]:

@@ -142,8 +142,10 @@ def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, A
 
         sign_dir(out, Path(job["signing_key"]))
         signed = True
+    # The OCI repository: the model's name, `<tenant namespace>/<name>` for other tenants.
+    repository = job.get("repository") or job["model"]
     image = OCIStore(Path(job["oci_dir"])).write_image(
-        job["model"], job["version"], out, image_annotations(job, ctx["metrics"])
+        repository, job["version"], out, image_annotations(job, ctx["metrics"])
     )
     return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
 
@@ -168,7 +170,7 @@ def recover(job: dict[str, Any]) -> dict[str, Any] | None:
 
     store = OCIStore(Path(job["oci_dir"]))
     try:
-        image = store.resolve(job["model"], job["version"])
+        image = store.resolve(job.get("repository") or job["model"], job["version"])
         notes = store.manifest(image.digest).get("annotations", {})
         if notes.get(f"{ANNOTATION_PREFIX}.fingerprint") != job["fingerprint"]:
             return None
