@@ -44,13 +44,16 @@ def config_path(env: str, model: str) -> str:
 
 
 def read_env(repo: Path, env: str, ref: str = "HEAD") -> dict[str, DeployConfig]:
-    """Every model deployed in `env` at `ref` of the deploy repo, by model name."""
+    """Every model deployed in `env` at `ref` of the deploy repo, by qualified name
+    (`acme/churn`; bare for the default tenant's)."""
+    from modelworks.tenancy.names import qualified
+
     paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
     contents = _git.cat_files(repo, ref, paths)
     configs: dict[str, DeployConfig] = {}
     for text in contents.values():
         cfg = DeployConfig.model_validate(yaml.safe_load(text))
-        configs[cfg.name] = cfg
+        configs[qualified(cfg.tenant, cfg.name)] = cfg
     return configs
 
 

@@ -9,6 +9,15 @@ from typing import Any
 from modelworks import _git
 from modelworks.errors import GitError, ModelworksError
 from modelworks.gitops.deploy import DeployConfig, read_env
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import qualified
+
+ModelKey = tuple[str, str]  # (tenant, model name): two tenants may each serve a `churn`
+
+
+def model_key(cfg: DeployConfig) -> ModelKey:
+    """The (tenant, name) a deploy config is served under."""
+    return cfg.tenant or DEFAULT_TENANT, cfg.name
 
 
 @dataclass
@@ -18,6 +27,16 @@ class ModelEntry:
     name: str
     desired: DeployConfig
     good: DeployConfig | None = None
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def key(self) -> ModelKey:
+        return self.tenant, self.name
+
+    @property
+    def label(self) -> str:
+        """The qualified name (`acme/churn`; bare for the default tenant) shown in answers."""
+        return qualified(self.tenant, self.name)
 
 
 @dataclass
@@ -72,17 +91,22 @@ def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
 
 
 def apply_desired(
-    entries: dict[str, ModelEntry], configs: dict[str, DeployConfig], result: ReconcileResult
+    entries: dict[ModelKey, ModelEntry],
+    configs: dict[str, DeployConfig],
+    result: ReconcileResult,
 ) -> list[tuple[ModelEntry, DeployConfig]]:
-    """Update `entries` in place to match `configs`; return (entry, previous config) per change."""
-    for name in [n for n in entries if n not in configs]:
-        del entries[name]
-        result.removed.append(name)
+    """Update `entries` in place to match `configs` (keyed by (tenant, name), whatever the keys
+    of `configs`); return (entry, previous config) per change. Result names are qualified."""
+    wanted = {model_key(cfg): cfg for cfg in configs.values()}
+    for key in [k for k in entries if k not in wanted]:
+        del entries[key]
+        result.removed.append(qualified(*key))
     changes: list[tuple[ModelEntry, DeployConfig]] = []
-    for name, cfg in configs.items():
-        entry = entries.get(name)
+    for key, cfg in wanted.items():
+        entry = entries.get(key)
+        name = qualified(*key)
         if entry is None:
-            entries[name] = ModelEntry(name, cfg)
+            entries[key] = ModelEntry(cfg.name, cfg, tenant=key[0])
             result.added.append(name)
         elif (entry.desired.artifact_digest, entry.desired.runtime) != (
             cfg.artifact_digest,
@@ -97,7 +121,7 @@ def apply_desired(
     return changes
 
 
-def referenced_digests(entries: dict[str, ModelEntry]) -> set[str]:
+def referenced_digests(entries: dict[ModelKey, ModelEntry]) -> set[str]:
     """Digests some entry still wants or still falls back to."""
     refs = {e.desired.artifact_digest for e in entries.values()}
     refs.update(e.good.artifact_digest for e in entries.values() if e.good is not None)
