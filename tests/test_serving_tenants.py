@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from modelworks import _git
 from modelworks.registry.store import Store
@@ -17,6 +18,7 @@ from modelworks.serving import create_app
 from modelworks.testing import deploy_iris, make_workspace, serve_on_loopback
 from modelworks.workspace import Workspace
 
+_WORKSPACES: dict[str, Workspace] = {}
 ROW = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}
 INFER = {"inputs": [ROW]}
 
@@ -55,6 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     tokens = _tokens(Store(ws.registry_url))
     app = create_app(ws, "test", reconcile_in_background=False, sample_rate=0.0)
     with serve_on_loopback(app) as base:
+        _WORKSPACES[base] = ws
         yield base, tokens
 
 
@@ -166,3 +169,24 @@ def test_metrics_carry_the_tenant_and_hide_other_tenants(
     assert 'mw_serving_requests_total{model="churn",tenant="acme"}' in acme
     assert 'tenant="globex"' not in acme
     assert "mw_serving_loaded_models" in acme
+
+
+def test_reconcile_answers_name_only_the_callers_tenants(
+    served: tuple[str, dict[str, str]],
+) -> None:
+    base, tokens = served
+    ws = _WORKSPACES[base]
+    extra = yaml.safe_load((ws.deploy_repo / "deploy/test/acme/churn/config.yaml").read_text())
+    rel = "deploy/test/acme/extra/config.yaml"
+    (ws.deploy_repo / rel).parent.mkdir(parents=True)
+    (ws.deploy_repo / rel).write_text(yaml.safe_dump({**extra, "name": "extra"}))
+    _git.commit(ws.deploy_repo, [rel], "acme/extra")
+    hidden = _call(base, tokens["globex"], "POST", "/admin/reconcile")
+    assert hidden.status_code == 200, hidden.text
+    assert hidden.json()["added"] == []
+    assert _call(base, tokens["acme"], "GET", "/tenants/acme/v2/models/extra").status_code == 200
+    (ws.deploy_repo / rel).unlink()
+    _git.commit(ws.deploy_repo, [rel], "no acme/extra")
+    shown = _call(base, tokens["admin"], "POST", "/admin/reconcile")
+    assert shown.json()["removed"] == ["acme/extra"]
+    assert _call(base, tokens["acme"], "GET", "/tenants/acme/v2/models/extra").status_code == 404

@@ -44,17 +44,17 @@ def config_path(env: str, model: str) -> str:
 
 
 def read_env(repo: Path, env: str, ref: str = "HEAD") -> dict[str, DeployConfig]:
-    """Every model deployed in `env` at `ref` of the deploy repo, by qualified name
-    (`acme/churn`; bare for the default tenant's)."""
-    from modelworks.tenancy.names import qualified
+    """Every model deployed in `env` at `ref` of the deploy repo, by model name."""
+    return {cfg.name: cfg for cfg in list_env(repo, env, ref)}
 
+
+def list_env(repo: Path, env: str, ref: str = "HEAD") -> list[DeployConfig]:
+    """Every config of `env` at `ref`, of every tenant (two tenants may each have a `churn`)."""
     paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
     contents = _git.cat_files(repo, ref, paths)
-    configs: dict[str, DeployConfig] = {}
-    for text in contents.values():
-        cfg = DeployConfig.model_validate(yaml.safe_load(text))
-        configs[qualified(cfg.tenant, cfg.name)] = cfg
-    return configs
+    return [
+        DeployConfig.model_validate(yaml.safe_load(contents[p])) for p in paths if p in contents
+    ]
 
 
 def read_worktree_env(repo: Path, env: str) -> dict[str, DeployConfig]:

@@ -90,8 +90,12 @@ def monitor(
     since: datetime | None = None,
     record: bool = True,
     actor: str = "monitor",
+    tenants: frozenset[str] | None = None,
 ) -> list[ModelDrift]:
-    """Check every model served in `env` (or the named ones) for drift; store the reports."""
+    """Check every model served in `env` (or the named ones) for drift; store the reports.
+
+    With `tenants` (the caller's visible tenants; None: all) only their models are checked;
+    another tenant's is as not deployed."""
     from modelworks.gitops.deploy import read_env
 
     if env not in ws.settings.environments:
@@ -100,6 +104,8 @@ def monitor(
             f"(environments: {', '.join(ws.settings.environments)})"
         )
     configs = read_env(ws.deploy_repo, env) if _has_commit(ws) else {}
+    if tenants is not None:
+        configs = {n: c for n, c in configs.items() if (c.tenant or "default") in tenants}
     if names:
         unknown = sorted(set(names) - set(configs))
         if unknown:

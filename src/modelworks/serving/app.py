@@ -36,6 +36,7 @@ from modelworks.serving.protocol import (
     encode_output,
     parse_request,
 )
+from modelworks.serving.reconcile import visible_result
 from modelworks.serving.server import ModelServer
 from modelworks.tenancy.access import DEFAULT_TENANT, visible_tenants
 
@@ -112,9 +113,12 @@ def model_key(request: Request) -> ModelKey:
 class ServingApp:
     """The request handlers, bound to one ModelServer."""
 
-    def __init__(self, server: ModelServer, sampler: PredictionSampler | None) -> None:
+    def __init__(
+        self, server: ModelServer, sampler: PredictionSampler | None, hide_names: bool = False
+    ) -> None:
         self.server = server
         self.sampler = sampler
+        self.hide_names = hide_names
 
     async def infer(self, request: Request) -> Response:
         """POST [/tenants/{tenant}]/v2/models/{name}[/versions/{version}]/infer."""
@@ -196,18 +200,23 @@ class ServingApp:
         return _json({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        """GET /v2/health/ready: 503 while a deployed model has no loadable version."""
+        """GET /v2/health/ready: 503 while a deployed model has no loadable version.
+
+        It is open, so with token auth it counts the failed models instead of naming them
+        (names are for those who may see their tenant)."""
         ok, broken = self.server.ready()
         body: dict[str, Any] = {"ready": ok, "models": len(self.server.entries)}
         if broken:
-            body["failed"] = broken
+            body["failed"] = len(broken) if self.hide_names else broken
         return _json(body, 200 if ok else 503)
 
     async def reconcile(self, request: Request) -> Response:
-        """POST /admin/reconcile: re-read Git now; JSON of what changed."""
+        """POST /admin/reconcile: re-read Git now; JSON of what changed (to the caller's
+        tenants' models)."""
         retry = request.query_params.get("retry", "").lower() in ("1", "true", "yes")
         result = await self.server.reconcile(retry_failed=retry)
-        return _json(result.to_json(), 200 if result.error is None else 500)
+        body = visible_result(result.to_json(), _tenants(request))
+        return _json(body, 200 if result.error is None else 500)
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: Prometheus exposition (only the caller's tenants' model series)."""
@@ -283,8 +292,8 @@ def create_app(
     first = server.reconcile_now()
     log.info("serving %d model(s) of %s at %s", len(server.entries), env, (first.commit or "")[:12])
     sampler = PredictionSampler.create(ws.state_dir / "predictions" / env, rate)
-    handlers = ServingApp(server, sampler)
     mode = auth or serving_auth(ws, env, host)
+    handlers = ServingApp(server, sampler, hide_names=mode == "token")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelworks import _git
 from modelworks.errors import GitError, ModelworksError
-from modelworks.gitops.deploy import DeployConfig, read_env
+from modelworks.gitops.deploy import DeployConfig, list_env
 from modelworks.tenancy.access import DEFAULT_TENANT
 from modelworks.tenancy.names import qualified
 
@@ -66,6 +66,30 @@ class ReconcileResult:
         }
 
 
+def tenant_of(name: str) -> str:
+    """The tenant of a qualified name: `acme/churn` -> acme, `churn` -> the default tenant."""
+    owner, sep, _ = name.rpartition("/")
+    return owner if sep and owner else DEFAULT_TENANT
+
+
+def visible_result(body: dict[str, Any], tenants: frozenset[str] | None) -> dict[str, Any]:
+    """A reconcile answer (`ReconcileResult.to_json`) naming only the `tenants`' models."""
+    if tenants is None:
+        return body
+
+    def seen(name: str) -> bool:
+        return tenant_of(name) in tenants
+
+    return {
+        **body,
+        "added": [n for n in body["added"] if seen(n)],
+        "removed": [n for n in body["removed"] if seen(n)],
+        "changed": [c for c in body["changed"] if seen(c["name"])],
+        "loaded": [n for n in body["loaded"] if seen(n)],
+        "failed": {n: e for n, e in body["failed"].items() if seen(n)},
+    }
+
+
 def resolve_ref(repo: Path, ref: str) -> str:
     """The commit `ref` names now (a branch is re-resolved on every call)."""
     sha = _git.head(repo, ref) if repo.is_dir() else None
@@ -79,9 +103,10 @@ def resolve_ref(repo: Path, ref: str) -> str:
 
 
 def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
-    """The env's deploy configs at `commit`, with a clear error on a bad config."""
+    """The env's deploy configs at `commit` by qualified name (every tenant's), with a clear
+    error on a bad config."""
     try:
-        return read_env(repo, env, commit)
+        return {qualified(c.tenant, c.name): c for c in list_env(repo, env, commit)}
     except ModelworksError:
         raise
     except Exception as exc:  # pydantic/yaml errors from a hand-edited config
