@@ -278,3 +278,17 @@ def test_cli_reads_show_only_the_tokens_tenant(
     assert "promotion/1" not in targets
     everything = _json_as(capsys, ws, tokens["root"], "audit")["events"]
     assert "acme" in {e["tenant"] for e in everything}
+
+
+def test_mw_promote_refuses_mixed_tenants_and_takes_tenant(
+    capsys: Capsys, ws: Workspace, store: Store, tokens: dict[str, str]
+) -> None:
+    code, _out, err = _as(capsys, ws, tokens["root"], "promote", "--all-changed")
+    assert code != 0
+    assert "a promotion request belongs to one tenant" in err
+    assert "--tenant T" in err
+    assert list_promotions(store) == []
+    req = _json_as(capsys, ws, tokens["root"], "promote", "--all-changed", "--tenant", "globex")
+    assert (req["tenant"], [i["model"] for i in req["items"]]) == ("globex", ["globex/model-1"])
+    mine = _json_as(capsys, ws, tokens["ann"], "promote", "--all-changed")
+    assert (mine["tenant"], mine["models"], mine["required_approvals"]) == ("acme", 2, 2)
