@@ -45,16 +45,13 @@ def config_path(env: str, model: str) -> str:
 
 def read_env(repo: Path, env: str, ref: str = "HEAD") -> dict[str, DeployConfig]:
     """Every model deployed in `env` at `ref` of the deploy repo, by model name."""
-    return {cfg.name: cfg for cfg in list_env(repo, env, ref)}
-
-
-def list_env(repo: Path, env: str, ref: str = "HEAD") -> list[DeployConfig]:
-    """Every config of `env` at `ref`, of every tenant (two tenants may each have a `churn`)."""
     paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
     contents = _git.cat_files(repo, ref, paths)
-    return [
-        DeployConfig.model_validate(yaml.safe_load(contents[p])) for p in paths if p in contents
-    ]
+    configs: dict[str, DeployConfig] = {}
+    for text in contents.values():
+        cfg = DeployConfig.model_validate(yaml.safe_load(text))
+        configs[cfg.name] = cfg
+    return configs
 
 
 def read_worktree_env(repo: Path, env: str) -> dict[str, DeployConfig]:
@@ -64,6 +61,15 @@ def read_worktree_env(repo: Path, env: str) -> dict[str, DeployConfig]:
         cfg = DeployConfig.model_validate(yaml.safe_load(path.read_text()))
         configs[cfg.name] = cfg
     return configs
+
+
+def list_env(repo: Path, env: str, ref: str = "HEAD") -> list[DeployConfig]:
+    """Every config of `env` at `ref`, of every tenant (two tenants may each have a `churn`)."""
+    paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
+    contents = _git.cat_files(repo, ref, paths)
+    return [
+        DeployConfig.model_validate(yaml.safe_load(contents[p])) for p in paths if p in contents
+    ]
 
 
 def write_configs(repo: Path, env: str, configs: list[DeployConfig]) -> list[str]:
