@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from modelworks.cli import emit_json
-from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
+from modelworks.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    actor,
+    open_scoped,
+    open_workspace,
+)
 
 audit_app = typer.Typer(help="List and verify the hash-chained audit log.")
 keys_app = typer.Typer(
@@ -129,8 +136,16 @@ def audit_cmd(
         return
     from modelworks.registry.audit import rows
 
-    _ws, store = open_workspace(workspace)
-    events = rows(store, action=action, actor=actor_, target=model, tenant=tenant, limit=limit)
+    _ws, store, tenants = open_scoped(workspace)
+    events = rows(
+        store,
+        action=action,
+        actor=actor_,
+        target=model,
+        tenant=tenant,
+        limit=limit,
+        tenants=tenants,
+    )
     if json_out:
         emit_json({"events": events})
         return

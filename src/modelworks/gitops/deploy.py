@@ -81,6 +81,15 @@ def read_worktree_env(repo: Path, env: str) -> dict[str, DeployConfig]:
     return configs
 
 
+def list_env(repo: Path, env: str, ref: str = "HEAD") -> list[DeployConfig]:
+    """Every config of `env` at `ref`, of every tenant (two tenants may each have a `churn`)."""
+    paths = [p for p in _git.ls_files(repo, ref, f"{DEPLOY_DIR}/{env}/") if p.endswith(CONFIG_NAME)]
+    contents = _git.cat_files(repo, ref, paths)
+    return [
+        DeployConfig.model_validate(yaml.safe_load(contents[p])) for p in paths if p in contents
+    ]
+
+
 def write_configs(repo: Path, env: str, configs: list[DeployConfig]) -> list[str]:
     """Write configs into the work tree; return the repo-relative paths that changed."""
     changed: list[str] = []

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from modelworks.errors import ConfigError, ModelworksError, NotFoundError
 from modelworks.registry import audit
 from modelworks.registry.models import DriftReportRow, Model
-from modelworks.registry.tenants import tenants
+from modelworks.registry.tenants import tenants as all_tenants
 from modelworks.spec import Monitoring, load_specs
 from modelworks.tenancy.names import qualified
 
@@ -92,8 +92,12 @@ def monitor(
     since: datetime | None = None,
     record: bool = True,
     actor: str = "monitor",
+    tenants: frozenset[str] | None = None,
 ) -> list[ModelDrift]:
-    """Check every model served in `env` (or the named ones) for drift; store the reports."""
+    """Check every model served in `env` (or the named ones) for drift; store the reports.
+
+    With `tenants` (the caller's visible tenants; None: all) only their models are checked;
+    another tenant's is as not deployed."""
     from modelworks.gitops.deploy import read_env
 
     if env not in ws.settings.environments:
@@ -102,6 +106,8 @@ def monitor(
             f"(environments: {', '.join(ws.settings.environments)})"
         )
     configs = read_env(ws.deploy_repo, env) if _has_commit(ws) else {}
+    if tenants is not None:
+        configs = {n: c for n, c in configs.items() if (c.tenant or "default") in tenants}
     if names:
         unknown = sorted(set(names) - set(configs))
         if unknown:
@@ -112,7 +118,7 @@ def monitor(
         configs = {n: configs[n] for n in names}
     settings = {
         i.qualified: i.spec.monitoring or DEFAULT
-        for i in load_specs(ws.models_dir, tenants=tenants(ws, store))
+        for i in load_specs(ws.models_dir, tenants=all_tenants(ws, store))
         if i.spec is not None
     }
     profiles = ProfileCache(ws)

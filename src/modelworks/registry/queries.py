@@ -1,4 +1,9 @@
-"""Read-side queries behind `mw status`, `mw show`, `mw runs` and `mw logs`."""
+"""Read-side queries behind `mw status`, `mw show`, `mw runs` and `mw logs`.
+
+Each takes `tenants`: the caller's visible tenants (`tenancy.access.visible_tenants`), None
+for all. Another tenant's model or run is then *not found*, with the very message of a
+missing one, so the answer never confirms that it exists.
+"""
 
 from __future__ import annotations
 
@@ -57,29 +62,41 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
     }
 
 
-def get_model(s: Any, ref: str) -> Model:
-    """The model `ref` names: `tenant/name`, or a bare name (see tenancy.names.resolve_ref)."""
+def only(q: Any, tenants: frozenset[str] | None) -> Any:
+    """`q` (a select over Model) limited to the `tenants` (None: all)."""
+    return q if tenants is None else q.where(Model.tenant.in_(sorted(tenants)))
+
+
+def get_model(s: Any, ref: str, tenants: frozenset[str] | None = None) -> Model:
+    """The model `ref` names among the `tenants`' models (None: all): `tenant/name`, or a bare
+    name (see tenancy.names.resolve_ref). Another tenant's model is not found, as a missing one."""
     _tenant, name = split_ref(ref)
-    found = s.scalars(select(Model).where(Model.name == name))
+    found = s.scalars(only(select(Model).where(Model.name == name), tenants))
     rows = {(m.tenant or DEFAULT_TENANT, m.name): m for m in found}
     if not rows:
-        names = s.execute(select(Model.tenant, Model.name)).tuples().all()
+        names = s.execute(only(select(Model.tenant, Model.name), tenants)).tuples().all()
         shown = [qualified(t, n) for t, n in names]
         raise NotFoundError(f"no model named {ref!r} in the registry.{did_you_mean(ref, shown)}")
     model: Model = rows[model_key(resolve_ref(ref, rows))]
     return model
 
 
-def resolve_model(store: Store, ref: str) -> str:
+def resolve_model(store: Store, ref: str, tenants: frozenset[str] | None = None) -> str:
     """The qualified name (`acme/churn`, bare for the default tenant) of the registered
     model `ref` names (`tenant/name` or a bare name); NotFoundError / ConflictError else."""
     with store.session() as s:
-        m = get_model(s, ref)
+        m = get_model(s, ref, tenants)
         return qualified(m.tenant, m.name)
 
 
-def status(store: Store) -> list[dict[str, Any]]:
-    """One row per model: latest version, its status and metrics, and what each env serves."""
+def visible_ref(store: Store, name: str, tenants: frozenset[str] | None) -> str:
+    """The qualified name of the model `name` names among the `tenants`' (NotFoundError)."""
+    return resolve_model(store, name, tenants)
+
+
+def status(store: Store, tenants: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model of the `tenants` (None: all): latest version, its status and
+    metrics, and what each env serves."""
     with store.session() as s:
         latest = select(func.max(ModelVersion.id)).group_by(ModelVersion.model_id)
         versions = {
@@ -93,7 +110,7 @@ def status(store: Store) -> list[dict[str, Any]]:
         last_run = select(func.max(Run.id)).group_by(Run.model_id)
         runs = {r.model_id: r for r in s.scalars(select(Run).where(Run.id.in_(last_run)))}
         rows = []
-        for m in s.scalars(select(Model).order_by(Model.name)):
+        for m in s.scalars(only(select(Model), tenants).order_by(Model.name)):
             v, r = versions.get(m.id), runs.get(m.id)
             rows.append(
                 {
@@ -120,10 +137,10 @@ def model_versions(s: Any, model_id: int) -> list[ModelVersion]:
     return list(s.scalars(q).all())
 
 
-def show(store: Store, name: str) -> dict[str, Any]:
-    """Everything the registry knows about one model."""
+def show(store: Store, name: str, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+    """Everything the registry knows about one model (of the `tenants`; None: any)."""
     with store.session() as s:
-        m = get_model(s, name)
+        m = get_model(s, name, tenants)
         versions = model_versions(s, m.id)
         deps = s.scalars(
             select(Deployment).where(Deployment.model_id == m.id).order_by(Deployment.id.desc())
@@ -192,13 +209,19 @@ def layout_repo(layout: str) -> str:
 
 
 def runs(
-    store: Store, *, model: str | None = None, status: str | None = None, limit: int = 50
+    store: Store,
+    *,
+    model: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    tenants: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Recent runs, newest first."""
+    """Recent runs of the `tenants`' models (None: all), newest first."""
     with store.session() as s:
-        q = select(Run, Model.tenant, Model.name).join(Model).order_by(Run.id.desc()).limit(limit)
+        q = only(select(Run, Model.tenant, Model.name).join(Model), tenants)
+        q = q.order_by(Run.id.desc()).limit(limit)
         if model:
-            q = q.where(Run.model_id == get_model(s, model).id)
+            q = q.where(Run.model_id == get_model(s, model, tenants).id)
         if status:
             q = q.where(Run.status == status)
         return [
@@ -207,14 +230,18 @@ def runs(
         ]
 
 
-def run_log(store: Store, model: str, run_id: int | None = None) -> tuple[dict[str, Any], str]:
-    """A run of `model` (the latest unless named) and its log text."""
+def run_log(
+    store: Store, model: str, run_id: int | None = None, tenants: frozenset[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """A run of `model` (the latest unless named; of the `tenants`, None: any) and its log."""
     from pathlib import Path
 
     found = (
-        runs(store, model=model, limit=1)
+        runs(store, model=model, limit=1, tenants=tenants)
         if run_id is None
-        else [r for r in runs(store, model=model, limit=10_000) if r["id"] == run_id]
+        else [
+            r for r in runs(store, model=model, limit=10_000, tenants=tenants) if r["id"] == run_id
+        ]
     )
     if not found:
         raise NotFoundError(f"no run{'' if run_id is None else f' {run_id}'} of model {model!r}")
