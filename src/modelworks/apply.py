@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
 from modelworks import _git
+from modelworks.artifacts.verify import signed_baseline
 from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
@@ -146,18 +147,7 @@ def _baselines(
     if not wanted:
         return {}
     deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
-    pairs = {(n, deployed[n].version) for n in wanted if n in deployed}
-    out: dict[str, dict[str, float]] = {}
-    with store.session() as s:
-        rows = s.execute(
-            select(Model.name, ModelVersion.version, ModelVersion.metrics)
-            .join(ModelVersion)
-            .where(Model.name.in_([p[0] for p in pairs]))
-        )
-        for name, version, metrics in rows:
-            if (name, version) in pairs:
-                out[name] = metrics
-    return out
+    return {n: signed_baseline(ws, deployed[n]) for n in sorted(wanted) if n in deployed}
 
 
 def _jobs(
