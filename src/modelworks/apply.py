@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
 from modelworks import _git
+from modelworks.artifacts.verify import signed_baseline
 from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
@@ -26,7 +27,7 @@ from modelworks.registry.tenants import repository_of
 from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
 from modelworks.security.redact import sealed_values
-from modelworks.tenancy.names import qualified, split_ref
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -151,18 +152,7 @@ def _baselines(
     if not wanted:
         return {}
     deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
-    pairs = {(n, deployed[n].version) for n in wanted if n in deployed}
-    out: dict[str, dict[str, float]] = {}
-    with store.session() as s:
-        rows = s.execute(
-            select(Model.tenant, Model.name, ModelVersion.version, ModelVersion.metrics)
-            .join(ModelVersion)
-            .where(Model.name.in_([split_ref(p[0])[1] for p in pairs]))
-        )
-        for tenant, name, version, metrics in rows:
-            if (qualified(tenant, name), version) in pairs:
-                out[qualified(tenant, name)] = metrics
-    return out
+    return {n: signed_baseline(ws, deployed[n]) for n in sorted(wanted) if n in deployed}
 
 
 def _jobs(

@@ -46,7 +46,7 @@ def verify_cmd(
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Verify a version before anything loads it: digests, signature, SBOM and scan."""
+    """Verify a version before anything loads it: digests, signature, metrics, SBOM, scan."""
     from modelworks._console import console
     from modelworks.artifacts.verify import verify_version
     from modelworks.errors import ConfigError
@@ -75,6 +75,11 @@ def verify_cmd(
     console.print(
         f"  signature  {len(c['files'])} files, key {sig['key']}{retired} "
         f"{sig['fingerprint'][:19]}",
+        highlight=False,
+    )
+    console.print(
+        f"  metrics    {c['metrics']['signed']} signed metrics"
+        + ("; the registry matches" if c["metrics"].get("registry_matches") else ""),
         highlight=False,
     )
     console.print(
