@@ -195,7 +195,8 @@ def test_argocd_warns_about_a_missing_chart(
     assert not [w for w in warnings if "no Chart.yaml" in w]
     capsys.readouterr()
     export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"], warnings=(again := []))
-    assert again == [] and "chart" not in capsys.readouterr().err
+    assert again == []
+    assert "chart" not in capsys.readouterr().err
 
 
 def test_argocd_rejects_bad_env_name(repo: Path, tmp_path: Path) -> None:
@@ -444,3 +445,23 @@ def test_argocd_go_templates_render_like_argocd(repo: Path, tmp_path: Path) -> N
         assert row[".spec.source.helm.parameters[0].value"] == name
         assert row[".spec.source.helm.parameters[5].value"] == DIGEST
     assert rows[2][".metadata.labels.modelworks.dev/tenant"] == "team-a"
+    # A reference-layout config has only the five keys: the extras render as "" (no error).
+    reference = {
+        "chart_path": "charts/modelcar",
+        "name": "churn-predictor",
+        "image_repository": "quay.io",
+        "image_namespace": "acme",
+        "version": "f7844fe3d7",
+        "path": {"path": "test/churn-predictor", "basename": "churn-predictor"},
+    }
+    proc = subprocess.run(
+        [str(tmp_path / "render")],
+        input=json.dumps({"templates": templates, "params": [reference]}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [row] = json.loads(proc.stdout)
+    assert row[".metadata.labels.modelworks.dev/tenant"] == "default"
+    assert row[".spec.source.helm.parameters[2].value"] == "quay.io"
+    assert row[".spec.source.helm.parameters[5].value"] == ""  # artifact_digest

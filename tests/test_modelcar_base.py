@@ -44,13 +44,16 @@ def model_dir(tmp_path: Path) -> Path:
 def test_the_layer_is_deterministic_and_holds_busybox_and_its_applets(tmp_path: Path) -> None:
     a = base_layer(OCIStore(tmp_path / "a"), "busybox")
     b = base_layer(OCIStore(tmp_path / "b"), None)  # the default is busybox
-    assert a is not None and b is not None
-    assert a.digest == b.digest and a.size == b.size
+    assert a is not None
+    assert b is not None
+    assert a.digest == b.digest
+    assert a.size == b.size
     data = OCIStore(tmp_path / "a").read_blob(a.digest)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert sorted(members) == ["bin", "bin/busybox", "bin/ln", "bin/sh", "bin/sleep"]
-    assert members["bin/busybox"].isfile() and members["bin/busybox"].mode == 0o755
+    assert members["bin/busybox"].isfile()
+    assert members["bin/busybox"].mode == 0o755
     for applet in ("ln", "sh", "sleep"):
         assert members[f"bin/{applet}"].issym()
         assert members[f"bin/{applet}"].linkname == "busybox"
@@ -105,9 +108,7 @@ def test_images_share_one_base_layer_and_read_like_model_only_ones(tmp_path: Pat
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chroot") is None, reason="needs root")
 def test_the_image_runs_kserves_modelcar_command(tmp_path: Path) -> None:
     store = OCIStore(tmp_path / "oci")
-    ref = store.write_image(
-        "iris", "v1", model_dir(tmp_path), {}, base_layer(store, "busybox")
-    )
+    ref = store.write_image("iris", "v1", model_dir(tmp_path), {}, base_layer(store, "busybox"))
     # Unpack what skopeo copies out, layer by layer, as a container runtime would.
     copied = tmp_path / "copied"
     subprocess.run(["skopeo", "copy", ref.skopeo_ref, f"dir:{copied}"], check=True)
@@ -194,9 +195,11 @@ def test_the_line_packages_signs_and_verifies_with_either_setting(
     sbom = json.loads(oci.read_file(info["digest"], "sbom.json"))
     names = {c["name"] for c in sbom["components"]}
     if setting == "busybox":
-        assert len(layers) == 2 and layers[0]["annotations"] == {ROLE_ANNOTATION: "base"}
+        assert len(layers) == 2
+        assert layers[0]["annotations"] == {ROLE_ANNOTATION: "base"}
         assert "busybox-static" in names
         assert info["checks"]["sbom"]["base_image"].startswith("busybox-static ")
     else:
-        assert len(layers) == 1 and "busybox-static" not in names
+        assert len(layers) == 1
+        assert "busybox-static" not in names
     assert info["checks"]["signature"]["fingerprint"]

@@ -146,12 +146,14 @@ def _check_static(path: Path, data: bytes, architecture: str) -> None:
             f"but the images are {architecture!r}"
         )
     if bits64:
-        phoff, (phentsize, phnum) = _u(data, order, "Q", 32), struct.unpack_from(
-            f"{order}HH", data, 54
+        phoff, (phentsize, phnum) = (
+            _u(data, order, "Q", 32),
+            struct.unpack_from(f"{order}HH", data, 54),
         )
     else:
-        phoff, (phentsize, phnum) = _u(data, order, "I", 28), struct.unpack_from(
-            f"{order}HH", data, 42
+        phoff, (phentsize, phnum) = (
+            _u(data, order, "I", 28),
+            struct.unpack_from(f"{order}HH", data, 42),
         )
     for i in range(phnum):
         if _u(data, order, "I", phoff + i * phentsize) == _PT_INTERP:

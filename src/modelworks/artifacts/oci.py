@@ -308,10 +308,12 @@ class OCIStore:
             layer_digest, layer_size = self._put_model_layer(model_dir)
         except OSError as exc:
             raise ArtifactError(f"cannot package {model_dir} as {repo}:{tag}: {exc}") from None
-        layers = [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}]
+        layers: list[dict[str, Any]] = [
+            {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
+        ]
         if base is not None:
             layers.insert(0, base.descriptor())
-        config = self._config_bytes([ly["digest"] for ly in layers], base is not None)
+        config = self._config_bytes([str(ly["digest"]) for ly in layers], base is not None)
         config_digest = self.put_blob(config)
         manifest = build_manifest(
             {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},

@@ -360,10 +360,9 @@ def export_argocd_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """One Argo CD ApplicationSet per environment (auto-sync where auto_deploy is on)."""
-    from modelworks._console import console
     from rich.markup import escape
 
-    from modelworks._console import err_console
+    from modelworks._console import console, err_console
     from modelworks.gitops.export import default_repo_url, export_argocd
     from modelworks.workspace import Workspace
 

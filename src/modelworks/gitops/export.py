@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from rich.markup import escape
 
 from modelworks import _git
@@ -264,7 +263,8 @@ def install_chart(repo: Path, warnings: list[str]) -> str | None:
         dest.write_bytes(path.read_bytes())
     rel = [f"{DEFAULT_CHART}/{p.relative_to(source).as_posix()}" for p in files]
     sha = _git.commit(repo, rel, f"{DEFAULT_CHART}: the Helm chart shipped with modelworks")
-    _warn(warnings, f"committed the chart shipped with modelworks to {target} ({sha[:12]})")
+    if sha is not None:
+        _warn(warnings, f"committed the chart shipped with modelworks to {target} ({sha[:12]})")
     return sha
 
 
