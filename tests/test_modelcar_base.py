@@ -140,6 +140,7 @@ def test_none_keeps_model_only_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
+        (lambda d: "alpine", "expected 'busybox'"),
         (lambda d: d / "missing", "no such file"),
         (lambda d: d / "text", "is not an ELF executable"),
         (lambda d: Path(shutil.which("ls") or "/bin/ls"), "is dynamically linked"),

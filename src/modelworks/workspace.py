@@ -81,9 +81,13 @@ class OCISettings(_Section):
     @field_validator("base_image")
     @classmethod
     def _check_base_image(cls, value: str) -> str:
-        from modelworks.artifacts.baselayer import check_setting
-
-        return check_setting(value)
+        # The same rule as artifacts.baselayer.check_setting (the workspace imports no layer).
+        if value in ("busybox", "none") or os.path.isabs(value):
+            return value
+        raise ValueError(
+            f"oci.base_image {value!r}: expected 'busybox' (Debian's busybox-static), 'none' "
+            "(model-only images) or the absolute path of a statically linked busybox"
+        )
 
 
 HttpAuth = Literal["none", "token"]

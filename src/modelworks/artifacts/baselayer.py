@@ -84,10 +84,10 @@ class BaseLayer:
 
 
 def check_setting(value: str) -> str:
-    """`value` if it is a valid oci.base_image, else raise ValueError saying what is."""
+    """`value` if it is a valid oci.base_image, else raise ArtifactError saying what is."""
     if value in (BASE_BUSYBOX, BASE_NONE) or os.path.isabs(value):
         return value
-    raise ValueError(
+    raise ArtifactError(
         f"oci.base_image {value!r}: expected 'busybox' (Debian's busybox-static), 'none' "
         "(model-only images) or the absolute path of a statically linked busybox"
     )
