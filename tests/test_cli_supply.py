@@ -64,7 +64,7 @@ def test_verify_failures_are_one_red_line(
 
     digest = served(ws)["artifact_digest"]
     oci = OCIStore(ws.oci_dir)
-    blob = oci.blob_path(oci.manifest(digest)["layers"][0]["digest"])
+    blob = oci.blob_path(oci.manifest(digest)["layers"][-1]["digest"])
     blob.write_bytes(blob.read_bytes()[:-512])
     code, out, err = mw(capsys, ws, "verify", "model-0")
     assert code == 1

@@ -14,6 +14,7 @@ import pytest
 
 from modelworks import _git
 from modelworks.apply import apply
+from modelworks.artifacts.baselayer import base_layer
 from modelworks.artifacts.oci import OCIStore
 from modelworks.registry.store import Store
 from modelworks.runs.executor import LocalExecutor
@@ -118,11 +119,11 @@ def _repackaged(ws: Workspace, name: str, digest: str, scratch: Path) -> str:
     store = OCIStore(ws.oci_dir)
     files = store.extract(digest, scratch / "files")
     notes = store.manifest(digest)["annotations"]
-    return (
-        OCIStore(scratch / "oci")
-        .write_image(name, notes["org.opencontainers.image.version"], files, notes)
-        .digest
-    )
+    target = OCIStore(scratch / "oci")
+    base = base_layer(target, ws.settings.oci.base_image)  # built here, as the remote did
+    return target.write_image(
+        name, notes["org.opencontainers.image.version"], files, notes, base
+    ).digest
 
 
 def _files(ws: Workspace, digest: str) -> dict[str, bytes | None]:

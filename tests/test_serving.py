@@ -121,7 +121,7 @@ class Fleet:
 
     def layer_blob(self, digest: str) -> Path:
         store = OCIStore(self.ws.oci_dir)
-        layer = store.manifest(digest)["layers"][0]["digest"]
+        layer = store.manifest(digest)["layers"][-1]["digest"]
         return store.blob_path(layer)
 
 

@@ -204,6 +204,7 @@ def _jobs(
                     "names": _names(ref.kind, ref.dataset, ref.files),
                 },
                 "oci_dir": str(ws.oci_dir),
+                "base_image": ws.settings.oci.base_image,
                 "work_dir": str(work_dir),
                 "log_path": str(log_path),
                 "signing_key": str(key),

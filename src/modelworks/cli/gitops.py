@@ -365,13 +365,6 @@ def push_cmd(
         raise typer.Exit(1)
 
 
-def _default_repo_url(repo: Path) -> str:
-    from modelworks import _git
-
-    url = _git.git(repo, "remote", "get-url", "origin", check=False).strip()
-    return url or str(repo.resolve())
-
-
 @export_app.command("argocd")
 def export_argocd_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for appset-<env>.yaml files.")],
@@ -388,22 +381,31 @@ def export_argocd_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """One Argo CD ApplicationSet per environment (auto-sync where auto_deploy is on)."""
-    from modelworks._console import console
-    from modelworks.gitops.export import export_argocd
+    from rich.markup import escape
+
+    from modelworks._console import console, err_console
+    from modelworks.gitops.export import default_repo_url, export_argocd
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(workspace)
     envs = ws.settings.environments
+    warnings: list[str] = []
     with _warnings_to_stderr():
+        if not repo_url:
+            repo_url, fallback = default_repo_url(ws.deploy_repo)
+            if fallback:
+                err_console.print(f"[yellow]{escape(fallback)}[/]")
+                warnings.append(fallback)
         paths = export_argocd(
             ws.deploy_repo,
             out,
-            repo_url=repo_url or _default_repo_url(ws.deploy_repo),
+            repo_url=repo_url,
             envs=list(envs),
             revision=revision,
             auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()},
+            warnings=warnings,
         )
-    _report_written(paths, json_out, console)
+    _report_written(paths, json_out, console, warnings)
 
 
 @export_app.command("kserve")
@@ -470,9 +472,14 @@ def _warnings_to_stderr() -> Any:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def _report_written(paths: list[Path], json_out: bool, console: Any) -> None:
+def _report_written(
+    paths: list[Path], json_out: bool, console: Any, warnings: list[str] | None = None
+) -> None:
     if json_out:
-        emit_json({"written": [str(p) for p in paths]})
+        doc: dict[str, Any] = {"written": [str(p) for p in paths]}
+        if warnings is not None:
+            doc["warnings"] = warnings
+        emit_json(doc)
         return
     for p in paths:
         console.print(f"  wrote {p}", highlight=False)

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelworks import LINE_FORMAT
 from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
@@ -22,6 +22,9 @@ from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.security.redact import RedactingWriter, redact
 from modelworks.spec import Gates
+
+if TYPE_CHECKING:
+    from modelworks.artifacts.baselayer import BaseLayer
 
 ANNOTATION_PREFIX = "dev.modelworks"
 
@@ -88,27 +91,39 @@ def used_packages() -> list[str]:
     return sorted({d for top in tops for d in dists.get(top, [])})
 
 
-def sbom_bytes() -> bytes:
+def sbom_bytes(base: BaseLayer | None = None) -> bytes:
     """The CycloneDX SBOM of the packages this process uses, built once per set of packages.
 
     The set is recomputed only when new modules were imported since the last call, so the
-    steady state costs a dictionary lookup.
+    steady state costs a dictionary lookup. `base` (the image's base layer) is listed too.
     """
     import json
 
-    from modelworks.artifacts.sbom import environment_sbom
+    from modelworks.artifacts.sbom import environment_sbom, with_component
 
     global _SEEN_MODULES, _PACKAGES
     if len(sys.modules) != _SEEN_MODULES:
         _SEEN_MODULES, _PACKAGES = len(sys.modules), tuple(used_packages())
-    if _PACKAGES not in _SBOMS:
-        _SBOMS[_PACKAGES] = json.dumps(environment_sbom(list(_PACKAGES)), indent=1).encode()
-    return _SBOMS[_PACKAGES]
+    key = (_PACKAGES, base)
+    if key not in _SBOMS:
+        doc = environment_sbom(list(_PACKAGES))
+        if base is not None:
+            doc = with_component(doc, base.component())
+        _SBOMS[key] = json.dumps(doc, indent=1).encode()
+    return _SBOMS[key]
+
+
+def base_of(job: dict[str, Any]) -> BaseLayer | None:
+    """The ModelCar base layer `oci.base_image` (job["base_image"]) asks for, built once."""
+    from modelworks.artifacts.baselayer import BASE_BUSYBOX, base_layer
+    from modelworks.artifacts.oci import OCIStore
+
+    return base_layer(OCIStore(Path(job["oci_dir"])), job.get("base_image") or BASE_BUSYBOX)
 
 
 _SEEN_MODULES = 0
 _PACKAGES: tuple[str, ...] = ()
-_SBOMS: dict[tuple[str, ...], bytes] = {}
+_SBOMS: dict[tuple[tuple[str, ...], BaseLayer | None], bytes] = {}
 _DISTS: Mapping[str, list[str]] | None = None
 
 
@@ -128,7 +143,7 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
         from modelworks.monitor.profile import build_profile
 
         write_json(out / "profile.json", build_profile(X, names), compact=True)
-    (out / "sbom.json").write_bytes(sbom_bytes())
+    (out / "sbom.json").write_bytes(sbom_bytes(base_of(job)))
     return out
 
 
@@ -145,7 +160,7 @@ def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, A
     # The OCI repository: the model's name, `<tenant namespace>/<name>` for other tenants.
     repository = job.get("repository") or job["model"]
     image = OCIStore(Path(job["oci_dir"])).write_image(
-        repository, job["version"], out, image_annotations(job, ctx["metrics"])
+        repository, job["version"], out, image_annotations(job, ctx["metrics"]), base_of(job)
     )
     return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
 
