@@ -11,16 +11,6 @@ import numpy as np
 from modelworks.errors import PipelineError
 
 MODEL_FILES = {"sklearn": "model.skops", "onnx": "model.onnx"}
-# The files each runtime's server loads, by suffix (serving/runtimes.py); pickles are left
-# out: the server refuses them unless started with allow_pickle.
-RUNTIME_SUFFIXES = {
-    "sklearn": (".skops",),
-    "onnx": (".onnx",),
-    "xgboost": (".json", ".ubj", ".bst"),
-    "lightgbm": (".txt",),
-}
-# What the line itself writes beside the model file.
-LINE_FILES = frozenset({"metadata.json", "metrics.json", "profile.json", "sbom.json", "model.sig"})
 _DTYPES = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL", "O": "BYTES", "U": "BYTES"}
 
 
@@ -71,55 +61,6 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
     meta: dict[str, Any] = {"runtime": runtime, "model_file": MODEL_FILES[runtime]}
     if X is not None:
         y = np.asarray(model.predict(X[:2]))
-        meta["inputs"] = [{"name": "input-0", "datatype": in_dtype, "shape": [-1, int(X.shape[1])]}]
-        meta["outputs"] = [{"name": "output-0", "datatype": datatype(y), "shape": [-1]}]
-        meta["feature_names"] = names or [f"f{i}" for i in range(X.shape[1])]
-    return meta
-
-
-def custom_model_file(runtime: str, out_dir: Path, returned: Any) -> str:
-    """The model file a pipeline's own save() wrote: the name it returned, else the one file
-    in out_dir the runtime loads. PipelineError saying what to do when neither is clear."""
-    suffixes = RUNTIME_SUFFIXES.get(runtime, ())
-    if isinstance(returned, str | Path) and str(returned):
-        path = Path(returned) if Path(returned).is_absolute() else out_dir / returned
-        if path.parent.resolve() != out_dir.resolve() or not path.is_file():
-            raise PipelineError(
-                f"save() returned {str(returned)!r}, which is not a file it wrote in output_dir "
-                "(return the model file's name, e.g. 'model.skops')"
-            )
-        return path.name
-    found = sorted(
-        p.name
-        for p in out_dir.iterdir()
-        if p.is_file() and p.name not in LINE_FILES and p.suffix in suffixes
-    )
-    if len(found) == 1:
-        return found[0]
-    wanted = ", ".join(f"*{x}" for x in suffixes) or "none: unknown runtime"
-    if not found:
-        raise PipelineError(
-            f"save() wrote no file the {runtime} runtime can load (it loads {wanted}); write "
-            "one into output_dir, or return the model file's name from save()"
-        )
-    raise PipelineError(
-        f"save() wrote several files the {runtime} runtime could load ({', '.join(found)}): "
-        "return the model file's name from save()"
-    )
-
-
-def custom_metadata(
-    runtime: str, out_dir: Path, returned: Any, model: Any, data: Any
-) -> dict[str, Any]:
-    """metadata.json for a model a pipeline saved itself (its file found by custom_model_file)."""
-    meta: dict[str, Any] = {
-        "runtime": runtime,
-        "model_file": custom_model_file(runtime, out_dir, returned),
-    }
-    X, names = sample_of(data)
-    if X is not None and hasattr(model, "predict"):
-        y = np.asarray(model.predict(X[:2]))
-        in_dtype = "FP32" if runtime == "onnx" else "FP64"
         meta["inputs"] = [{"name": "input-0", "datatype": in_dtype, "shape": [-1, int(X.shape[1])]}]
         meta["outputs"] = [{"name": "output-0", "datatype": datatype(y), "shape": [-1]}]
         meta["feature_names"] = names or [f"f{i}" for i in range(X.shape[1])]
