@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelworks import LINE_FORMAT
-from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
+from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
 from modelworks.errors import ModelworksError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
@@ -116,8 +116,9 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
     """Write model files, metadata, metrics, profile and SBOM into the output folder."""
     out: Path = ctx["output_dir"]
     if ctx["custom_save"] is not None:
-        call(ctx["custom_save"], ctx)
-        meta = {"runtime": job["runtime"], "model_file": job.get("model_file", "")}
+        returned = call(ctx["custom_save"], ctx)
+        model_file = custom_model_file(job["runtime"], out, returned)
+        meta = {"runtime": job["runtime"], "model_file": model_file}
     else:
         meta = save_model(job["runtime"], ctx["model"], out, ctx["data"])
     meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
