@@ -88,9 +88,7 @@ def custom_model_file(runtime: str, out_dir: Path, returned: Any) -> str:
             f"runtime {runtime} cannot be served (supported: {', '.join(LOADABLE_SUFFIXES)})"
         )
     wanted = f"a {runtime} model file ({', '.join(suffixes)})"
-    written = sorted(
-        p.name for p in out_dir.iterdir() if p.is_file() and p.name not in LINE_FILES
-    )
+    written = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name not in LINE_FILES)
     if isinstance(returned, (str, Path)) and str(returned):
         name = Path(returned).name
         if name not in written or Path(returned).parent not in (Path("."), out_dir):
