@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelworks import LINE_FORMAT
-from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
-from modelworks.errors import ModelworksError
+from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
+from modelworks.errors import ModelworksError, PipelineError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.security.redact import RedactingWriter, redact
@@ -131,8 +131,12 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
     """Write model files, metadata, metrics, profile and SBOM into the output folder."""
     out: Path = ctx["output_dir"]
     if ctx["custom_save"] is not None:
-        call(ctx["custom_save"], ctx)
-        meta = {"runtime": job["runtime"], "model_file": job.get("model_file", "")}
+        returned = call(ctx["custom_save"], ctx)
+        meta: dict[str, Any] = {"runtime": job["runtime"]}
+        try:
+            meta["model_file"] = custom_model_file(job["runtime"], out, returned)
+        except PipelineError as exc:  # raised after the scan: a hostile file is rejected first
+            ctx["unservable"] = exc
     else:
         meta = save_model(job["runtime"], ctx["model"], out, ctx["data"])
     meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
@@ -313,6 +317,8 @@ def _run(
                         + "; ".join(problems + scan["errors"])[:2000],
                     )
                     logger.error("%s", result["error"])
+                elif ctx.get("unservable") is not None:
+                    raise ctx["unservable"]
                 else:
                     result.update(_package(job, ctx, out), status="succeeded")
                     logger.info("packaged %s (signed: %s)", result["digest"], result["signed"])
