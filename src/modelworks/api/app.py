@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1"
 # Router modules under modelworks.api.routers, each exposing `router` (an APIRouter).
-ROUTERS = ("whoami",)
+ROUTERS = ("whoami", "plan", "promotions", "rollbacks")
 ERROR_RESPONSE = {"description": "An error", "content": {JSON: {"schema": ERROR_SCHEMA}}}
 
 

@@ -127,10 +127,16 @@ def audit_cmd(
     if ctx.invoked_subcommand is not None:  # `mw audit -C ws --json verify` means what it says
         ctx.obj = {"workspace": workspace, "json": json_out}
         return
-    from modelworks.registry.audit import rows
+    from modelworks.cli._remote import path, remote
 
-    _ws, store = open_workspace(workspace)
-    events = rows(store, action=action, actor=actor_, target=model, tenant=tenant, limit=limit)
+    if (api := remote()) is not None:
+        query = {"action": action, "actor": actor_, "model": model, "tenant": tenant}
+        events = api.get(path("audit"), {**query, "limit": limit})["events"]
+    else:
+        from modelworks.registry.audit import rows
+
+        _ws, store = open_workspace(workspace)
+        events = rows(store, action=action, actor=actor_, target=model, tenant=tenant, limit=limit)
     if json_out:
         emit_json({"events": events})
         return

@@ -10,7 +10,7 @@ stay importable from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Model, ModelVersion, PromotionRequest
+from modelworks.tenancy.access import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from modelworks.gitops.forge import ForgeProvider
@@ -288,13 +289,15 @@ def promote(
     pipeline: str | None = None,
     labels: list[str] | None = None,
     actor: str,
+    tenants: Collection[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Open one promotion request (branch promote/<id> + record) for the selected models.
 
     Select by names, `all_changed`, `pipeline` or `labels` (k=v); only models whose
-    version in `source` differs from what `to` serves are included. An env needing no
-    approvals is merged at once.
+    version in `source` differs from what `to` serves are included. With `tenants`, only
+    those tenants' models can be selected (another tenant's is not found). An env needing
+    no approvals is merged at once.
     """
     required = _env_settings(ws, to, source)
     if not (models or all_changed or pipeline or labels):
@@ -307,6 +310,9 @@ def promote(
     provider = provider_for(ws, environ)
     with store.session() as s:
         rows = {m.name: m for m in s.scalars(select(Model))}
+        if tenants is not None:
+            rows = {n: m for n, m in rows.items() if (m.tenant or DEFAULT_TENANT) in tenants}
+            cands = {n: c for n, c in cands.items() if n in rows}
         chosen = _select(cands, models or [], all_changed, pipeline, wanted_labels, rows, source)
         if not chosen:
             raise DeployError(
