@@ -301,3 +301,18 @@ def test_hostile_input_is_4xx_in_the_one_shape_and_changes_nothing(
     raw = api.post("/api/v1/plan", content=b"{not json", headers=headers)
     assert raw.status_code == 422
     assert state(ws) == before
+
+
+def test_apply_queues_while_a_controller_holds_the_workspace_lock(
+    ws: Workspace, tokens: dict[str, str], api: AppClient
+) -> None:
+    from modelworks.apply import workspace_lock
+
+    change(ws, "model-2", 8.0)
+    lock = workspace_lock(ws, 0)  # an apply that is busy training
+    try:
+        r = call(api, tokens, "dev", "POST", "/apply", {"models": ["model-2"]})
+    finally:
+        lock.release()
+    assert r.status_code == 202, r.text
+    assert [run["model"] for run in r.json()["runs"]] == ["model-2"]

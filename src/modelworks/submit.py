@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from modelworks.apply import _ensure_models, _record_pipelines, workspace_lock
+from modelworks.apply import _ensure_models, _record_pipelines
 from modelworks.errors import NotFoundError, did_you_mean
 from modelworks.plan import ModelPlan, Plan, plan
 from modelworks.registry import audit
@@ -69,7 +69,6 @@ def submit(
     actor: str,
     tenants: Collection[str] | None = None,
     allow_dirty: bool = False,
-    wait: float = 0,
 ) -> dict[str, Any]:
     """Queue a run for each model the plan would train (of `tenants` only, when given).
 
@@ -77,18 +76,17 @@ def submit(
     with ids), how many of them this call added (`queued`), the unchanged models (`skipped`)
     and the per-model errors, the same way `mw apply --json` reports them.
     """
-    lock = workspace_lock(ws, wait)
-    try:
-        p = plan_for(ws, store, names, tenants, allow_dirty=allow_dirty)
-        valid = [m for m in p.models if m.action != "error"]
-        added = 0
-        if p.changes:
-            ids = _ensure_models(ws, store, valid)
-            _record_pipelines(ws, store, p.changes)
-            added = queue.enqueue(store, p.changes, ids, "auto")
-        runs = _active_runs(store, p.changes)
-    finally:
-        lock.release()
+    # No workspace lock: a controller's apply holds it for as long as training takes, and
+    # what this writes is safe beside a running apply (model rows insert-or-skip, snapshots
+    # are content-addressed, enqueue skips a change already queued or running).
+    p = plan_for(ws, store, names, tenants, allow_dirty=allow_dirty)
+    valid = [m for m in p.models if m.action != "error"]
+    added = 0
+    if p.changes:
+        ids = _ensure_models(ws, store, valid)
+        _record_pipelines(ws, store, p.changes)
+        added = queue.enqueue(store, p.changes, ids, "auto")
+    runs = _active_runs(store, p.changes)
     if added:
         _audit(store, actor, runs, added)
     return {
