@@ -316,3 +316,14 @@ def test_apply_queues_while_a_controller_holds_the_workspace_lock(
         lock.release()
     assert r.status_code == 202, r.text
     assert [run["model"] for run in r.json()["runs"]] == ["model-2"]
+
+
+def test_the_write_endpoints_are_in_the_openapi_document(api: AppClient) -> None:
+    doc = api.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert set(paths["/api/v1/plan"]) == {"post"}
+    assert set(paths["/api/v1/promotions"]) == {"get", "post"}
+    assert set(paths["/api/v1/promotions/{request_id}/approve"]) == {"post"}
+    assert set(paths["/api/v1/promotions/{request_id}/reject"]) == {"post"}
+    assert set(paths["/api/v1/rollbacks"]) == {"post"}
+    assert "from" in doc["components"]["schemas"]["PromoteBody"]["properties"]
