@@ -327,3 +327,34 @@ def test_the_write_endpoints_are_in_the_openapi_document(api: AppClient) -> None
     assert set(paths["/api/v1/promotions/{request_id}/reject"]) == {"post"}
     assert set(paths["/api/v1/rollbacks"]) == {"post"}
     assert "from" in doc["components"]["schemas"]["PromoteBody"]["properties"]
+
+
+def test_apply_queues_on_each_backend(tmp_path: Path, registry_url: str) -> None:
+    from modelworks.testing import make_workspace, small_fleet
+
+    fresh = make_workspace(tmp_path / "ws", registry={"url": registry_url})
+    small_fleet(fresh)
+    store = Store(fresh.registry_url)
+    tokens = {"root": bootstrap_token(store, user="root", actor="test")["token"]}
+    for user, role, tenant in (("dev", "developer", "default"), ("adev", "developer", "acme")):
+        add_user(store, user, actor="root")
+        tokens[user] = create_token(store, user=user, role=role, tenant=tenant, actor="root")[
+            "token"
+        ]
+    with AppClient(create_app(Workspace.load(fresh.root))) as c:
+        theirs = call(c, tokens, "adev", "POST", "/apply", {}).json()
+        assert (theirs["queued"], theirs["runs"], theirs["summary"]["create"]) == (0, [], 0)
+        first = call(c, tokens, "dev", "POST", "/apply", {}).json()
+        assert first["queued"] == 3
+        assert all(r["status"] == "queued" for r in first["runs"])
+        again = call(c, tokens, "dev", "POST", "/apply", {}).json()
+        assert again["queued"] == 0
+        assert [r["id"] for r in again["runs"]] == [r["id"] for r in first["runs"]]
+        before = state(fresh)
+        for method, url, body in HOSTILE[:12]:
+            r = call(c, tokens, "root", method, url, body)
+            assert 400 <= r.status_code < 500, (url, body, r.text)
+        assert state(fresh) == before
+    with store.session() as s:
+        assert s.scalar(select(func.count()).select_from(Run).where(Run.status == "queued")) == 3
+    store.close()
