@@ -358,3 +358,14 @@ def test_apply_queues_on_each_backend(tmp_path: Path, registry_url: str) -> None
     with store.session() as s:
         assert s.scalar(select(func.count()).select_from(Run).where(Run.status == "queued")) == 3
     store.close()
+
+
+def test_local_mode_acts_as_the_local_user_audited_as_unauthenticated(ws: Workspace) -> None:
+    from modelworks.registry import audit
+
+    with AppClient(create_app(ws)) as c:
+        r = c.post("/api/v1/promotions", json={"models": ["model-0"]})
+    assert r.status_code == 201, r.text
+    author = r.json()["author"]
+    (opened,) = [e for e in audit.rows(Store(ws.registry_url)) if e["action"] == "promotion.opened"]
+    assert opened["actor"] == f"{author} (unauthenticated)"
