@@ -158,12 +158,27 @@ def up(
     ws = controller.ws
     ctl_app = controller_app(controller, host=host)
     endpoints = [Endpoint("controller", ctl_app, ws.settings.controller.port)]
+    endpoints += _api_endpoint(ws, host)
     base = ws.settings.serving.port
     for i, env in enumerate(envs if envs is not None else serving_envs(ws)):
         endpoints.append(Endpoint(f"serve:{env}", serving_app(ws, env, host=host), base + i))
     for e in endpoints:
         check_port(host, e.port)
     asyncio.run(_up(controller, endpoints, host, interval, on_ready))
+
+
+def _api_endpoint(ws: Workspace, host: str) -> list[Endpoint]:
+    """The control-plane API, unless local auth on a non-loopback bind forbids it."""
+    from modelworks.api import create_app as api_app
+    from modelworks.api.server import check_bind
+    from modelworks.errors import ConfigError
+
+    try:
+        check_bind(ws, host)
+    except ConfigError as exc:
+        log.warning("not serving the control-plane API: %s", exc)
+        return []
+    return [Endpoint("api", api_app(ws), ws.settings.server.port)]
 
 
 def _reconciler(apps: list[Any], loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
