@@ -207,6 +207,8 @@ def test_read_commands_remote_equal_local(
         ["runs", "--model", "model-2", "--limit", "1"],
         ["logs", "model-0"],
         ["audit", "--limit", "5"],
+        ["audit", "--action", "promotion.*"],
+        ["audit"],
     ):
         assert remote_json(capsys, monkeypatch, server, root, *args) == local_json(
             capsys, ws, root, *args

@@ -4,13 +4,16 @@ local workspace and print its answer with the same printers (modelworks.remote i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 from modelworks.errors import ConfigError
 from modelworks.remote import Client, client, path
 
-__all__ = ["Client", "path", "plan_view", "remote", "show_path"]
+LOG_BYTES = 16 * 2**20  # the most of a log the server sends in one answer
+
+__all__ = ["Client", "path", "plan_view", "remote", "show_path", "status_order"]
 
 
 def remote(as_user: str | None = None) -> Client | None:
@@ -31,6 +34,11 @@ def show_path(model: str) -> str:
 
     tenant, name = split_ref(model)
     return path("models", tenant or DEFAULT_TENANT, name)
+
+
+def status_order(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server pages models by (tenant, name); `mw status` lists them by name."""
+    return sorted(rows, key=lambda r: (str(r["name"]).rpartition("/")[2], r.get("tenant") or ""))
 
 
 def plan_view(data: dict[str, Any]) -> Any:
@@ -69,7 +77,7 @@ def remote_log(api: Client, model: str, run: int | None) -> tuple[dict[str, Any]
         if not found:
             raise NotFoundError(f"no run of model {model!r}")
         run = int(found[0]["id"])
-    data = api.get(path("runs", run, "log"))
+    data = api.get(path("runs", run, "log"), {"max_bytes": LOG_BYTES})
     if data["run"]["model"] != model:
         raise NotFoundError(f"no run {run} of model {model!r}")
     return data["run"], str(data["log"])

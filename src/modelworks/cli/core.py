@@ -161,10 +161,10 @@ def apply_cmd(
 
 def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     """The fleet: each model's latest version, status, metrics and deployments."""
-    from modelworks.cli._remote import path, remote
+    from modelworks.cli._remote import path, remote, status_order
 
     if (api := remote()) is not None:
-        rows = list(api.pages(path("models"), {"limit": 500}))
+        rows = status_order(api.pages(path("models"), {"limit": 500}))
     else:
         from modelworks.registry.queries import status
 

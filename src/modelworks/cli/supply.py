@@ -131,7 +131,8 @@ def audit_cmd(
 
     if (api := remote()) is not None:
         query = {"action": action, "actor": actor_, "model": model, "tenant": tenant}
-        events = api.get(path("audit"), {**query, "limit": limit})["events"]
+        # the server's own default is its last 1000 events; locally it is all of them
+        events = api.get(path("audit"), {**query, "limit": limit or 10_000})["events"]
     else:
         from modelworks.registry.audit import rows
 
