@@ -213,3 +213,39 @@ def test_read_commands_remote_equal_local(
         assert remote_json(capsys, monkeypatch, server, root, *args) == local_json(
             capsys, ws, root, *args
         ), args
+
+
+@pytest.mark.skipif(not READS, reason="`mw server` is not here yet")
+def test_against_a_real_mw_server_subprocess(
+    ws: Workspace, tokens: dict[str, str], capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = spawn_mw(ws, "server", "--port", str(port), "-C", str(ws.root))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                httpx.get(f"{url}/openapi.json", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "mw server did not start"
+                time.sleep(0.2)
+        opened = remote_json(capsys, monkeypatch, url, tokens["dev"], "promote", "model-0")
+        assert opened["state"] == "open"
+        assert remote_json(capsys, monkeypatch, url, tokens["root"], "status") == local_json(
+            capsys, ws, tokens["root"], "status"
+        )
+        code, _, _ = remote(capsys, monkeypatch, url, "mw_wrong", "promotions")
+        assert code == 77
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
