@@ -6,12 +6,17 @@ only; any other address is refused before anything listens.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from typing import TYPE_CHECKING
 
-from modelworks.errors import ConfigError
+from modelworks.errors import ConfigError, UnavailableError
 from modelworks.serving.auth import is_loopback
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from modelworks.workspace import Workspace
 
 
@@ -36,7 +41,26 @@ def run_api_server(ws: Workspace, host: str = "127.0.0.1", port: int | None = No
     check_bind(ws, host)
     port = port or ws.settings.server.port
     _net.check_port(host, port, "server.port")
-    config = uvicorn.Config(
-        create_app(ws), host=host, port=port, log_level="warning", access_log=False
-    )
-    uvicorn.Server(config).run()
+    app = create_app(ws)
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to the handler
+    # that was there before it: a no-op one makes that a normal exit (0), as `mw serve` does.
+    with _quiet_sigterm(), contextlib.suppress(KeyboardInterrupt):
+        try:
+            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        except SystemExit as exc:
+            if exc.code:
+                raise UnavailableError(
+                    f"the control-plane API could not start on {host}:{port} (see the log above)"
+                ) from None
+
+
+@contextlib.contextmanager
+def _quiet_sigterm() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -199,7 +199,8 @@ async def _up(
     on_ready: Callable[[list[Endpoint]], None] | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    controller.on_deploy.append(_reconciler([e.app for e in endpoints[1:]], loop))
+    serving_apps = [e.app for e in endpoints if e.name.startswith("serve:")]
+    controller.on_deploy.append(_reconciler(serving_apps, loop))
     servers = [_Server(_config(e.app, host, e.port)) for e in endpoints]
     failure: list[BaseException] = []
 
