@@ -86,7 +86,8 @@ def run(n: int, requests: int) -> dict[str, Any]:
 
                 def get() -> None:
                     resp = client.get("/api/v1/models", params=params)
-                    assert resp.status_code == 200 and len(resp.json()["items"]) == 100
+                    assert resp.status_code == 200
+                    assert len(resp.json()["items"]) == 100
 
                 return get
 

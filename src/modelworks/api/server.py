@@ -17,6 +17,7 @@ from modelworks.serving.auth import is_loopback
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from modelworks.controller.service import Endpoint
     from modelworks.workspace import Workspace
 
 
@@ -28,6 +29,23 @@ def check_bind(ws: Workspace, host: str) -> None:
             "user without a token and binds to loopback only (127.0.0.1, ::1, localhost); "
             "set auth.mode: token in modelworks.yaml to serve it on other addresses"
         )
+
+
+def api_endpoint(ws: Workspace, host: str) -> list[Endpoint]:
+    """The API as an endpoint of `mw up`, unless local auth on a non-loopback bind forbids it."""
+    import logging
+
+    from modelworks.api.app import create_app
+    from modelworks.controller.service import Endpoint
+
+    try:
+        check_bind(ws, host)
+    except ConfigError as exc:
+        logging.getLogger("modelworks.controller").warning(
+            "not serving the control-plane API: %s", exc
+        )
+        return []
+    return [Endpoint("api", create_app(ws), ws.settings.server.port)]
 
 
 def run_api_server(ws: Workspace, host: str = "127.0.0.1", port: int | None = None) -> None:

@@ -149,36 +149,24 @@ def up(
     interval: float | None = None,
     envs: list[str] | None = None,
     on_ready: Callable[[list[Endpoint]], None] | None = None,
+    extra: list[Endpoint] | None = None,
 ) -> None:
     """`mw up`: the controller, an inference server per environment and the controller's
-    endpoints in this process, until SIGINT/SIGTERM stops them all."""
+    endpoints in this process (plus `extra` ones, as the control-plane API the CLI adds),
+    until SIGINT/SIGTERM stops them all."""
     from modelworks.controller.webhook import create_app as controller_app
     from modelworks.serving import create_app as serving_app
 
     ws = controller.ws
     ctl_app = controller_app(controller, host=host)
     endpoints = [Endpoint("controller", ctl_app, ws.settings.controller.port)]
-    endpoints += _api_endpoint(ws, host)
+    endpoints += extra or []
     base = ws.settings.serving.port
     for i, env in enumerate(envs if envs is not None else serving_envs(ws)):
         endpoints.append(Endpoint(f"serve:{env}", serving_app(ws, env, host=host), base + i))
     for e in endpoints:
         check_port(host, e.port)
     asyncio.run(_up(controller, endpoints, host, interval, on_ready))
-
-
-def _api_endpoint(ws: Workspace, host: str) -> list[Endpoint]:
-    """The control-plane API, unless local auth on a non-loopback bind forbids it."""
-    from modelworks.api import create_app as api_app
-    from modelworks.api.server import check_bind
-    from modelworks.errors import ConfigError
-
-    try:
-        check_bind(ws, host)
-    except ConfigError as exc:
-        log.warning("not serving the control-plane API: %s", exc)
-        return []
-    return [Endpoint("api", api_app(ws), ws.settings.server.port)]
 
 
 def _reconciler(apps: list[Any], loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
