@@ -200,6 +200,15 @@ class ControllerSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    port: int = Field(
+        8800, ge=1, le=65535, description="Port of `mw server` (the control-plane API)."
+    )
+    max_body_bytes: int = Field(
+        2**20, gt=0, description="Largest request body of the control-plane API; larger get 413."
+    )
+
+
 class ForgeSettings(_Section):
     provider: Literal["local", "github"] = Field(
         "local", description="Who hosts promotion requests."
@@ -258,6 +267,7 @@ class Settings(_Section):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     gc: GCSettings = Field(default_factory=GCSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
