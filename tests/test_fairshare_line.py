@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from modelworks import _git
@@ -84,3 +86,27 @@ def test_run_limits_keep_runs_queued_with_a_reason(tmp_path: Any, capsys: Any) -
             run.status = "succeeded"
     again = queue.claim(store, wanted, policy, budget)
     assert sorted(c.model for c in again) == ["a-02", "a-03"]
+
+
+@pytest.mark.ray
+def test_b_is_not_stuck_behind_a_on_ray(tmp_path: Any) -> None:
+    ray = pytest.importorskip("ray", reason="the ray package is not installed")
+    from modelworks.runs.ray_executor import CACHE_ENV, RayExecutor
+
+    ws = _two_tenants(tmp_path, a=10, b=3)
+    store = Store(ws.registry_url)
+    done: list[str] = []
+    os.environ[CACHE_ENV] = str(tmp_path / "ray-cache")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = apply(
+            ws, store, executor=RayExecutor(2), on_result=lambda r: done.append(r["model"])
+        )
+    finally:
+        ray.shutdown()
+        os.environ.pop(CACHE_ENV, None)
+    assert result.ok, result.failed
+    assert len(done) == 13
+    # Submission order is fair (a, b, a, b, ...): FIFO would finish b's runs at positions 10-12.
+    last_b = max(i for i, name in enumerate(done) if name.startswith("b"))
+    assert last_b <= 2 * 3 + 2, done
