@@ -102,14 +102,19 @@ def drain(ws: Any, store: Any, workers: int) -> dict[str, Any]:
     )
     if not result.ok:
         raise SystemExit(f"apply failed: {result.failed or result.errors}")
-    b = [at for at, name in done if name.startswith("b-")]
+    b = [at for at, name in done if _of_b(name)]
     last = max(at for at, _ in done)
     return {
         "b_seconds": max(b) - t["start"],
         "all_seconds": last - t["start"],
         "jobs": len(done),
-        "b_positions": [i for i, (_, n) in enumerate(done) if n.startswith("b-")],
+        "b_positions": [i for i, (_, n) in enumerate(done) if _of_b(n)],
     }
+
+
+def _of_b(model: str) -> bool:
+    """Is this (qualified, `b/b-0001`) model one of tenant B's?"""
+    return model.rsplit("/", 1)[-1].startswith("b-")
 
 
 def scenario(

@@ -62,30 +62,31 @@ def test_run_limits_keep_runs_queued_with_a_reason(tmp_path: Any, capsys: Any) -
     p = plan(ws, store)
     with store.session() as s:
         for mp in p.changes:
-            s.add(Model(name=mp.name, tenant=mp.spec.tenant, spec_path="x", pipeline="tiny"))
+            s.add(Model(name=mp.spec.name, tenant=mp.tenant, spec_path="x", pipeline="tiny"))
     with store.session() as s:
-        ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+    ids = {f"{t}/{n}": i for t, n, i in rows}
     assert queue.enqueue(store, p.changes, ids, "manual") == 5
     wanted = {mp.name: mp.fingerprint for mp in p.changes}
     policy, budget = queue.scheduler(ws, store)
     assert budget is not None
     claimed = queue.claim(store, wanted, policy, budget)
-    assert sorted(c.model for c in claimed) == ["a-00", "a-01", "b-00"]
+    assert sorted(c.model for c in claimed) == ["a/a-00", "a/a-01", "b/b-00"]
     assert {c.tenant for c in claimed} == {"a", "b"}
 
     shown = {r["model"]: r for r in mw_json(capsys, ws, "runs")["runs"]}
-    assert shown["a-02"]["status"] == "queued"
-    assert shown["a-02"]["reason"] == "waiting: a has 2 running (max_concurrent_runs 2)"
-    assert shown["a-03"]["reason"] == shown["a-02"]["reason"]
-    assert shown["a-00"]["status"] == "running"
-    assert shown["a-00"]["reason"] is None
+    assert shown["a/a-02"]["status"] == "queued"
+    assert shown["a/a-02"]["reason"] == "waiting: a has 2 running (max_concurrent_runs 2)"
+    assert shown["a/a-03"]["reason"] == shown["a/a-02"]["reason"]
+    assert shown["a/a-00"]["status"] == "running"
+    assert shown["a/a-00"]["reason"] is None
     # Nothing more may start for a while its two runs hold its limit; b has nothing left.
     assert queue.claim(store, wanted, policy, budget) == []
     with store.session() as s:
         for run in s.scalars(select(Run).where(Run.status == "running")):
             run.status = "succeeded"
     again = queue.claim(store, wanted, policy, budget)
-    assert sorted(c.model for c in again) == ["a-02", "a-03"]
+    assert sorted(c.model for c in again) == ["a/a-02", "a/a-03"]
 
 
 @pytest.mark.ray
