@@ -31,14 +31,19 @@ from pathlib import Path
 from typing import Any
 
 
-def build(root: Path, jobs: dict[str, int]) -> Any:
-    """A committed workspace with tenants a and b and `jobs[t]` specs for each tenant t."""
+def build(root: Path, jobs: dict[str, int], train_seconds: float) -> Any:
+    """A committed workspace with tenants a and b and `jobs[t]` specs for each tenant t; the
+    tiny pipeline's training takes at least `train_seconds`."""
     from modelworks import _git
     from modelworks.data.add import add
-    from modelworks.testing import make_workspace, write_dataset, write_pipeline
+    from modelworks.testing import TINY_PIPELINE, make_workspace, write_dataset, write_pipeline
 
     ws = make_workspace(root, tenants={"a": {}, "b": {}})
-    write_pipeline(ws, commit=False)
+    source = TINY_PIPELINE.replace(
+        "def train(data, params):",
+        f"def train(data, params):\n    import time; time.sleep({train_seconds})",
+    )
+    write_pipeline(ws, source=source, commit=False)
     ws.models_dir.mkdir(parents=True, exist_ok=True)
     for tenant, n in jobs.items():
         path = write_dataset(ws, f"data/{tenant}/data.csv", seed=len(tenant))
@@ -118,18 +123,18 @@ def _of_b(model: str) -> bool:
 
 
 def scenario(
-    workdir: Path, name: str, a_jobs: int, b_jobs: int, workers: int, gap: float
+    workdir: Path, name: str, a_jobs: int, b_jobs: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One run in a fresh workspace: queue A's jobs (if any), wait `gap`, queue B's, drain."""
     from modelworks.registry.store import Store
 
-    ws = build(workdir / name, {"a": a_jobs, "b": b_jobs})
+    ws = build(workdir / name, {"a": a_jobs, "b": b_jobs}, args.train_seconds)
     store = Store(ws.registry_url)
     if a_jobs:
         enqueue(ws, store, "a")
-        time.sleep(gap)
+        time.sleep(args.gap)
     enqueue(ws, store, "b")
-    run: Callable[[], dict[str, Any]] = lambda: drain(ws, store, workers)  # noqa: E731
+    run: Callable[[], dict[str, Any]] = lambda: drain(ws, store, args.workers)  # noqa: E731
     if name == "fifo":
         with fifo_scheduler():
             return run()
@@ -142,17 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--b-jobs", type=int, default=20, help="jobs tenant B queues after")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between A's and B's")
+    parser.add_argument(
+        "--train-seconds", type=float, default=0.1, help="time each job's training takes"
+    )
     parser.add_argument("--only", choices=["alone", "fair", "fifo"], action="append")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     from modelworks.runs.pool import preload
 
     preload()  # the one-time imports every run's pool would otherwise pay for the first one
-    out: dict[str, Any] = {"a_jobs": args.a_jobs, "b_jobs": args.b_jobs, "workers": args.workers}
+    out: dict[str, Any] = vars(args) | {"json": str(args.json)}
     with tempfile.TemporaryDirectory(prefix="mw-fair-") as tmp:
         for name in args.only or ["alone", "fair", "fifo"]:
             a = 0 if name == "alone" else args.a_jobs
-            out[name] = scenario(Path(tmp), name, a, args.b_jobs, args.workers, args.gap)
+            out[name] = scenario(Path(tmp), name, a, args.b_jobs, args)
             row = out[name]
             sys.stdout.write(
                 f"{name:6} B done in {row['b_seconds']:7.2f}s   all {row['jobs']:4} jobs in "

@@ -116,7 +116,7 @@ def scheduler(ws: Workspace, store: Store) -> tuple[FairShare, int | None]:
 def round_size(workers: int) -> int:
     """How many runs one scheduling round claims: enough to keep the workers busy, few enough
     that runs queued meanwhile (another tenant's) are weighed in soon."""
-    return max(16, 8 * workers)
+    return max(64, 32 * workers)
 
 
 def claim(
