@@ -187,6 +187,7 @@ def _jobs(
                 "fingerprint": mp.fingerprint,
                 "runtime": spec.runtime,
                 "tenant": spec.tenant,
+                "weight": c.weight,
                 "hyperparameters": spec.hyperparameters,
                 "gates": spec.gates.model_dump(),
                 "baseline": baselines.get(mp.name),
@@ -497,13 +498,14 @@ def _drain(
 ) -> None:
     """Run queued jobs of these models until none is left (retries come back after a backoff)."""
     wanted = {name: mp.fingerprint for name, mp in plans.items() if mp.fingerprint}
+    policy, budget = queue.scheduler(ws, store)
     while True:
-        claimed = queue.claim(store, wanted)
+        claimed = queue.claim(store, wanted, policy, budget)
         if not claimed:
             due = queue.next_due(store, wanted)
             if due is None:
                 return
-            time.sleep(min(due, 5.0) + 0.01)
+            time.sleep(min(due, 5.0) + (0.01 if due else 0.25))  # 0: held by run limits
             continue
         jobs = _jobs(ws, store, claimed, plans)
         recorder.jobs.update((j["run_id"], j) for j in jobs)

@@ -269,10 +269,12 @@ def runs_cmd(
         emit_json({"runs": rows})
         return
     table = Table()
-    for col in ("id", "model", "version", "status", "trigger", "attempts", "seconds", "error"):
+    waits = any(r["reason"] for r in rows)
+    cols = ("id", "model", "version", "status", "trigger", "attempts", "seconds", "error")
+    for col in (*cols, "reason") if waits else cols:
         table.add_column(col)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["id"]),
             r["model"],
             r["version"],
@@ -281,7 +283,8 @@ def runs_cmd(
             str(r["attempts"]),
             f"{r['duration']:.2f}" if r["duration"] else "-",
             (r["error"] or "")[:80],
-        )
+        ]
+        table.add_row(*cells, *([r["reason"] or ""] if waits else []))
     console.print(table)
 
 

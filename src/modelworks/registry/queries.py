@@ -53,6 +53,7 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
         "trigger": r.trigger,
         "attempts": r.attempts,
         "error": r.error,
+        "reason": r.reason,
         "duration": r.duration,
         "train_seconds": r.train_seconds,
         "log_path": r.log_path,
