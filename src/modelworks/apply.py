@@ -16,11 +16,10 @@ from sqlalchemy import select, update
 
 from modelworks import _git
 from modelworks.artifacts.verify import signed_baseline
-from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
 from modelworks.pipelines.catalog import snapshot
-from modelworks.plan import ModelPlan, Plan, plan
+from modelworks.plan import ModelPlan, Plan, data_resolver, plan
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
 from modelworks.registry.tenants import repository_of
@@ -161,7 +160,7 @@ def _jobs(
     """The job for each claimed run, with everything a worker needs (paths, not objects)."""
     from modelworks.security.keys import sealing_keys, secrets_dir
 
-    data = DataResolver(ws)
+    data = data_resolver(ws)
     key = signing_key(ws)
     baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
     work_dir = ws.state_dir / "work"

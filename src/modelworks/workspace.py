@@ -53,7 +53,13 @@ class RaySettings(_Section):
 
 class DataSettings(_Section):
     cache: str = Field(".mw/cache", description="DVC-layout content cache.")
-    remote: str | None = Field(None, description="A DVC remote that is a local folder.")
+    remote: str | None = Field(
+        None, description="A DVC remote: a local folder or s3://BUCKET[/PREFIX]."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint of data.remote and of s3 sources that name none."
+    )
+    region: str | None = Field(None, description="S3 region of data.remote and of s3 sources.")
     watch: list[str] = Field(
         default_factory=list, description="Folders whose new files are versioned."
     )
@@ -63,7 +69,7 @@ class DataSettings(_Section):
         "repos may read (relative paths are against the workspace); nothing else is read.",
     )
     max_files: int = Field(
-        10000, ge=1, description="Most files one local data source (a glob) may match."
+        10000, ge=1, description="Most files one local (glob) or S3 data source may match."
     )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from modelworks import _git
+from modelworks.data import s3
 from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
 from modelworks.errors import DataError
 from modelworks.spec import _read_raw, dump_spec, spec_files
@@ -24,6 +25,7 @@ class DataVersion:
     previous: str | None
     bumped: list[str] = field(default_factory=list)
     commit: str | None = None
+    remote: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -34,6 +36,7 @@ class DataVersion:
             "previous": self.previous,
             "bumped_specs": self.bumped,
             "commit": self.commit,
+            "remote": self.remote,
         }
 
 
@@ -87,6 +90,14 @@ def _committed_md5(ws: Workspace, pointer: Path) -> str | None:
     return md5 if isinstance(md5, str) else None
 
 
+def push_remote(ws: Workspace, source: Path, md5: str) -> str | None:
+    """Push the content to an S3 data.remote (in DVC's layout); its URL, or None without one."""
+    remote = ws.settings.data.remote
+    if not s3.is_s3_url(remote):
+        return None
+    return s3.push(s3.remote_endpoint(ws.settings.data), str(remote), source, md5)
+
+
 def add(
     ws: Workspace,
     path: Path,
@@ -113,9 +124,10 @@ def add(
     md5 = file_md5(target)
     size = target.stat().st_size
     store(ws.cache_dir, target, md5)
+    remote = push_remote(ws, target, md5)  # before the pointer: a failed push changes nothing
     write_pointer(pointer, md5, size, target.name)
     gitignore = gitignore_add(target.parent, target.name)
-    version = DataVersion(dataset, md5, size, pointer, previous)
+    version = DataVersion(dataset, md5, size, pointer, previous, remote=remote)
     readers = _bump_specs(ws, dataset, md5) if update_specs else []
     bumped = _changed(ws, readers, md5)
     version.bumped = [str(p.relative_to(ws.root)) for p in bumped]
