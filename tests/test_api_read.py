@@ -87,6 +87,8 @@ def test_filters_narrow_the_page(api: Api) -> None:
     assert len(names("&status=registered&pipeline=tiny")) == len(MODELS)
     assert names("&status=gated") == []
     assert names("&q=%25") == []  # a LIKE wildcard is a literal character
+    assert names("&q=_") == []
+    assert names("&q=%C3%A9%20x") == []  # any printable text is a search, not an error
 
 
 def test_show_and_version_are_what_mw_show_prints(api: Api) -> None:
@@ -152,6 +154,8 @@ def test_tenants_are_listed_by_visibility_and_created_by_platform_admins(api: Ap
     bad = {"name": "initech", "settings": {"weight": "heavy"}}
     err = assert_error(api.call("POST", "root", "/api/v1/tenants", json=bad), 400, "bad_request")
     assert "weight" in err["message"]
+    nul = {"name": "initech", "settings": {"display_name": "a\u0000b"}}
+    assert_error(api.call("POST", "root", "/api/v1/tenants", json=nul), 400, "bad_request")
     clash = {"name": "acme"}
     assert_error(api.call("POST", "root", "/api/v1/tenants", json=clash), 409, "conflict")
 
@@ -213,6 +217,9 @@ def test_audit_and_drift_are_filtered_by_tenant(api: Api) -> None:
         ("/api/v1/runs/99999999999999999999999/log", 422),
         ("/api/v1/runs/5/log?max_bytes=0", 422),
         ("/api/v1/audit?action=%00", 422),
+        ("/api/v1/audit?actor=a%00b", 422),
+        ("/api/v1/models?q=a%00b", 422),
+        ("/api/v1/models?q=%1b%5b31m", 422),
         ("/api/v1/nowhere", 404),
     ],
 )

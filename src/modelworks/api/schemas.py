@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from modelworks.names import NAME_PATTERN
 
 NAME = {"pattern": NAME_PATTERN, "min_length": 1, "max_length": 128}
+# Free text (a name search, an actor): printable, so nothing reaches SQL that PostgreSQL
+# refuses (a NUL byte) or that a log line would mangle.
+TEXT = {"pattern": r"^[^\x00-\x1f\x7f]+$", "min_length": 1, "max_length": 128}
 
 
 class _Open(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from modelworks.api.deps import IdentityDep, StoreDep
-from modelworks.api.schemas import NAME, ModelInfo, ModelPage, VersionInfo
+from modelworks.api.schemas import NAME, TEXT, ModelInfo, ModelPage, VersionInfo
 from modelworks.errors import NotFoundError
 from modelworks.registry.listing import ModelFilter, model_page
 from modelworks.registry.queries import show
@@ -30,7 +30,7 @@ def list_models(
     pipeline: Annotated[str | None, Query(**Word)] = None,
     env: Annotated[str | None, Query(**NAME)] = None,
     status: Annotated[str | None, Query(**Word)] = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    q: Annotated[str | None, Query(**TEXT)] = None,
 ) -> dict[str, Any]:
     """Models ordered by (tenant, name), `limit` a page; pass `next_cursor` for the next."""
     f = ModelFilter(tenant=tenant, pipeline=pipeline, env=env, status=status, q=q)
