@@ -95,3 +95,47 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'registry.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+# Ray's raylet registration wait is fixed at 30 s inside ray.init; on a loaded machine that is not
+# always enough, so the shared instance gets several starts within a longer overall budget.
+RAY_START_ATTEMPTS = 4
+
+
+def start_local_ray(num_cpus: int, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """Start a local Ray instance, retrying a node that timed out during startup."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:  # ray raises a bare Exception for a slow node start
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One local Ray instance per test process (per xdist worker), shared by every Ray test.
+
+    Its workers cache inputs in the yielded folder (MW_RAY_CACHE is set before the start, so
+    the workers inherit it).
+    """
+    import ray
+
+    from modelworks.runs.ray_executor import CACHE_ENV
+
+    cache = tmp_path_factory.mktemp("ray-cache")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(cache)
+    start_local_ray(num_cpus=2)
+    try:
+        yield cache
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = old

@@ -172,8 +172,13 @@ def test_a_hand_commit_to_prod_is_not_served(ws: Workspace, store: Store, tmp_pa
         meta = httpx.get(f"{server.base}/v2/models/model-0", timeout=10).json()
         assert meta["versions"] == [v1]
         metrics = server.metrics()
-        assert 'mw_serving_unapproved_configs{env="prod",model="model-0"} 1.0' in metrics
-        assert 'mw_serving_unapproved_configs{env="prod",model="evil"} 1.0' in metrics
+        assert (
+            'mw_serving_unapproved_configs{env="prod",model="model-0",tenant="default"} 1.0'
+            in metrics
+        )
+        assert (
+            'mw_serving_unapproved_configs{env="prod",model="evil",tenant="default"} 1.0' in metrics
+        )
         assert httpx.get(f"{server.base}/v2/models/evil", timeout=10).status_code == 404
     finally:
         log = server.stop()

@@ -110,7 +110,9 @@ def test_export_argocd_and_kserve(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out_dir = tmp_path / "argocd"
-    written = mw_json(capsys, ws, "export", "argocd", "--out", str(out_dir))["written"]
+    result = mw_json(capsys, ws, "export", "argocd", "--out", str(out_dir))
+    written = result["written"]
+    assert [w for w in result["warnings"] if "has no `origin` remote" in w], result["warnings"]
     assert sorted(Path(p).name for p in written) == ["appset-prod.yaml", "appset-test.yaml"]
     test_doc = yaml.safe_load((out_dir / "appset-test.yaml").read_text())
     prod_doc = yaml.safe_load((out_dir / "appset-prod.yaml").read_text())
@@ -119,7 +121,8 @@ def test_export_argocd_and_kserve(
     assert "automated" not in prod_doc["spec"]["template"]["spec"]["syncPolicy"]
 
     _git.git(ws.root, "remote", "add", "origin", "https://git.example.com/acme/deploy.git")
-    mw_json(capsys, ws, "export", "argocd", "--out", str(out_dir), "--revision", "main")
+    again = mw_json(capsys, ws, "export", "argocd", "--out", str(out_dir), "--revision", "main")
+    assert not [w for w in again["warnings"] if "origin" in w]
     git_gen = yaml.safe_load((out_dir / "appset-prod.yaml").read_text())["spec"]["generators"][0]
     assert git_gen["git"]["repoURL"] == "https://git.example.com/acme/deploy.git"
     assert git_gen["git"]["revision"] == "main"

@@ -64,7 +64,7 @@ def test_verify_failures_are_one_red_line(
 
     digest = served(ws)["artifact_digest"]
     oci = OCIStore(ws.oci_dir)
-    blob = oci.blob_path(oci.manifest(digest)["layers"][0]["digest"])
+    blob = oci.blob_path(oci.manifest(digest)["layers"][-1]["digest"])
     blob.write_bytes(blob.read_bytes()[:-512])
     code, out, err = mw(capsys, ws, "verify", "model-0")
     assert code == 1
@@ -259,3 +259,38 @@ def test_audit_group_options_reach_verify(
     report = json.loads(capsys.readouterr().out)
     assert report["intact"] is True
     assert report["events"] == 4
+
+
+def _set_metrics(ws: Workspace, name: str, version: str, metrics: dict[str, Any]) -> None:
+    db = sqlite3.connect(ws.registry_url.split("///", 1)[1])
+    with db:
+        db.execute(
+            "UPDATE model_versions SET metrics = ? WHERE version = ? AND model_id = "
+            "(SELECT id FROM models WHERE name = ?)",
+            (json.dumps(metrics), version, name),
+        )
+    db.close()
+
+
+def test_verify_refuses_registry_metrics_that_differ_from_the_signed_ones(
+    capsys: pytest.CaptureFixture[str], ws: Workspace
+) -> None:
+    cfg = served(ws)
+    info = mw_json(capsys, ws, "verify", "model-0")
+    assert info["checks"]["metrics"] == {
+        "signed": info["checks"]["metrics"]["signed"],
+        "registry_matches": True,
+    }
+    signed = json.loads(OCIStore(ws.oci_dir).read_file(cfg["artifact_digest"], "metrics.json"))
+    assert "accuracy" in signed
+    edited = dict(signed, accuracy=0.1)
+    _set_metrics(ws, "model-0", cfg["version"], edited)
+    code, out, err = mw(capsys, ws, "verify", "model-0")
+    assert code == 1
+    assert out == ""
+    line = one_error(err)
+    assert f"model-0@{cfg['version']}" in line
+    assert "accuracy: the registry says 0.1" in line
+    assert f"the signed artifact {signed['accuracy']!r}" in line
+    _set_metrics(ws, "model-0", cfg["version"], signed)  # restored: verifies again
+    assert mw(capsys, ws, "verify", "model-0")[0] == 0

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,11 +194,33 @@ def _mw_is_a_file(ws: Workspace) -> dict[str, str]:
 
 
 def _read_only_mw(ws: Workspace) -> dict[str, str]:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions: chmod cannot make .mw read-only")
-    for path in [ws.state_dir, *ws.state_dir.rglob("*")]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
+    """.mw and everything in it unwritable: by mode bits, or for root (who ignores them) by the
+    immutable attribute, which root's writes fail on too (EPERM instead of EACCES)."""
+    paths = [ws.state_dir, *ws.state_dir.rglob("*")]
+    if os.geteuid() != 0:
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        return {}
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("running as root without chattr: nothing can make .mw read-only for root")
+    proc = subprocess.run([chattr, "+i", *map(str, paths)], capture_output=True, text=True)
+    _IMMUTABLE.extend(paths)
+    if proc.returncode != 0:
+        pytest.skip(f"running as root and chattr +i is refused here: {proc.stderr.strip()}")
     return {}
+
+
+_IMMUTABLE: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _undo_immutable() -> Iterator[None]:
+    """Clear the immutable attribute _read_only_mw set, so the tmp folder can be removed."""
+    yield
+    if _IMMUTABLE:
+        subprocess.run(["chattr", "-i", *map(str, _IMMUTABLE)], capture_output=True)
+        _IMMUTABLE.clear()
 
 
 HOSTILE = {

@@ -132,10 +132,11 @@ def test_argocd_appset_per_env_is_valid_and_complete(repo: Path, tmp_path: Path)
     assert source["targetRevision"] == "main"
     assert source["path"] == "{{ .chart_path }}"
     params = {p["name"]: p["value"] for p in source["helm"]["parameters"]}
-    assert params["image.repository"] == "{{ .image_repository }}"
-    assert params["model.version"] == "{{ .version }}"
-    assert params["model.artifactUri"] == "{{ .artifact_uri }}"
-    assert params["model.artifactDigest"] == "{{ .artifact_digest }}"
+    assert params["image_repository"] == "{{ .image_repository }}"
+    assert params["version"] == "{{ .version }}"
+    assert params["artifact_uri"] == '{{ get . "artifact_uri" }}'
+    assert params["artifact_digest"] == '{{ get . "artifact_digest" }}'
+    assert params["env"] == "test"
     assert all(p["forceString"] for p in source["helm"]["parameters"])
     assert app["spec"]["destination"] == {
         "server": "https://kubernetes.default.svc",
@@ -184,13 +185,18 @@ def test_argocd_output_is_deterministic(repo: Path, tmp_path: Path) -> None:
 def test_argocd_warns_about_a_missing_chart(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"])
-    assert "chart 'charts/modelcar'" in capsys.readouterr().err
-    (repo / "charts/modelcar").mkdir(parents=True)
-    (repo / "charts/modelcar/Chart.yaml").write_text("apiVersion: v2\nname: modelcar\n")
-    _git.commit(repo, ["charts"], "add the chart")
-    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"])
-    assert "chart" not in capsys.readouterr().out
+    warnings: list[str] = []
+    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"], chart_path="charts/other")
+    assert "chart 'charts/other'" in capsys.readouterr().err
+    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"], warnings=warnings)
+    # Without an override the shipped chart is committed where the configs point.
+    assert [w for w in warnings if "committed the chart" in w], warnings
+    assert _git.ls_files(repo, "HEAD", "charts/modelcar/Chart.yaml")
+    assert not [w for w in warnings if "no Chart.yaml" in w]
+    capsys.readouterr()
+    export_argocd(repo, tmp_path, repo_url=REPO_URL, envs=["test"], warnings=(again := []))
+    assert again == []
+    assert "chart" not in capsys.readouterr().err
 
 
 def test_argocd_rejects_bad_env_name(repo: Path, tmp_path: Path) -> None:
@@ -439,3 +445,23 @@ def test_argocd_go_templates_render_like_argocd(repo: Path, tmp_path: Path) -> N
         assert row[".spec.source.helm.parameters[0].value"] == name
         assert row[".spec.source.helm.parameters[5].value"] == DIGEST
     assert rows[2][".metadata.labels.modelworks.dev/tenant"] == "team-a"
+    # A reference-layout config has only the five keys: the extras render as "" (no error).
+    reference = {
+        "chart_path": "charts/modelcar",
+        "name": "churn-predictor",
+        "image_repository": "quay.io",
+        "image_namespace": "acme",
+        "version": "f7844fe3d7",
+        "path": {"path": "test/churn-predictor", "basename": "churn-predictor"},
+    }
+    proc = subprocess.run(
+        [str(tmp_path / "render")],
+        input=json.dumps({"templates": templates, "params": [reference]}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [row] = json.loads(proc.stdout)
+    assert row[".metadata.labels.modelworks.dev/tenant"] == "default"
+    assert row[".spec.source.helm.parameters[2].value"] == "quay.io"
+    assert row[".spec.source.helm.parameters[5].value"] == ""  # artifact_digest

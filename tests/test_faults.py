@@ -149,6 +149,7 @@ def test_plan_detailed_exitcode(workspace: Workspace, flag: str | None) -> None:
         assert doc["summary"] == {"create": 2, "update": 0, "unchanged": 0, "error": 0}
         assert set(doc["models"][0]) == {
             "name",
+            "tenant",
             "action",
             "reasons",
             "fingerprint",

@@ -94,7 +94,7 @@ def test_fsck_names_a_version_whose_image_files_were_deleted(
 ) -> None:
     name, (version, digest) = sorted(_versions(trained).items())[0]
     manifest = json.loads((trained.oci_dir / "blobs" / "sha256" / digest[7:]).read_bytes())
-    (trained.oci_dir / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]).unlink()
+    (trained.oci_dir / "blobs" / "sha256" / manifest["layers"][-1]["digest"][7:]).unlink()
     code, out, _err = mw(capsys, trained, "fsck", "--json")
     assert code == 1
     problems = json.loads(out)["problems"]

@@ -44,7 +44,7 @@ def _leftovers(ws: Workspace) -> dict[str, Path]:
     (build / "model.bin").write_bytes(b"a model nobody registered " * 50)
     image = oci.write_image("model-0", "0123456789", build, {})
     manifest = json.loads(oci.blob_path(image.digest).read_bytes())
-    orphan_blobs = [oci.blob_path(image.digest), oci.blob_path(manifest["layers"][0]["digest"])]
+    orphan_blobs = [oci.blob_path(image.digest), oci.blob_path(manifest["layers"][-1]["digest"])]
     work = ws.state_dir / "work" / "0abc123def-x1y2z3"
     (work / "models").mkdir(parents=True)
     (work / "models" / "model.skops").write_bytes(b"half a model" * 100)

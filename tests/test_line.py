@@ -287,3 +287,31 @@ def test_apply_prints_error_text_as_written(
     assert code == 1
     assert "bad [red]value[/red] in [params]" in out
     assert "1 failed" in out
+
+
+def test_no_regression_baseline_is_the_signed_artifact_not_the_registry_row(
+    fleet: Workspace,
+) -> None:
+    """Lowering the served version's accuracy in the registry must not let a worse model in."""
+    import sqlite3
+
+    _apply(fleet)
+    served = yaml.safe_load((fleet.root / "deploy/test/model-0/config.yaml").read_text())
+    db = sqlite3.connect(fleet.registry_url.split("///", 1)[1])
+    with db:
+        db.execute(
+            "UPDATE model_versions SET metrics = ? WHERE version = ?",
+            (json.dumps({"accuracy": 0.0}), served["version"]),
+        )
+    db.close()
+    spec = fleet.models_dir / "model-0.json"
+    raw = json.loads(spec.read_text())
+    raw["gates"] = {"no_regression": ["accuracy"]}
+    raw["model_hyperparameters"]["C"] = 1e-6  # noise labels: accuracy drops
+    spec.write_text(json.dumps(raw))
+    commit_paths([spec], "no regression against an edited row")
+    result = _apply(fleet)
+    assert [g["name"] for g in result.gated] == ["model-0"]
+    assert "regressed" in result.gated[0]["reasons"][0]
+    again = yaml.safe_load((fleet.root / "deploy/test/model-0/config.yaml").read_text())
+    assert again["version"] == served["version"]

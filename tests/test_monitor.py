@@ -103,7 +103,9 @@ def test_served_traffic_without_drift_is_quiet_and_with_drift_retrains_only_wher
     assert scores["model-0"]["drifted"]
     assert scores["model-0"]["score"] >= 0.25
     served = scores["model-0"]["version"]
-    assert f'mw_drift_detected{{model="model-0",version="{served}"}} 1.0' in metrics
+    assert (
+        f'mw_drift_detected{{model="model-0",tenant="default",version="{served}"}} 1.0' in metrics
+    )
     assert 'mw_drift_detected{model="model-1"' in metrics
 
     # The running controller acts on the request; its own monitoring pass runs in a thread.

@@ -110,7 +110,7 @@ def test_push_over_tls_to_a_plain_http_registry_suggests_insecure(
 def test_push_refuses_a_corrupt_local_image(
     store: OCIStore, image: ImageRef, oci_registry: str
 ) -> None:
-    layer = store.blob_path(store.manifest(image.digest)["layers"][0]["digest"])
+    layer = store.blob_path(store.manifest(image.digest)["layers"][-1]["digest"])
     layer.write_bytes(layer.read_bytes()[:-1] + b"\x01")
 
     with pytest.raises(ArtifactError, match="is corrupt"):

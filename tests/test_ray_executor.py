@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from modelworks import _git
 from modelworks.apply import apply
+from modelworks.artifacts.baselayer import base_layer
 from modelworks.artifacts.oci import OCIStore
 from modelworks.registry.store import Store
 from modelworks.runs.executor import LocalExecutor
@@ -86,21 +86,10 @@ def evaluate(model, data):
 """
 
 
-@pytest.fixture(scope="module")
-def ray_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray instance for the module, its workers caching inputs in a fresh folder."""
-    cache = tmp_path_factory.mktemp("ray-cache")
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(cache)  # workers started by this ray.init inherit it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield cache
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = old
+@pytest.fixture
+def ray_cache(ray_local: Path) -> Path:
+    """The session's shared local Ray instance (see conftest), its workers' cache folder."""
+    return ray_local
 
 
 def _versions(store: Store) -> dict[str, tuple[str, str, dict[str, Any]]]:
@@ -118,11 +107,11 @@ def _repackaged(ws: Workspace, name: str, digest: str, scratch: Path) -> str:
     store = OCIStore(ws.oci_dir)
     files = store.extract(digest, scratch / "files")
     notes = store.manifest(digest)["annotations"]
-    return (
-        OCIStore(scratch / "oci")
-        .write_image(name, notes["org.opencontainers.image.version"], files, notes)
-        .digest
-    )
+    target = OCIStore(scratch / "oci")
+    base = base_layer(target, ws.settings.oci.base_image)  # built here, as the remote did
+    return target.write_image(
+        name, notes["org.opencontainers.image.version"], files, notes, base
+    ).digest
 
 
 def _files(ws: Workspace, digest: str) -> dict[str, bytes | None]:
@@ -191,6 +180,18 @@ def test_ray_matches_local_pool(tmp_path: Path, ray_cache: Path) -> None:
     again = apply(wss["ray"], stores["ray"], executor=RayExecutor(2))
     assert again.trained == []
     assert sorted(again.skipped) == ["model-0", "model-1", "model-2"]
+
+
+def test_ray_tests_share_one_local_instance(ray_cache: Path) -> None:
+    """The executor reuses the session's instance instead of starting (and stopping) its own."""
+    assert ray.is_initialized()
+    node = ray.get_runtime_context().get_node_id()
+    executor = RayExecutor(2)
+    assert executor.connect() is ray
+    executor.close()
+    assert ray.is_initialized()  # close() left the shared instance running
+    assert ray.get_runtime_context().get_node_id() == node
+    assert os.environ[CACHE_ENV] == str(ray_cache)
 
 
 def test_ray_reports_a_broken_pipeline_and_trains_the_rest(tmp_path: Path, ray_cache: Path) -> None:

@@ -22,7 +22,7 @@ from modelworks import _git
 from modelworks.artifacts.oci import OCIStore
 from modelworks.artifacts.sign import generate_keypair, sign_dir
 from modelworks.errors import ConfigError, VerificationError
-from modelworks.gitops.deploy import DeployConfig, config_path, deploy
+from modelworks.gitops.deploy import DeployConfig, deploy
 from modelworks.serving import create_app, parse_size
 from modelworks.serving.runtimes import load_model
 from modelworks.testing import AppClient
@@ -88,16 +88,16 @@ def publish(ws: Workspace, name: str, version: str, runtime: str, model: Any) ->
     sign_dir(work, ws.path(ws.settings.signing.private_key))  # the server refuses unsigned models
     repo = f"modelworks/{name}"
     ref = OCIStore(ws.oci_dir).write_image(repo, version, work, {"dev.modelworks.version": version})
-    tenant = name.split("/")[0] if "/" in name else "default"
+    tenant, _, bare = name.rpartition("/")
     return DeployConfig(
-        name=name,
+        name=bare,
         image_repository=repo,
         image_namespace="modelworks",
         version=version,
         runtime=runtime,
         artifact_digest=ref.digest,
         artifact_uri=f"oci://{repo}@{ref.digest}",
-        tenant=tenant,
+        tenant=tenant or "default",
     )
 
 
@@ -111,13 +111,17 @@ class Fleet:
         return deploy(self.ws.deploy_repo, ENV, list(cfgs), "deploy")
 
     def undeploy(self, name: str) -> None:
-        path = self.ws.root / config_path(ENV, name)
-        path.unlink()
-        _git.commit(self.ws.root, [config_path(ENV, name)], f"remove {name}")
+        tenant, _, bare = name.rpartition("/")
+        for path in (self.ws.root / "deploy" / ENV).glob("**/config.yaml"):
+            cfg = yaml.safe_load(path.read_text())
+            if (cfg["tenant"], cfg["name"]) == (tenant or "default", bare):
+                path.unlink()
+                rel = str(path.relative_to(self.ws.root))
+                _git.commit(self.ws.root, [rel], f"remove {name}")
 
     def layer_blob(self, digest: str) -> Path:
         store = OCIStore(self.ws.oci_dir)
-        layer = store.manifest(digest)["layers"][0]["digest"]
+        layer = store.manifest(digest)["layers"][-1]["digest"]
         return store.blob_path(layer)
 
 
@@ -441,7 +445,8 @@ def test_lru_evicts_and_reloads(deployed: Fleet) -> None:
             resp = infer(c, name, X[:2])
             assert resp.status_code == 200
             assert len(server.cache) == 1
-            assert server.cache.digests() == [server.entries[name].desired.artifact_digest]
+            key = ("acme", "churn") if name == "acme/churn" else ("default", name)
+            assert server.cache.digests() == [server.entries[key].desired.artifact_digest]
         assert server.cache.evictions == 3
         metrics = c.get("/metrics").text
     assert "mw_serving_evictions_total 3.0" in metrics
@@ -467,10 +472,10 @@ def test_metrics(client: AppClient) -> None:
     infer(client, "iris", X[:1, :2])
     infer(client, "nope", X[:1])
     text = client.get("/metrics").text
-    assert 'mw_serving_requests_total{model="iris"} 2.0' in text
-    assert 'mw_serving_request_errors_total{model="iris",status="400"} 1.0' in text
-    assert 'mw_serving_request_errors_total{model="",status="404"} 1.0' in text
-    assert 'mw_serving_request_duration_seconds_count{model="iris"} 1.0' in text
+    assert 'mw_serving_requests_total{model="iris",tenant="default"} 2.0' in text
+    assert 'mw_serving_request_errors_total{model="iris",status="400",tenant="default"} 1.0' in text
+    assert 'mw_serving_request_errors_total{model="",status="404",tenant=""} 1.0' in text
+    assert 'mw_serving_request_duration_seconds_count{model="iris",tenant="default"} 1.0' in text
     assert "mw_serving_loaded_models 1.0" in text
 
 

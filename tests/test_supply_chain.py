@@ -113,7 +113,7 @@ def test_served_version_verifies_every_check(ws: Workspace, store: Store) -> Non
     assert (info["version"], info["digest"]) == (cfg["version"], cfg["artifact_digest"])
     checks = info["checks"]
     assert checks["registry"] == {"registered": True, "scan_safe": True, "signed": True}
-    assert checks["digests"]["blobs"] == 3
+    assert checks["digests"]["blobs"] == 4  # manifest, config, base and model layers
     assert {"model.sig", "model.skops", "sbom.json", "metadata.json"} <= set(checks["files"])
     sig = checks["signature"]
     assert sig["key"] == "keys/signing-key.pub.pem"
@@ -136,7 +136,7 @@ def test_unknown_model_and_version_are_not_found(ws: Workspace, store: Store) ->
 
 def test_tampered_blob_is_refused(ws: Workspace, store: Store) -> None:
     digest = deployed(ws)["artifact_digest"]
-    layer = OCIStore(ws.oci_dir).manifest(digest)["layers"][0]["digest"]
+    layer = OCIStore(ws.oci_dir).manifest(digest)["layers"][-1]["digest"]
     blob = OCIStore(ws.oci_dir).blob_path(layer)
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -639,7 +639,7 @@ def test_show_survives_a_broken_sbom(ws: Workspace, store: Store, tmp_path: Path
         "version": cfg["version"],
         "error": "sbom.json is not an object",
     }
-    layer = OCIStore(ws.oci_dir).manifest(digest)["layers"][0]["digest"]
+    layer = OCIStore(ws.oci_dir).manifest(digest)["layers"][-1]["digest"]
     OCIStore(ws.oci_dir).blob_path(layer).write_bytes(b"gone")
     info = show(store, "model-0")
     assert info["sbom"]["error"].startswith("cannot read sbom.json: layer of image")

@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
 from modelworks import _git
+from modelworks.artifacts.verify import signed_baseline
 from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
@@ -22,9 +23,11 @@ from modelworks.pipelines.catalog import snapshot
 from modelworks.plan import ModelPlan, Plan, plan
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
+from modelworks.registry.tenants import repository_of
 from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
 from modelworks.security.redact import sealed_values
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -115,12 +118,13 @@ def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> 
 
 def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict[str, int]:
     with store.session() as s:
-        ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+        ids = {qualified(tenant, name): mid for tenant, name, mid in rows}
         for mp in models:
             if mp.loaded is None or mp.loaded.spec is None:
                 continue
             spec = mp.spec
-            if spec.name not in ids:
+            if mp.name not in ids:
                 new = _insert_new(
                     s,
                     Model,
@@ -133,8 +137,10 @@ def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict
                     },
                 )
                 if new is None:  # another controller sharing the registry added it first
-                    new = s.execute(select(Model.id).where(Model.name == spec.name)).scalar_one()
-                ids[spec.name] = new
+                    new = s.execute(
+                        select(Model.id).where(Model.tenant == spec.tenant, Model.name == spec.name)
+                    ).scalar_one()
+                ids[mp.name] = new
     return ids
 
 
@@ -146,18 +152,7 @@ def _baselines(
     if not wanted:
         return {}
     deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
-    pairs = {(n, deployed[n].version) for n in wanted if n in deployed}
-    out: dict[str, dict[str, float]] = {}
-    with store.session() as s:
-        rows = s.execute(
-            select(Model.name, ModelVersion.version, ModelVersion.metrics)
-            .join(ModelVersion)
-            .where(Model.name.in_([p[0] for p in pairs]))
-        )
-        for name, version, metrics in rows:
-            if (name, version) in pairs:
-                out[name] = metrics
-    return out
+    return {n: signed_baseline(ws, deployed[n]) for n in sorted(wanted) if n in deployed}
 
 
 def _jobs(
@@ -180,20 +175,21 @@ def _jobs(
         assert mp.version is not None
         assert mp.loaded is not None
         ref = data.resolve(spec)
-        log_path = ws.state_dir / "logs" / spec.name / f"{c.run_id}.log"
+        log_path = ws.state_dir / "logs" / mp.name / f"{c.run_id}.log"
         logs[c.run_id] = str(log_path)
         jobs.append(
             {
                 "run_id": c.run_id,
                 "attempt": c.attempts,
-                "model": spec.name,
+                "model": mp.name,
+                "repository": repository_of(ws, spec.tenant, spec.name),
                 "version": mp.version,
                 "fingerprint": mp.fingerprint,
                 "runtime": spec.runtime,
                 "tenant": spec.tenant,
                 "hyperparameters": spec.hyperparameters,
                 "gates": spec.gates.model_dump(),
-                "baseline": baselines.get(spec.name),
+                "baseline": baselines.get(mp.name),
                 "pipeline": {
                     "name": pipe.name,
                     "version": pipe.version,
@@ -208,6 +204,7 @@ def _jobs(
                     "names": _names(ref.kind, ref.dataset, ref.files),
                 },
                 "oci_dir": str(ws.oci_dir),
+                "base_image": ws.settings.oci.base_image,
                 "work_dir": str(work_dir),
                 "log_path": str(log_path),
                 "signing_key": str(key),
@@ -398,21 +395,29 @@ def deploy_auto(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Put each model's current registered version into the auto-deploy environments."""
     envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
-    fps = {m.fingerprint: m for m in p.models if m.fingerprint}
+    # Two tenants' models may share a fingerprint (same inputs): key by model and fingerprint.
+    fps = {(m.name, m.fingerprint): m for m in p.models if m.fingerprint and m.action != "error"}
     if not envs or not fps:
         return [], None
     with store.session() as s:
-        rows = s.execute(
-            select(Model.id, ModelVersion)
+        found = s.execute(
+            select(Model.tenant, Model.name, Model.id, ModelVersion)
             .join(ModelVersion)
-            .where(ModelVersion.status == "registered", ModelVersion.fingerprint.in_(list(fps)))
+            .where(
+                ModelVersion.status == "registered",
+                ModelVersion.fingerprint.in_([fp for _, fp in fps]),
+            )
         ).all()
+    rows = [
+        (fps[(qualified(t, n), v.fingerprint)], mid, v)
+        for t, n, mid, v in found
+        if (qualified(t, n), v.fingerprint) in fps
+    ]
     deployed, paths = [], []
     for env in envs:
         current = gdeploy.read_worktree_env(ws.deploy_repo, env)
         configs = []
-        for model_id, v in rows:
-            mp = fps[v.fingerprint]
+        for mp, model_id, v in rows:
             spec = mp.spec
             if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
                 continue
@@ -428,13 +433,13 @@ def deploy_auto(
                 v.artifact_digest or "",
                 v.oci_layout or "",
             )
-            old = current.get(spec.name)
+            old = current.get(mp.name)
             if old != cfg:
                 configs.append((model_id, cfg, old.version if old else None))
         paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c, _ in configs])
         deployed += [
             {
-                "name": c.name,
+                "name": c.qualified,
                 "env": env,
                 "version": c.version,
                 "previous": prev,

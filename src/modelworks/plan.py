@@ -40,12 +40,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from modelworks import LINE_FORMAT
-from modelworks.data.sources import DataResolver
-from modelworks.errors import ModelworksError, NotFoundError, did_you_mean
+from modelworks.data.confine import TenantRoots
+from modelworks.data.sources import DataResolver, owner_problem
+from modelworks.errors import ModelworksError, NotFoundError
 from modelworks.pipelines.catalog import Catalog, PipelineRef
 from modelworks.provenance import Provenance
 from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
+from modelworks.registry.tenants import sync_declared, tenants
+from modelworks.registry.usage import Usage, usage
 from modelworks.spec import LoadedSpec, ModelSpec, load_specs
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.config import TenantSettings
+from modelworks.tenancy.names import qualified, resolve_ref, split_ref
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -79,6 +85,7 @@ class ModelPlan:
     pipeline: PipelineRef | None = None
     commit: str | None = None  # the commit holding exactly this spec; None when it is dirty
     dirty: list[str] = field(default_factory=list)  # uncommitted inputs (with --allow-dirty)
+    tenant: str = DEFAULT_TENANT
 
     @property
     def spec(self) -> ModelSpec:
@@ -89,6 +96,7 @@ class ModelPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "tenant": self.tenant,
             "action": self.action,
             "reasons": self.reasons,
             "fingerprint": self.fingerprint,
@@ -153,15 +161,15 @@ class RegistryView:
     def read(cls, store: Store) -> RegistryView:
         with store.session() as s:
             fps: dict[str, set[str]] = {}
-            for name, fp in s.execute(
-                select(Model.name, ModelVersion.fingerprint).join(ModelVersion)
+            for tenant, name, fp in s.execute(
+                select(Model.tenant, Model.name, ModelVersion.fingerprint).join(ModelVersion)
             ):
-                fps.setdefault(name, set()).add(fp)
+                fps.setdefault(qualified(tenant, name), set()).add(fp)
             last_run = select(func.max(Run.id)).group_by(Run.model_id)
             failures = {
-                name: (fp, err or "")
-                for name, fp, err in s.execute(
-                    select(Model.name, Run.fingerprint, Run.error)
+                qualified(tenant, name): (fp, err or "")
+                for tenant, name, fp, err in s.execute(
+                    select(Model.tenant, Model.name, Run.fingerprint, Run.error)
                     .join(Run)
                     .where(Run.id.in_(last_run), Run.status == "failed")
                 )
@@ -174,27 +182,28 @@ class RegistryView:
 
     @staticmethod
     def latest_inputs(store: Store, names: list[str]) -> dict[str, dict[str, Any]]:
-        """The inputs of each named model's latest version (only for models that changed:
-        decoding every version's JSON would dominate the plan of an unchanged fleet)."""
+        """The inputs of each (qualified) named model's latest version (only for models that
+        changed: decoding every version's JSON would dominate the plan of an unchanged fleet)."""
         found: dict[str, dict[str, Any]] = {}
+        wanted = set(names)
+        bare = sorted({split_ref(n)[1] for n in names})
         with store.session() as s:
-            for i in range(0, len(names), 500):
-                chunk = names[i : i + 500]
+            for i in range(0, len(bare), 500):
+                chunk = bare[i : i + 500]
                 latest = (
                     select(func.max(ModelVersion.id))
                     .join(Model)
                     .where(Model.name.in_(chunk))
                     .group_by(ModelVersion.model_id)
                 )
-                found.update(
-                    s.execute(
-                        select(Model.name, ModelVersion.inputs)
-                        .join(ModelVersion)
-                        .where(ModelVersion.id.in_(latest))
-                    )
-                    .tuples()
-                    .all()
-                )
+                rows = s.execute(
+                    select(Model.tenant, Model.name, ModelVersion.inputs)
+                    .join(ModelVersion)
+                    .where(ModelVersion.id.in_(latest))
+                ).tuples()
+                for tenant, name, inputs in rows:
+                    if qualified(tenant, name) in wanted:
+                        found[qualified(tenant, name)] = inputs
         return found
 
 
@@ -230,14 +239,16 @@ def plan_one(
     allow_dirty: bool = False,
 ) -> ModelPlan:
     """Plan a single loaded spec against the registry view (and, given `prov`, Git)."""
+    key, tenant = item.qualified, item.tenant
     if item.spec is None:
-        return ModelPlan(item.name, "error", [item.error or "invalid spec"], loaded=item)
+        reasons = [item.error or "invalid spec"]
+        return ModelPlan(key, "error", reasons, loaded=item, tenant=tenant)
     spec = item.spec
     try:
         pipe = catalog.resolve(spec.pipeline, spec.version_label())
         data_hash = data.resolve(spec).hash
     except ModelworksError as exc:
-        return ModelPlan(spec.name, "error", [f"{item.path}: {exc}"], loaded=item)
+        return ModelPlan(key, "error", [f"{item.path}: {exc}"], loaded=item, tenant=tenant)
     dirty: list[str] = []
     commit = None
     if prov is not None:
@@ -245,17 +256,17 @@ def plan_one(
         dirty = ([spec_problem] if spec_problem else []) + uncommitted(spec, pipe, data, prov)
     if dirty and not allow_dirty:
         hint = "; commit it or pass --allow-dirty"
-        return ModelPlan(spec.name, "error", [d + hint for d in dirty], loaded=item)
+        return ModelPlan(key, "error", [d + hint for d in dirty], loaded=item, tenant=tenant)
     inputs = model_inputs(spec, data_hash, pipe)
     if dirty:
         inputs["dirty"] = True  # only then: clean fingerprints stay what they always were
     fp = fingerprint(inputs)
-    mp = ModelPlan(spec.name, "unchanged", [], fp, version_id(fp), item, inputs, pipe)
+    mp = ModelPlan(key, "unchanged", [], fp, version_id(fp), item, inputs, pipe, tenant=tenant)
     mp.dirty, mp.commit = dirty, commit
-    known = view.fingerprints.get(spec.name)
+    known = view.fingerprints.get(key)
     if known and fp in known:
         return mp
-    failed = view.last_failure.get(spec.name)
+    failed = view.last_failure.get(key)
     # An update's reasons are filled in by explain_updates, from the latest version's inputs.
     mp.action, mp.reasons = ("update", []) if known else ("create", ["new model"])
     if failed and failed[0] == fp:
@@ -303,29 +314,128 @@ def plan(
 
 
 def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: bool) -> Plan:
+    owners = tenants(ws, store)
+    if ws.settings.tenants:
+        sync_declared(ws, store)
     view = RegistryView.read(store)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
     data = DataResolver(ws)
     prov = Provenance(ws.root, ws.pipelines_dir)
     prov.prefetch(ws.models_dir)
     try:
-        loaded = load_specs(ws.models_dir)
+        loaded = load_specs(ws.models_dir, tenants=owners)
         if names:
             loaded = select_named(loaded, names, ws.show(ws.models_dir))
+        roots = {t: TenantRoots(ws.root, t, tuple(cfg.roots(t))) for t, cfg in owners.items()}
+        for item in loaded:
+            confine_to_tenant(item, owners, roots, data)
         models = [plan_one(item, view, data, catalog, prov, allow_dirty) for item in loaded]
     finally:
         prov.close()
+    if owners:
+        check_quotas(ws, store, models, owners)
     explain_updates(store, models)
     data.save()
     return Plan(models)
 
 
 def select_named(loaded: list[LoadedSpec], names: list[str], where: str) -> list[LoadedSpec]:
-    """The specs named on the command line; a name that matches no spec is an error."""
-    known = {item.name for item in loaded}
-    for name in names:
-        if name not in known:
-            hint = did_you_mean(name, known) or (" No specs found." if not known else "")
-            raise NotFoundError(f"no model spec named {name!r} in {where}.{hint}")
-    wanted = set(names)
-    return [item for item in loaded if item.name in wanted]
+    """The specs named on the command line (`tenant/model`, or a bare name: see
+    tenancy.names.resolve_ref); a name that matches no spec is an error."""
+    if not loaded:
+        raise NotFoundError(f"no model spec named {names[0]!r} in {where}. No specs found.")
+    known = [(item.tenant, item.name) for item in loaded]
+    wanted = {resolve_ref(name, known, f"the specs in {where}") for name in names}
+    return [item for item in loaded if item.qualified in wanted]
+
+
+def confine_to_tenant(
+    item: LoadedSpec,
+    owners: dict[str, TenantSettings],
+    roots: dict[str, TenantRoots],
+    data: DataResolver,
+) -> None:
+    """With tenants, a spec may read only its tenant's data roots and use only its allowed
+    pipelines and environments; a violation becomes the spec's error (nothing is read)."""
+    if item.spec is None or not owners:
+        return
+    spec, tenant = item.spec, item.tenant
+    settings = owners.get(tenant, TenantSettings())
+    problems = []
+    if not settings.allows_pipeline(spec.pipeline):
+        allowed = ", ".join(settings.pipelines or []) or "none"
+        problems.append(
+            f"field 'kubeflow_pipeline': tenant {tenant!r} may not use pipeline "
+            f"{spec.pipeline!r} (allowed: {allowed})"
+        )
+    denied = [e for e in spec.deploy.environments if not settings.allows_env(e)]
+    if denied:
+        allowed = ", ".join(settings.environments or []) or "none"
+        problems.append(
+            f"field 'deploy.environments': tenant {tenant!r} may not use {', '.join(denied)} "
+            f"(allowed: {allowed})"
+        )
+    own = roots.get(tenant) or TenantRoots(data.ws.root, tenant, tuple(settings.roots(tenant)))
+    data_problem = owner_problem(spec, data, own)
+    if data_problem:
+        problems.append(data_problem)
+    if problems:
+        item.error = "; ".join(f"{item.path}: {p}" for p in problems)
+        item.spec = None
+
+
+def check_quotas(
+    ws: Workspace, store: Store, models: list[ModelPlan], owners: dict[str, TenantSettings]
+) -> None:
+    """Over `max_models` or `max_artifact_bytes`: the models past the limit (in name order)
+    become errors; the tenant's other models plan normally."""
+    limited = {t for t, cfg in owners.items() if cfg.quotas.max_models is not None}
+    limited |= {t for t, cfg in owners.items() if cfg.quotas.max_artifact_bytes is not None}
+    if not limited:
+        return
+    used = usage(store, ws.oci_dir, limited)
+    for tenant in sorted(limited):
+        quotas, use = owners[tenant].quotas, used.get(tenant, Usage())
+        mine = sorted((m for m in models if m.tenant == tenant), key=lambda m: m.name)
+        if quotas.max_models is not None:
+            _over_models(mine, quotas.max_models, use, tenant)
+        if quotas.max_artifact_bytes is not None:
+            _over_bytes(mine, quotas.max_artifact_bytes, use, tenant)
+
+
+def _over_models(mine: list[ModelPlan], limit: int, use: Usage, tenant: str) -> None:
+    registered = use.models
+    room = limit - registered
+    for m in (m for m in mine if m.action == "create" and m.name not in use.names):
+        if room > 0:
+            room -= 1
+            continue
+        m.action, m.reasons = (
+            "error",
+            [
+                f"{_where(m)}tenant {tenant!r} is at its quota max_models={limit} "
+                f"({registered} registered); remove a model or raise quotas.max_models"
+            ],
+        )
+
+
+def _over_bytes(mine: list[ModelPlan], limit: int, use: Usage, tenant: str) -> None:
+    """A new version is expected to be as large as the model's latest one (0 if new)."""
+    total = use.artifact_bytes
+    for m in (m for m in mine if m.action in ("create", "update")):
+        expected = use.latest_bytes.get(m.name, 0)
+        if total < limit and total + expected <= limit:
+            total += expected
+            continue
+        m.action, m.reasons = (
+            "error",
+            [
+                f"{_where(m)}tenant {tenant!r} is over its quota max_artifact_bytes={limit} "
+                f"({use.artifact_bytes} bytes registered, {expected} more expected); "
+                "delete old versions (mw gc) or raise quotas.max_artifact_bytes"
+            ],
+        )
+
+
+def _where(m: ModelPlan) -> str:
+    return f"{m.loaded.path}: " if m.loaded is not None else ""

@@ -17,6 +17,8 @@ from modelworks.errors import SpecError, did_you_mean
 
 # A model name is an OCI repository path component, so every name can be packaged and pushed.
 from modelworks.names import NAME_MAX, NAME_PATTERN, is_name
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import qualified
 
 SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
@@ -164,6 +166,7 @@ class LoadedSpec:
     spec: ModelSpec | None = None
     error: str | None = None
     raw: dict[str, Any] | None = None
+    folder: str | None = None  # the tenant folder models/<tenant>/ it lies in, with tenants
 
     @property
     def name(self) -> str:
@@ -171,6 +174,21 @@ class LoadedSpec:
             return self.spec.model_name
         raw_name = (self.raw or {}).get("model_name") or (self.raw or {}).get("name")
         return str(raw_name) if raw_name else self.path.stem
+
+    @property
+    def tenant(self) -> str:
+        """The owning tenant (as far as it is known when the spec is broken)."""
+        if self.spec is not None:
+            return self.spec.tenant
+        raw_tenant = (self.raw or {}).get("tenant")
+        if self.folder:
+            return self.folder
+        return raw_tenant if isinstance(raw_tenant, str) and raw_tenant else DEFAULT_TENANT
+
+    @property
+    def qualified(self) -> str:
+        """`tenant/name` (bare for the default tenant): the model's key everywhere."""
+        return qualified(self.tenant, self.name)
 
 
 def _read_raw(path: Path) -> dict[str, Any]:
@@ -282,19 +300,80 @@ def spec_files(models_dir: Path) -> list[Path]:
     return [Path(p) for p in sorted(found)]
 
 
-def load_specs(models_dir: Path, files: Iterable[Path] | None = None) -> list[LoadedSpec]:
-    """Load every spec; a bad spec becomes an error entry and never stops the rest."""
+def folder_tenant(models_dir: Path, path: Path) -> str | None:
+    """`models/<tenant>/.../x.json` -> "<tenant>"; a spec directly in models/ -> None."""
+    try:
+        parts = path.relative_to(models_dir).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 else None
+
+
+def assign_tenant(item: LoadedSpec, models_dir: Path, declared: frozenset[str]) -> None:
+    """Give a loaded spec its owner: its folder `models/<tenant>/` or its `tenant` field.
+
+    Both given and different, or an owner that is not a declared tenant, is the spec's error.
+    """
+    folder = item.folder = folder_tenant(models_dir, item.path)
+    if item.spec is None:
+        return
+    field = (item.raw or {}).get("tenant")
+    shown = ", ".join(sorted(declared))
+    if folder is not None and field is not None and folder != field:
+        item.error = (
+            f"{item.path}: field 'tenant': {field!r} differs from its folder "
+            f"models/{folder}/ (tenant {folder!r}); drop the field or move the file"
+        )
+    elif folder is not None and folder not in declared:
+        item.error = (
+            f"{item.path}: folder models/{folder}/ is not a declared tenant "
+            f"(declared: {shown}); declare it under tenants: in modelworks.yaml"
+        )
+    elif folder is None and field is None and DEFAULT_TENANT not in declared:
+        item.error = (
+            f"{item.path}: belongs to no tenant (declared: {shown}); "
+            "put it in models/<tenant>/ or set its 'tenant' field"
+        )
+    elif folder is None and field is not None and field not in declared:
+        item.error = (
+            f"{item.path}: field 'tenant': {field!r} is not a declared tenant (declared: {shown})"
+        )
+    else:
+        owner = folder or field or DEFAULT_TENANT
+        item.spec = item.spec.model_copy(update={"tenant": owner})
+        return
+    item.spec = None
+
+
+def load_specs(
+    models_dir: Path,
+    files: Iterable[Path] | None = None,
+    tenants: Iterable[str] | None = None,
+) -> list[LoadedSpec]:
+    """Load every spec; a bad spec becomes an error entry and never stops the rest.
+
+    With `tenants` (the declared tenant names; empty or None: no tenants, today's rules) each
+    spec must belong to one of them, by its folder or its `tenant` field. Names are unique
+    per tenant.
+    """
     loaded = [load_spec(p) for p in (files if files is not None else spec_files(models_dir))]
+    declared = frozenset(tenants or ())
+    if declared:
+        for item in loaded:
+            assign_tenant(item, models_dir, declared)
     by_name: dict[str, list[LoadedSpec]] = {}
     for item in loaded:
         if item.spec is not None:
-            by_name.setdefault(item.spec.model_name, []).append(item)
+            by_name.setdefault(item.qualified, []).append(item)
     for name, items in by_name.items():
         if len(items) > 1:
             paths = ", ".join(str(i.path) for i in items)
             for item in items:
                 item.error = (
-                    f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
+                    f"{item.path}: field 'model_name': {items[0].name!r} is declared twice "
+                    f"in tenant {item.tenant!r} ({paths})"
+                    if declared
+                    else f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
                 )
                 item.spec = None
     return loaded

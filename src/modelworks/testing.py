@@ -113,9 +113,11 @@ def write_spec(
     version: str = "v1",
     fmt: str = "json",
     commit: bool = True,
+    folder: str | None = None,
     **extra: Any,
 ) -> Path:
-    """A spec in the reference format (extra keys are merged in), committed unless commit=False.
+    """A spec in the reference format (extra keys are merged in), committed unless commit=False;
+    `folder` puts it in models/<folder>/ (a tenant's folder).
 
     Plan and apply train only committed specs, so a test writes them the way a user does.
     """
@@ -128,7 +130,7 @@ def write_spec(
         "model_hyperparameters": {},
     }
     payload.update(extra)
-    path = ws.models_dir / f"{name}.{fmt}"
+    path = (ws.models_dir / folder if folder else ws.models_dir) / f"{name}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
         path.write_text(json.dumps(payload, indent=2))

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelworks.errors import ConfigError, SettingsError
 from modelworks.names import check_name
@@ -65,7 +72,22 @@ class OCISettings(_Section):
     registry: str | None = Field(None, description="host[:port] of an OCI registry to push to.")
     namespace: str = Field("modelworks", description="Repository namespace in the registry.")
     insecure: bool = Field(False, description="Use plain HTTP for the registry.")
-    base_image: str | None = Field(None, description="Base image for ModelCars (needs ln, sleep).")
+    base_image: str = Field(
+        "busybox",
+        description="ModelCar base layer with sh, ln and sleep for KServe: 'busybox' (Debian's "
+        "busybox-static), the path of a static busybox, or 'none' for model-only images.",
+    )
+
+    @field_validator("base_image")
+    @classmethod
+    def _check_base_image(cls, value: str) -> str:
+        # The same rule as artifacts.baselayer.check_setting (the workspace imports no layer).
+        if value in ("busybox", "none") or os.path.isabs(value):
+            return value
+        raise ValueError(
+            f"oci.base_image {value!r}: expected 'busybox' (Debian's busybox-static), 'none' "
+            "(model-only images) or the absolute path of a statically linked busybox"
+        )
 
 
 HttpAuth = Literal["none", "token"]

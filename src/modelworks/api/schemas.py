@@ -155,3 +155,10 @@ class TenantInfo(_Open):
 
 class TenantList(BaseModel):
     tenants: list[TenantInfo]
+
+
+def narrowed(seen: frozenset[str] | None, tenant: str | None) -> frozenset[str] | None:
+    """The visible tenants `seen` (None: all) narrowed to `tenant` when a filter names one."""
+    if tenant is None:
+        return seen
+    return frozenset({tenant}) if seen is None or tenant in seen else frozenset()

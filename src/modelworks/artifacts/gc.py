@@ -112,17 +112,23 @@ def deployed_digests(ws: Workspace) -> set[str]:
 
 
 def _registry_state(store: Store) -> tuple[set[tuple[str, str]], set[str], set[str], float | None]:
-    """(model, version) rows, registered digests, active runs' versions, newest run's time."""
+    """(OCI repository, version) rows, registered digests, active runs' versions, newest
+    run's time. A tenant's model lives in `<namespace>/<model>`: its layout folder says which."""
     from sqlalchemy import func, select
 
     from modelworks.registry.models import Model, ModelVersion, Run
+    from modelworks.registry.queries import layout_repo
 
     with store.session() as s:
-        rows = s.execute(
-            select(Model.name, ModelVersion.version, ModelVersion.artifact_digest).join(
-                Model, Model.id == ModelVersion.model_id
-            )
+        found = s.execute(
+            select(
+                Model.name,
+                ModelVersion.version,
+                ModelVersion.artifact_digest,
+                ModelVersion.oci_layout,
+            ).join(Model, Model.id == ModelVersion.model_id)
         ).all()
+        rows = [(layout_repo(lay) if lay else name, ver, d) for name, ver, d, lay in found]
         # A queued or running run may recover its packaged image (runs/worker.py recover()).
         active = Run.status.in_(("queued", "running"))
         running = {v for (v,) in s.execute(select(Run.version).where(active))}

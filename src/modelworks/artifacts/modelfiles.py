@@ -11,6 +11,15 @@ import numpy as np
 from modelworks.errors import PipelineError
 
 MODEL_FILES = {"sklearn": "model.skops", "onnx": "model.onnx"}
+# The file suffixes the server loads for each runtime, preferred first (serving/runtimes.py).
+LOADABLE_SUFFIXES = {
+    "sklearn": (".skops", ".joblib", ".pkl", ".pickle"),
+    "onnx": (".onnx",),
+    "xgboost": (".json", ".ubj", ".model"),
+    "lightgbm": (".txt", ".model"),
+}
+# Files the line itself writes next to the model files.
+LINE_FILES = frozenset({"metadata.json", "metrics.json", "profile.json", "sbom.json"})
 _DTYPES = {"f": "FP64", "i": "INT64", "u": "UINT64", "b": "BOOL", "O": "BYTES", "U": "BYTES"}
 
 
@@ -65,6 +74,44 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
         meta["outputs"] = [{"name": "output-0", "datatype": datatype(y), "shape": [-1]}]
         meta["feature_names"] = names or [f"f{i}" for i in range(X.shape[1])]
     return meta
+
+
+def custom_model_file(runtime: str, out_dir: Path, returned: Any) -> str:
+    """The model file a custom save() wrote: the name it returned, else the one loadable file.
+
+    Raises PipelineError when serving could not load what was saved, so nothing unloadable
+    is ever registered or deployed.
+    """
+    suffixes = LOADABLE_SUFFIXES.get(runtime)
+    if suffixes is None:
+        raise PipelineError(
+            f"runtime {runtime} cannot be served (supported: {', '.join(LOADABLE_SUFFIXES)})"
+        )
+    wanted = f"a {runtime} model file ({', '.join(suffixes)})"
+    written = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name not in LINE_FILES)
+    if isinstance(returned, (str, Path)) and str(returned):
+        name = Path(returned).name
+        if name not in written or Path(returned).parent not in (Path("."), out_dir):
+            raise PipelineError(
+                f"save() returned {str(returned)!r}, which is not a file it wrote in the output "
+                f"folder (found: {', '.join(written) or 'nothing'})"
+            )
+        if not name.endswith(suffixes):
+            raise PipelineError(f"save() returned {name!r}, but serving loads {wanted}")
+        return name
+    for suffix in suffixes:
+        found = [n for n in written if n.endswith(suffix)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise PipelineError(
+                f"save() wrote several {suffix} files ({', '.join(found)}): return the model "
+                "file's name from save() to say which one serving loads"
+            )
+    raise PipelineError(
+        f"save() wrote no file serving can load: expected {wanted} in the output folder, "
+        f"found {', '.join(written) or 'nothing'}"
+    )
 
 
 def write_json(path: Path, payload: Any, *, compact: bool = False) -> None:

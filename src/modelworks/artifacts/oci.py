@@ -8,7 +8,8 @@ On disk (``root`` is the workspace's ``.mw/oci``)::
     root/repos/<repo>/blobs -> ../../blobs   (relative symlink, deeper for "ns/model")
 
 so ``skopeo inspect oci:root/repos/<repo>:<tag>`` reads any image. A ModelCar is one
-uncompressed, deterministic tar layer holding the model folder under ``models/``.
+uncompressed, deterministic tar layer holding the model folder under ``models/``, on top of
+an optional shared base layer (artifacts.baselayer: busybox's sh, ln and sleep for KServe).
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from modelworks.artifacts.baselayer import IMAGE_ENV, ROLE_ANNOTATION
 from modelworks.errors import ArtifactError, NotFoundError, VerificationError, did_you_mean
+
+if TYPE_CHECKING:
+    from modelworks.artifacts.baselayer import BaseLayer
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -283,9 +288,17 @@ class OCIStore:
     # -- images --------------------------------------------------------------
 
     def write_image(
-        self, repo: str, tag: str, model_dir: Path, annotations: dict[str, str]
+        self,
+        repo: str,
+        tag: str,
+        model_dir: Path,
+        annotations: dict[str, str],
+        base: BaseLayer | None = None,
     ) -> ImageRef:
-        """Package model_dir as a ModelCar image tagged repo:tag and return its reference."""
+        """Package model_dir as a ModelCar image tagged repo:tag and return its reference.
+
+        With `base` (artifacts.baselayer.base_layer) the model layer goes on top of it.
+        """
         validate_repo(repo)
         validate_tag(tag)
         model_dir = Path(model_dir)
@@ -295,22 +308,28 @@ class OCIStore:
             layer_digest, layer_size = self._put_model_layer(model_dir)
         except OSError as exc:
             raise ArtifactError(f"cannot package {model_dir} as {repo}:{tag}: {exc}") from None
-        config = self._config_bytes(layer_digest)
+        layers: list[dict[str, Any]] = [
+            {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
+        ]
+        if base is not None:
+            layers.insert(0, base.descriptor())
+        config = self._config_bytes([str(ly["digest"]) for ly in layers], base is not None)
         config_digest = self.put_blob(config)
         manifest = build_manifest(
             {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
-            [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}],
+            layers,
             annotations,
         )
         return self.tag_manifest(repo, tag, manifest)
 
-    def _config_bytes(self, layer_digest: str) -> bytes:
+    def _config_bytes(self, diff_ids: list[str], has_base: bool) -> bytes:
+        # Uncompressed layers: each diff_id is the layer's digest.
         return canonical_json(
             {
                 "architecture": self.architecture,
                 "os": self.os_name,
-                "config": {},
-                "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+                "config": {"Env": IMAGE_ENV} if has_base else {},
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
             }
         )
 
@@ -453,11 +472,16 @@ class OCIStore:
 
     def _model_layer(self, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
         manifest = self.manifest(digest)
-        layers = [ly for ly in manifest["layers"] if ly.get("mediaType") == LAYER_TYPE]
+        layers = [
+            ly
+            for ly in manifest["layers"]
+            if ly.get("mediaType") == LAYER_TYPE
+            and (ly.get("annotations") or {}).get(ROLE_ANNOTATION) != "base"
+        ]
         if len(layers) != 1:
             raise ArtifactError(
-                f"image {digest} has {len(layers)} uncompressed tar layers; "
-                "a ModelCar has exactly one"
+                f"image {digest} has {len(layers)} uncompressed tar model layers; "
+                "a ModelCar has exactly one (besides its base layer)"
             )
         return manifest, layers[0]
 

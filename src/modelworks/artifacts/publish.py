@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from modelworks.errors import ArtifactError, ConfigError, ModelworksError
 from modelworks.registry import audit
 from modelworks.registry.models import Model, ModelVersion
+from modelworks.tenancy.names import qualified, split_ref
 
 UNREACHABLE = "cannot reach OCI registry"
 
@@ -43,18 +44,22 @@ def _served(ws: Workspace) -> set[tuple[str, str]]:
 def _candidates(
     ws: Workspace, store: Store, names: list[str] | None
 ) -> list[tuple[str, str, ModelVersion]]:
-    """(model, tenant, version row) to push: served versions plus each model's latest registered."""
+    """(qualified model, tenant, version row) to push: served versions plus each model's
+    latest registered."""
+    from modelworks.registry.queries import get_model
+
     served = _served(ws)
     with store.session() as s:
         q = select(Model)
         if names:
-            q = q.where(Model.name.in_(names))
-        models = {m.id: m for m in s.scalars(q)}
-        missing = sorted(set(names or []) - {m.name for m in models.values()})
-        if missing:
-            from modelworks.registry.queries import get_model
-
-            get_model(s, missing[0])  # raises NotFoundError with a suggestion
+            q = q.where(Model.name.in_(sorted({split_ref(n)[1] for n in names})))
+        found = list(s.scalars(q))
+        by_key = {qualified(m.tenant, m.name): m for m in found}
+        wanted = set(names or by_key)
+        for ref in sorted(wanted - set(by_key)):
+            m = get_model(s, ref)  # NotFoundError with a suggestion, or the one tenant's model
+            wanted.add(qualified(m.tenant, m.name))
+        models = {m.id: m for key, m in by_key.items() if key in wanted}
         latest = (
             select(func.max(ModelVersion.id))
             .where(ModelVersion.status == "registered")
@@ -67,26 +72,39 @@ def _candidates(
         ).all()
         latest_ids = set(s.scalars(latest))
     out = []
-    for v in sorted(rows, key=lambda r: (models[r.model_id].name, r.id)):
+    keys = {mid: qualified(m.tenant, m.name) for mid, m in models.items()}
+    for v in sorted(rows, key=lambda r: (keys[r.model_id], r.id)):
         m = models[v.model_id]
-        if v.id in latest_ids or (m.name, v.version) in served:
-            out.append((m.name, m.tenant, v))
+        if v.id in latest_ids or (keys[v.model_id], v.version) in served:
+            out.append((keys[v.model_id], m.tenant, v))
     return out
 
 
-def _push_one(ws: Workspace, oci: Any, name: str, v: ModelVersion, auth: Any) -> dict[str, Any]:
+def _repositories(ws: Workspace, name: str, tenant: str, v: ModelVersion) -> tuple[str, str]:
+    """The version's repository in the local store and in the registry (`<namespace>/<model>`,
+    the namespace being the tenant's; `oci.namespace` for the default tenant)."""
+    from modelworks.registry.queries import layout_repo
+    from modelworks.registry.tenants import oci_namespace
+
+    local = layout_repo(v.oci_layout) if v.oci_layout else name
+    return local, f"{oci_namespace(ws, tenant).strip('/')}/{split_ref(name)[1]}"
+
+
+def _push_one(
+    ws: Workspace, oci: Any, name: str, tenant: str, v: ModelVersion, auth: Any
+) -> dict[str, Any]:
     from modelworks.artifacts.push import push
 
     settings = ws.settings.oci
     if not v.artifact_ref:
         raise ArtifactError(f"{name} {v.version} has no artifact in the local store to push")
-    image = oci.resolve(name, v.artifact_ref)
+    local, repository = _repositories(ws, name, tenant, v)
+    image = oci.resolve(local, v.artifact_ref)
     if v.artifact_digest and image.digest != v.artifact_digest:
         raise ArtifactError(
             f"{name}:{v.artifact_ref} in {oci.root} is {image.digest}, but the "
             f"registry recorded {v.artifact_digest}; run `mw fsck`"
         )
-    repository = f"{settings.namespace.strip('/')}/{name}"
     result = push(
         oci,
         image,
@@ -134,7 +152,7 @@ def push_versions(
     events: list[Mapping[str, Any]] = []
     try:
         for name, tenant, v in _candidates(ws, store, names):
-            row = _push_version(ws, oci, auth, name, v, force)
+            row = _push_version(ws, oci, auth, name, tenant, v, force)
             results.append(row)
             if row["status"] == "pushed":
                 pushed[v.id] = row["uri"]
@@ -161,10 +179,10 @@ def push_versions(
 
 
 def _push_version(
-    ws: Workspace, oci: Any, auth: Any, name: str, v: ModelVersion, force: bool
+    ws: Workspace, oci: Any, auth: Any, name: str, tenant: str, v: ModelVersion, force: bool
 ) -> dict[str, Any]:
     host = str(ws.settings.oci.registry).split("://", 1)[-1].rstrip("/")
-    target = f"{host}/{ws.settings.oci.namespace.strip('/')}/{name}:{v.version}"
+    target = f"{host}/{_repositories(ws, name, tenant, v)[1]}:{v.version}"
     row: dict[str, Any] = {
         "name": name,
         "version": v.version,
@@ -177,7 +195,7 @@ def _push_version(
     if v.pushed_uri == target and not force:
         return {**row, "status": "up-to-date"}
     try:
-        return {**row, **_push_one(ws, oci, name, v, auth), "status": "pushed"}
+        return {**row, **_push_one(ws, oci, name, tenant, v, auth), "status": "pushed"}
     except ModelworksError as exc:
         return {**row, "status": "failed", "error": str(exc)}
 

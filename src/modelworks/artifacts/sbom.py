@@ -43,6 +43,19 @@ def environment_sbom(packages: Iterable[str] | None = None) -> dict[str, Any]:
     return doc
 
 
+def with_component(doc: dict[str, Any], component: dict[str, Any]) -> dict[str, Any]:
+    """`doc` with one more component (e.g. the ModelCar's base layer), a dependency of the root."""
+    out = copy.deepcopy(doc)
+    out.setdefault("components", []).append(component)
+    root = out["metadata"]["component"]["bom-ref"]
+    deps = out.setdefault("dependencies", [])
+    for dep in deps:
+        if dep.get("ref") == root:
+            dep.setdefault("dependsOn", []).append(component["bom-ref"])
+    deps.append({"ref": component["bom-ref"]})
+    return out
+
+
 def validate_sbom(doc: dict[str, Any]) -> None:
     """Raise ArtifactError unless `doc` is a CycloneDX JSON SBOM of the shape we write."""
     if not isinstance(doc, dict):
@@ -88,6 +101,8 @@ def _check_shape(doc: dict[str, Any]) -> None:
         for field in ("type", "name", "version", "purl"):
             if not comp.get(field):
                 raise ArtifactError(f"SBOM: components[{i}] ({comp.get('name')!r}) has no {field}")
+        if not str(comp["purl"]).startswith("pkg:pypi/"):
+            continue  # a system package (the base layer's busybox): not from this environment
         expected = _purl(comp["name"], comp["version"])
         if comp["purl"] != expected:
             raise ArtifactError(
@@ -225,6 +240,11 @@ def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
     components = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
     versions = {str(c.get("name", "")).lower(): c.get("version") for c in components}
     meta = _dict(doc.get("metadata"))
+    base = [
+        f"{c.get('name')} {c.get('version')}"
+        for c in components
+        if not str(c.get("purl", "")).startswith("pkg:pypi/")
+    ]
     return {
         "format": doc.get("bomFormat"),
         "spec_version": doc.get("specVersion"),
@@ -233,6 +253,7 @@ def sbom_summary(doc: dict[str, Any]) -> dict[str, Any]:
         "created": meta.get("timestamp"),
         "environment": _dict(meta.get("component")).get("version"),
         "key_packages": {p: versions[p] for p in KEY_PACKAGES if p in versions},
+        "base_image": base[0] if base else None,
     }
 
 

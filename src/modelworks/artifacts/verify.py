@@ -8,13 +8,15 @@
              manifest's annotations name this model, version and fingerprint
 3. signature the extracted folder matches model.sig under the workspace public key (or a
              key retired by ``mw keys rotate``)
-4. sbom      sbom.json is a valid CycloneDX document
-5. scan      the extracted files are scanned again at the workspace threshold
+4. metrics   the registry's metrics are the signed metrics.json (gates and deltas use them)
+5. sbom      sbom.json is a valid CycloneDX document
+6. scan      the extracted files are scanned again at the workspace threshold
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from sqlalchemy import func, select
 from modelworks.errors import (
     ArtifactError,
     ConfigError,
+    ModelworksError,
     NotFoundError,
     VerificationError,
     did_you_mean,
@@ -32,6 +35,7 @@ from modelworks.errors import (
 
 if TYPE_CHECKING:
     from modelworks.artifacts.oci import OCIStore
+    from modelworks.gitops.deploy import DeployConfig
     from modelworks.registry.models import ModelVersion
     from modelworks.registry.store import Store
     from modelworks.security.audit import ChainProblem
@@ -120,6 +124,9 @@ def _refuse_revoked(ws: Workspace, model_dir: Path) -> None:
 def _resolve(
     ws: Workspace, store: Store, model: str, version: str | None, env: str | None
 ) -> tuple[dict[str, Any] | None, str, dict[str, dict[str, str]]]:
+    from modelworks.registry.queries import resolve_model
+
+    model = resolve_model(store, model)  # `churn` may mean the one tenant's acme/churn
     rows = _versions(store, model)
     deployed = _deployed(ws, model)
     if version and version.startswith("sha256:"):
@@ -156,6 +163,7 @@ def _row(v: ModelVersion) -> dict[str, Any]:
         "fingerprint": v.fingerprint,
         "scan": v.scan,
         "signed": v.signed,
+        "metrics": v.metrics,
     }
 
 
@@ -219,6 +227,7 @@ def _check_artifact(
             p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()
         )
         checks["signature"] = verify_signature(ws, model_dir)
+        checks["metrics"] = _check_metrics(model_dir, row)
         checks["sbom"] = _check_sbom(model_dir)
         checks["scan"] = _rescan(ws, model_dir)
     return checks
@@ -261,6 +270,68 @@ def _check_annotations(
                 "this artifact belongs to something else"
             )
     return {k: str(v) for k, v in found.items()}
+
+
+def signed_metrics(model_dir: Path) -> dict[str, Any]:
+    """The metrics the artifact was signed with (models/metrics.json); {} when it has none."""
+    path = model_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerificationError(f"the artifact's metrics.json is not JSON: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise VerificationError("the artifact's metrics.json is not a JSON object")
+    return loaded
+
+
+def metric_differences(signed: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """Each metric on which the registry row and the signed artifact disagree, as a sentence."""
+    out = []
+    for key in sorted(set(signed) | set(recorded)):
+        a, b = signed.get(key), recorded.get(key)
+        if not _same(a, b):
+            out.append(f"{key}: the registry says {b!r}, the signed artifact {a!r}")
+    return out
+
+
+def signed_baseline(ws: Workspace, cfg: DeployConfig) -> dict[str, Any]:
+    """The metrics a deployed artifact was signed with: a no_regression gate's baseline comes
+    from the artifact the deploy config (in Git) pins by digest, never from the registry's
+    editable row."""
+    from modelworks.artifacts.oci import OCIStore
+
+    where = f"{cfg.name}@{cfg.version} ({cfg.artifact_digest})"
+    try:
+        metrics = json.loads(OCIStore(ws.oci_dir).read_file(cfg.artifact_digest, "metrics.json"))
+    except (ModelworksError, ValueError) as exc:
+        raise VerificationError(
+            f"{where}: cannot read the deployed artifact's signed metrics for a no_regression "
+            f"gate: {exc} (`mw fsck` reports why)"
+        ) from None
+    if not isinstance(metrics, dict):
+        raise VerificationError(f"{where}: the artifact's metrics.json is not a JSON object")
+    return metrics
+
+
+def _same(a: Any, b: Any) -> bool:
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+    return math.isclose(a, b, rel_tol=1e-12) if numbers else bool(a == b)
+
+
+def _check_metrics(model_dir: Path, row: dict[str, Any] | None) -> dict[str, Any]:
+    """The registry's metrics must be the signed ones: they drive gates and promotion deltas."""
+    signed = signed_metrics(model_dir)
+    if row is None:
+        return {"signed": len(signed)}
+    differences = metric_differences(signed, row.get("metrics") or {})
+    if differences:
+        raise VerificationError(
+            "the registry's metrics differ from the signed artifact's (the registry row was "
+            "changed after training; `mw fsck --repair` rebuilds it): " + "; ".join(differences)
+        )
+    return {"signed": len(signed), "registry_matches": True}
 
 
 def _tmp_root(ws: Workspace) -> Path:

@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "admin",
     "gc",
     "fsck",
+    "tenant",
 ]
 
 

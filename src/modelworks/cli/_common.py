@@ -32,6 +32,15 @@ def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, 
     A registry that is missing, 0 bytes or without versions in a workspace with deployments or
     images was lost: refused (registry/fsck.py guard) rather than silently recreated empty.
     """
+    ws, store, _tenants = open_scoped(path, role)
+    return ws, store
+
+
+def open_scoped(
+    path: Path | None, role: str = "viewer"
+) -> tuple[Workspace, Store, frozenset[str] | None]:
+    """`open_workspace`, plus the tenants the caller may see (None: all): a token's tenant,
+    or every tenant for a platform admin and local mode's user (see tenancy.access)."""
     from modelworks.registry.fsck import guard
     from modelworks.security.anchor import open_store
     from modelworks.workspace import Workspace
@@ -41,8 +50,11 @@ def open_workspace(path: Path | None, role: str = "viewer") -> tuple[Workspace, 
     store = open_store(ws)
     guard(ws, store)
     if ws.settings.auth.mode == "token":
-        identity_for(ws, store, cli_token(), None, role, "read this workspace")
-    return ws, store
+        from modelworks.tenancy.access import visible_tenants
+
+        who = identity_for(ws, store, cli_token(), None, role, "read this workspace")
+        return ws, store, visible_tenants(who)
+    return ws, store, None
 
 
 def cli_token() -> str | None:
@@ -78,3 +90,13 @@ def actor(
 ) -> str:
     """The user a state-changing command acts as (see identity_for)."""
     return identity_for(ws, None, cli_token(), given, role, action).user
+
+
+def acting(
+    ws: Workspace, store: Store | None, given: str | None, role: str, action: str
+) -> tuple[str, frozenset[str] | None]:
+    """The user a command acts as (see identity_for) and the tenants they may act on."""
+    from modelworks.tenancy.access import visible_tenants
+
+    identity = identity_for(ws, store, cli_token(), given, role, action)
+    return identity.user, visible_tenants(identity)

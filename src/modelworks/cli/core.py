@@ -9,7 +9,14 @@ import typer
 
 from modelworks._render import ApplyProgress, print_apply, print_plan, print_status
 from modelworks.cli import emit_json
-from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
+from modelworks.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    actor,
+    open_scoped,
+    open_workspace,
+)
 
 data_app = typer.Typer(help="Version datasets (DVC-compatible).", no_args_is_help=True)
 
@@ -143,8 +150,8 @@ def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
     """The fleet: each model's latest version, status, metrics and deployments."""
     from modelworks.registry.queries import status
 
-    _ws, store = open_workspace(workspace)
-    rows = status(store)
+    _ws, store, tenants = open_scoped(workspace)
+    rows = status(store, tenants)
     if json_out:
         emit_json({"models": rows})
         return
@@ -152,7 +159,7 @@ def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
 
 
 def show_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -160,8 +167,8 @@ def show_cmd(
     from modelworks._console import console
     from modelworks.registry.queries import show
 
-    _ws, store = open_workspace(workspace)
-    info = show(store, model)
+    _ws, store, tenants = open_scoped(workspace)
+    info = show(store, model, tenants)
     if json_out:
         emit_json(info)
         return
@@ -220,8 +227,8 @@ def runs_cmd(
     from modelworks._console import console
     from modelworks.registry.queries import runs
 
-    _ws, store = open_workspace(workspace)
-    rows = runs(store, model=model, status=status_, limit=limit)
+    _ws, store, tenants = open_scoped(workspace)
+    rows = runs(store, model=model, status=status_, limit=limit, tenants=tenants)
     if json_out:
         emit_json({"runs": rows})
         return
@@ -243,7 +250,7 @@ def runs_cmd(
 
 
 def logs_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     run: Annotated[
         int | None, typer.Option("--run", help="A run id (default: the latest).")
     ] = None,
@@ -255,8 +262,8 @@ def logs_cmd(
 
     from modelworks.registry.queries import run_log
 
-    _ws, store = open_workspace(workspace)
-    info, text = run_log(store, model, run)
+    _ws, store, tenants = open_scoped(workspace)
+    info, text = run_log(store, model, run, tenants)
     if json_out:
         emit_json({"run": info, "log": text})
         return

@@ -8,7 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from modelworks.cli import emit_json
-from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
+from modelworks.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    acting,
+    actor,
+    open_scoped,
+    open_workspace,
+)
 
 export_app = typer.Typer(
     help="Write Argo CD or KServe manifests from the deploy repo.", no_args_is_help=True
@@ -32,15 +40,20 @@ def promote_cmd(
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Models with label k=v (repeatable).")
     ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="Only this tenant's models (a request has one tenant)."),
+    ] = None,
     workspace: WorkspaceOpt = None,
     as_user: ActorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Open one promotion request (branch promote/<id>) for one or many models."""
+    """Open one promotion request (branch promote/<id>) for one or many models of a tenant."""
     from modelworks._console import console
     from modelworks.gitops.promote import promote
 
     ws, store = open_workspace(workspace)
+    who, tenants = acting(ws, store, as_user, "developer", f"promote to {to}")
     req = promote(
         ws,
         store,
@@ -50,7 +63,9 @@ def promote_cmd(
         all_changed=all_changed,
         pipeline=pipeline,
         labels=label,
-        actor=actor(ws, as_user, "developer", f"promote to {to}"),
+        actor=who,
+        tenant=tenant,
+        tenants=tenants,
     )
     if json_out:
         emit_json(req)
@@ -109,8 +124,8 @@ def promotions_cmd(
     from modelworks._console import console
     from modelworks.gitops.promote import list_promotions
 
-    _ws, store = open_workspace(workspace)
-    rows = list_promotions(store, state)
+    _ws, store, tenants = open_scoped(workspace)
+    rows = list_promotions(store, state, tenants)
     if json_out:
         emit_json({"promotions": rows})
         return
@@ -138,8 +153,8 @@ def promotion_cmd(
     """One promotion request with its table of metric deltas."""
     from modelworks.gitops.promote import get_promotion
 
-    _ws, store = open_workspace(workspace)
-    _show(get_promotion(store, request_id), json_out)
+    _ws, store, tenants = open_scoped(workspace)
+    _show(get_promotion(store, request_id, tenants), json_out)
 
 
 def _show(req: dict[str, Any], json_out: bool) -> None:
@@ -186,8 +201,8 @@ def approve_cmd(
     from modelworks.gitops.promote import approve
 
     ws, store = open_workspace(workspace)
-    who = actor(ws, as_user, "approver", f"approve promotion request {request_id}")
-    req = approve(ws, store, request_id, actor=who, comment=comment)
+    who, tenants = acting(ws, store, as_user, "approver", f"approve promotion request {request_id}")
+    req = approve(ws, store, request_id, actor=who, comment=comment, tenants=tenants)
     if json_out:
         emit_json(req)
         return
@@ -218,8 +233,8 @@ def reject_cmd(
     from modelworks.gitops.promote import reject
 
     ws, store = open_workspace(workspace)
-    who = actor(ws, as_user, "approver", f"reject promotion request {request_id}")
-    req = reject(ws, store, request_id, actor=who, reason=reason)
+    who, tenants = acting(ws, store, as_user, "approver", f"reject promotion request {request_id}")
+    req = reject(ws, store, request_id, actor=who, reason=reason, tenants=tenants)
     if json_out:
         emit_json(req)
         return
@@ -227,7 +242,7 @@ def reject_cmd(
 
 
 def rollback_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     env: EnvOpt = "prod",
     to: Annotated[
         str | None, typer.Option("--to", help="Version to put back (default: the previous one).")
@@ -242,8 +257,9 @@ def rollback_cmd(
 
     ws, store = open_workspace(workspace)
     gated = getattr(ws.settings.environments.get(env), "approvals", 0) > 0
-    who = actor(ws, as_user, "approver" if gated else "developer", f"roll back {model} in {env}")
-    result = rollback(ws, store, model, env=env, to=to, actor=who)
+    role = "approver" if gated else "developer"
+    who, tenants = acting(ws, store, as_user, role, f"roll back {model} in {env}")
+    result = rollback(ws, store, model, env=env, to=to, actor=who, tenants=tenants)
     if json_out:
         emit_json(result)
         return
@@ -279,7 +295,7 @@ def attest_cmd(
 
 
 def history_cmd(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(help="Model: TENANT/MODEL, or a bare name.")],
     env: EnvOpt = "prod",
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="At most this many entries.")
@@ -294,7 +310,12 @@ def history_cmd(
     from modelworks.gitops.rollback import history
     from modelworks.workspace import Workspace
 
-    rows = history(Workspace.load(workspace), model, env, limit)
+    ws = Workspace.load(workspace)
+    if ws.settings.auth.mode == "token":
+        ws, store, tenants = open_scoped(workspace)
+        rows = history(ws, model, env, limit, store=store, tenants=tenants)
+    else:
+        rows = history(ws, model, env, limit)
     if json_out:
         emit_json({"model": model, "env": env, "history": rows})
         return
@@ -344,13 +365,6 @@ def push_cmd(
         raise typer.Exit(1)
 
 
-def _default_repo_url(repo: Path) -> str:
-    from modelworks import _git
-
-    url = _git.git(repo, "remote", "get-url", "origin", check=False).strip()
-    return url or str(repo.resolve())
-
-
 @export_app.command("argocd")
 def export_argocd_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for appset-<env>.yaml files.")],
@@ -367,22 +381,31 @@ def export_argocd_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """One Argo CD ApplicationSet per environment (auto-sync where auto_deploy is on)."""
-    from modelworks._console import console
-    from modelworks.gitops.export import export_argocd
+    from rich.markup import escape
+
+    from modelworks._console import console, err_console
+    from modelworks.gitops.export import default_repo_url, export_argocd
     from modelworks.workspace import Workspace
 
     ws = Workspace.load(workspace)
     envs = ws.settings.environments
+    warnings: list[str] = []
     with _warnings_to_stderr():
+        if not repo_url:
+            repo_url, fallback = default_repo_url(ws.deploy_repo)
+            if fallback:
+                err_console.print(f"[yellow]{escape(fallback)}[/]")
+                warnings.append(fallback)
         paths = export_argocd(
             ws.deploy_repo,
             out,
-            repo_url=repo_url or _default_repo_url(ws.deploy_repo),
+            repo_url=repo_url,
             envs=list(envs),
             revision=revision,
             auto_sync={e: cfg.auto_deploy for e, cfg in envs.items()},
+            warnings=warnings,
         )
-    _report_written(paths, json_out, console)
+    _report_written(paths, json_out, console, warnings)
 
 
 @export_app.command("kserve")
@@ -449,9 +472,14 @@ def _warnings_to_stderr() -> Any:
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def _report_written(paths: list[Path], json_out: bool, console: Any) -> None:
+def _report_written(
+    paths: list[Path], json_out: bool, console: Any, warnings: list[str] | None = None
+) -> None:
     if json_out:
-        emit_json({"written": [str(p) for p in paths]})
+        doc: dict[str, Any] = {"written": [str(p) for p in paths]}
+        if warnings is not None:
+            doc["warnings"] = warnings
+        emit_json(doc)
         return
     for p in paths:
         console.print(f"  wrote {p}", highlight=False)

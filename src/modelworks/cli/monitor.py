@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from modelworks.cli import emit_json
-from modelworks.cli._common import JsonOpt, WorkspaceOpt, open_workspace
+from modelworks.cli._common import JsonOpt, WorkspaceOpt, open_scoped
 
 
 def monitor_cmd(
@@ -29,8 +29,10 @@ def monitor_cmd(
     """Compare served inputs with each model's training profile (PSI, KS); exit 2 on drift."""
     from modelworks.monitor.run import monitor
 
-    ws, store = open_workspace(workspace, role="developer")
-    results = monitor(ws, store, env, models or None, window=window, record=not dry_run)
+    ws, store, tenants = open_scoped(workspace, role="developer")
+    results = monitor(
+        ws, store, env, models or None, window=window, record=not dry_run, tenants=tenants
+    )
     if json_out:
         emit_json({"env": env, "models": [r.to_dict() for r in results]})
     else:

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from modelworks.cli import emit_json
-from modelworks.cli._common import ActorOpt, JsonOpt, WorkspaceOpt, actor, open_workspace
+from modelworks.cli._common import (
+    ActorOpt,
+    JsonOpt,
+    WorkspaceOpt,
+    actor,
+    open_scoped,
+    open_workspace,
+)
 
 audit_app = typer.Typer(help="List and verify the hash-chained audit log.")
 keys_app = typer.Typer(
@@ -39,7 +46,7 @@ def verify_cmd(
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Verify a version before anything loads it: digests, signature, SBOM and scan."""
+    """Verify a version before anything loads it: digests, signature, metrics, SBOM, scan."""
     from modelworks._console import console
     from modelworks.artifacts.verify import verify_version
     from modelworks.errors import ConfigError
@@ -68,6 +75,11 @@ def verify_cmd(
     console.print(
         f"  signature  {len(c['files'])} files, key {sig['key']}{retired} "
         f"{sig['fingerprint'][:19]}",
+        highlight=False,
+    )
+    console.print(
+        f"  metrics    {c['metrics']['signed']} signed metrics"
+        + ("; the registry matches" if c["metrics"].get("registry_matches") else ""),
         highlight=False,
     )
     console.print(
@@ -129,8 +141,16 @@ def audit_cmd(
         return
     from modelworks.registry.audit import rows
 
-    _ws, store = open_workspace(workspace)
-    events = rows(store, action=action, actor=actor_, target=model, tenant=tenant, limit=limit)
+    _ws, store, tenants = open_scoped(workspace)
+    events = rows(
+        store,
+        action=action,
+        actor=actor_,
+        target=model,
+        tenant=tenant,
+        limit=limit,
+        tenants=tenants,
+    )
     if json_out:
         emit_json({"events": events})
         return

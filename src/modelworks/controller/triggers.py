@@ -27,6 +27,7 @@ from modelworks.errors import ConfigError, DataError
 from modelworks.registry import audit
 from modelworks.registry.models import Model, Run
 from modelworks.spec import _read_raw, dump_spec, load_specs
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.controller.state import ControllerState
@@ -41,10 +42,10 @@ IGNORED_SUFFIXES = (".dvc", ".tmp", ".part", ".crdownload", ".swp")
 
 
 def schedules(ws: Workspace) -> dict[str, str]:
-    """Model name -> cron expression, for every valid spec with a `schedule`."""
+    """Qualified model name -> cron expression, for every valid spec with a `schedule`."""
     return {
-        item.spec.name: item.spec.schedule
-        for item in load_specs(ws.models_dir)
+        item.qualified: item.spec.schedule
+        for item in load_specs(ws.models_dir, tenants=ws.settings.tenants)
         if item.spec is not None and item.spec.schedule
     }
 
@@ -82,9 +83,9 @@ def bump_to_newest(ws: Workspace, names: list[str], reason: str, actor: str) -> 
     data = DataResolver(ws)
     bump = Bump()
     paths: list[Path] = []
-    for item in load_specs(ws.models_dir):
+    for item in load_specs(ws.models_dir, tenants=ws.settings.tenants):
         spec = item.spec
-        if spec is None or spec.name not in wanted:
+        if spec is None or item.qualified not in wanted:
             continue
         ds = spec.data_source
         if ds.type != "dvc" or not ds.dvc_hash:
@@ -98,7 +99,7 @@ def bump_to_newest(ws: Workspace, names: list[str], reason: str, actor: str) -> 
         raw = _read_raw(item.path)
         raw["data_source"]["dvc_hash"] = newest
         dump_spec(raw, item.path)
-        bump.specs[spec.name] = (ds.dvc_hash, newest)
+        bump.specs[item.qualified] = (ds.dvc_hash, newest)
         paths.append(item.path)
     if paths:
         bump.commit = _commit_files(ws, paths, _bump_message(reason, bump), actor)
@@ -124,12 +125,14 @@ def record_noops(
     now = datetime.now(UTC)
     done = []
     with store.session() as s:
-        ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+        ids = {qualified(t, n): i for t, n, i in rows}
         for mp in p.models:
             if mp.name not in wanted or mp.action != "unchanged" or mp.name not in ids:
                 continue
             run = Run(
                 model_id=ids[mp.name],
+                tenant=mp.tenant,
                 fingerprint=mp.fingerprint,
                 version=mp.version,
                 status="succeeded",

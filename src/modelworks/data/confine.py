@@ -131,3 +131,31 @@ def matched_files(root: Path, pattern: str, roots: Roots) -> list[Path]:
     for f in files:
         roots.check(f, "local data file")
     return files
+
+
+@dataclass(frozen=True)
+class TenantRoots:
+    """The data roots of one tenant: folders relative to the workspace (or `s3://bucket/...`
+    prefixes and data repo URLs, matched as written)."""
+
+    workspace: Path
+    tenant: str
+    roots: tuple[str, ...]
+
+    @cached_property
+    def real(self) -> tuple[str, ...]:
+        local = [r for r in self.roots if "://" not in r]
+        return tuple(os.path.realpath(os.path.join(self.workspace, r)) for r in local)
+
+    def describe(self) -> str:
+        return f"tenant {self.tenant!r} may read only {', '.join(self.roots) or 'nothing'}"
+
+    def allows_path(self, path: str) -> bool:
+        """True when `path` (absolute, or relative to the workspace) resolves inside a root."""
+        real = os.path.realpath(os.path.join(self.workspace, path))
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.real)
+
+    def allows_url(self, url: str) -> bool:
+        """True when `url` (an s3:// location or a data repo URL) lies under a listed root."""
+        remote = [r.rstrip("/") for r in self.roots if "://" in r]
+        return any(url.rstrip("/") == r or url.startswith(r + "/") for r in remote)

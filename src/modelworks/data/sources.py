@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks import _git
-from modelworks.data.confine import Roots
+from modelworks.data.confine import Roots, TenantRoots, glob_base
 from modelworks.data.dvc import cache_path, read_pointer, store
 from modelworks.data.hashing import HashCache, tree_hash
 from modelworks.errors import DataError
@@ -159,3 +159,34 @@ class DataResolver:
 
     def save(self) -> None:
         self.hashes.save()
+
+
+def owner_problem(spec: ModelSpec, data: DataResolver, roots: TenantRoots) -> str | None:
+    """Why `spec` may not read its data as a spec of its tenant (None: it may): the field
+    and what the tenant's data roots allow. Nothing is read or cloned to decide it."""
+    ds = spec.data_source
+    if ds.type == "s3":
+        url = f"s3://{ds.bucket}/{ds.prefix or ''}"
+        if roots.allows_url(url):
+            return None
+        return f"field 'data_source.bucket': {url} is outside its data roots ({roots.describe()})"
+    if ds.type == "local":
+        pattern = str(ds.path or ds.dataset)
+        full = os.path.normpath(os.path.join(data.ws.root, pattern))
+        if roots.allows_path(glob_base(full)):
+            return None
+        field = "data_source.path" if ds.path else "data_source.dataset"
+        return f"field {field!r}: {pattern!r} is outside its data roots ({roots.describe()})"
+    if ds.repo_url and ds.repo_url.startswith(URL_PREFIXES):
+        if roots.allows_url(ds.repo_url):
+            return None
+        return (
+            f"field 'data_source.repo_url': {ds.repo_url!r} is not a data root ({roots.describe()})"
+        )
+    base = data.ws.path(ds.repo_url) if ds.repo_url else data.ws.root
+    if roots.allows_path(os.path.join(base, str(ds.dataset))):
+        return None
+    return (
+        f"field 'data_source.dataset': {ds.dataset!r} is outside its data roots "
+        f"({roots.describe()})"
+    )

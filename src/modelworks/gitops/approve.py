@@ -56,13 +56,17 @@ def approve(
     actor: str,
     comment: str | None = None,
     environ: Mapping[str, str] | None = None,
+    tenants: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Approve a request as `actor`; the approval that completes the count merges it.
 
     Approving again after a failed merge (a forge error, a busy repo) retries the merge, and
-    after an interrupted one (a crash, kill -9) completes it: see `resume`.
+    after an interrupted one (a crash, kill -9) completes it: see `resume`. With `tenants`
+    (the approver's visible tenants; None: all) another tenant's request is not found, and
+    nothing about it changes.
     """
     actor = normalize(actor)
+    require_visible(store, request_id, tenants)
     provider = provider_for(ws, environ)
     with _lock(ws):
         resumed = resume(ws, store, request_id, actor, provider)
@@ -124,8 +128,12 @@ def reject(
     actor: str,
     reason: str,
     environ: Mapping[str, str] | None = None,
+    tenants: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """Reject a request: record why, close it (and its forge request), merge nothing."""
+    """Reject a request: record why, close it (and its forge request), merge nothing.
+
+    With `tenants` (None: all) another tenant's request is not found and stays untouched."""
+    require_visible(store, request_id, tenants)
     if not reason.strip():
         raise ConfigError("a rejection needs a reason (--reason TEXT)")
     provider = provider_for(ws, environ)
@@ -154,6 +162,13 @@ def reject(
         ],
     )
     return get_promotion(store, request_id)
+
+
+def require_visible(store: Store, request_id: int, tenants: frozenset[str] | None) -> None:
+    """NotFoundError (a missing request's message) unless the request is one of `tenants`'."""
+    if tenants is not None:
+        with store.session() as s:
+            _get(s, request_id, tenants)
 
 
 def check_mergeable(ws: Workspace, req: PromotionRequest) -> RepoState:

@@ -48,6 +48,9 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Model, ModelVersion, PromotionRequest
+from modelworks.registry.tenants import approvals_required
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import model_key, qualified, resolve_ref
 
 if TYPE_CHECKING:
     from modelworks.gitops.forge import ForgeProvider
@@ -113,6 +116,65 @@ def _candidates(repo: Path, base: str, source: str, target: str) -> dict[str, Ca
     return out
 
 
+def _rows(s: Any) -> dict[str, Model]:
+    """Registry models by the name their deploy folder has: `acme/churn` (a tenant's folder)
+    and, for a deploy repo laid out before tenants, also the bare name when it is free."""
+    models = list(s.scalars(select(Model).order_by(Model.id)))
+    rows = {qualified(m.tenant, m.name): m for m in models}
+    for m in models:
+        rows.setdefault(m.name, m)
+    return rows
+
+
+def _tenant_of(name: str, rows: dict[str, Model]) -> str:
+    """The tenant of a candidate: its registry row's, else its qualified name's."""
+    if name in rows:
+        return rows[name].tenant or DEFAULT_TENANT
+    owner, sep, _ = name.rpartition("/")
+    return owner if sep and owner else DEFAULT_TENANT
+
+
+def _scoped(
+    cands: dict[str, Candidate],
+    rows: dict[str, Model],
+    tenant: str | None,
+    tenants: frozenset[str] | None,
+) -> dict[str, Candidate]:
+    """The candidates of `tenant` (if named) among the visible `tenants` (None: all)."""
+    return {
+        name: c
+        for name, c in cands.items()
+        if (tenant is None or _tenant_of(name, rows) == tenant)
+        and (tenants is None or _tenant_of(name, rows) in tenants)
+    }
+
+
+def _one_tenant(chosen: list[Candidate], rows: dict[str, Model]) -> str:
+    """The one tenant of the chosen models; ConfigError naming them when they mix tenants."""
+    by_tenant: dict[str, list[str]] = {}
+    for c in chosen:
+        by_tenant.setdefault(_tenant_of(c.name, rows), []).append(c.name)
+    if len(by_tenant) == 1:
+        return next(iter(by_tenant))
+    shown = "; ".join(
+        f"{t}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for t, names in sorted(by_tenant.items())
+    )
+    raise ConfigError(
+        f"a promotion request belongs to one tenant, and the selected models are of "
+        f"{len(by_tenant)} ({shown}); promote each tenant's models separately (--tenant T)"
+    )
+
+
+def _required(ws: Workspace, store: Store, tenant: str, env: str) -> int:
+    """Approvals a request of `tenant` needs in `env`; a tenant only labelled on specs (not
+    declared) gets the environment's count, the floor every tenant has."""
+    try:
+        return approvals_required(ws, tenant, env, store)
+    except NotFoundError:
+        return ws.settings.environments[env].approvals
+
+
 def parse_labels(labels: list[str] | None) -> dict[str, str]:
     """['k=v', ...] -> {k: v}; a clear error for anything else."""
     out = {}
@@ -133,12 +195,7 @@ def _select(
     rows: dict[str, Model],
     source: str,
 ) -> list[Candidate]:
-    unknown = [m for m in models if m not in cands]
-    if unknown:
-        raise NotFoundError(
-            f"model {unknown[0]!r} is not deployed in {source}; only what "
-            f"{source} serves can be promoted." + did_you_mean(unknown[0], set(cands))
-        )
+    models = [_deployed_ref(m, cands, source) for m in models]
     chosen = [cands[m] for m in dict.fromkeys(models)] if models else list(cands.values())
     if pipeline:
         chosen = [c for c in chosen if c.name in rows and rows[c.name].pipeline == pipeline]
@@ -150,6 +207,20 @@ def _select(
             and all(str((rows[c.name].labels or {}).get(k)) == v for k, v in labels.items())
         ]
     return [c for c in chosen if c.version != c.previous]
+
+
+def _deployed_ref(ref: str, cands: dict[str, Candidate], source: str) -> str:
+    """The qualified name `ref` means among the models `source` serves."""
+    if ref in cands:
+        return ref
+    known = [model_key(c) for c in cands]
+    try:
+        return resolve_ref(ref, known, source)
+    except NotFoundError:
+        raise NotFoundError(
+            f"model {ref!r} is not deployed in {source}; only what "
+            f"{source} serves can be promoted." + did_you_mean(ref, set(cands))
+        ) from None
 
 
 # ---------------------------------------------------------------- metric deltas
@@ -289,14 +360,19 @@ def promote(
     labels: list[str] | None = None,
     actor: str,
     environ: Mapping[str, str] | None = None,
+    tenant: str | None = None,
+    tenants: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Open one promotion request (branch promote/<id> + record) for the selected models.
 
-    Select by names, `all_changed`, `pipeline` or `labels` (k=v); only models whose
-    version in `source` differs from what `to` serves are included. An env needing no
-    approvals is merged at once.
+    Select by names, `all_changed`, `pipeline` or `labels` (k=v), within `tenant` if given;
+    only models whose version in `source` differs from what `to` serves are included. A
+    request belongs to one tenant: selected models of several tenants are refused. With
+    `tenants` (the caller's visible tenants; None: all) another tenant's model is as
+    missing. The approvals it needs are `approvals_required` for its tenant (a tenant may
+    tighten the environment's count, never loosen it). An env needing none merges at once.
     """
-    required = _env_settings(ws, to, source)
+    _env_settings(ws, to, source)
     if not (models or all_changed or pipeline or labels):
         raise ConfigError(
             "name the models to promote, or pass --all-changed, --pipeline or --label"
@@ -306,15 +382,18 @@ def promote(
     cands = _candidates(state.repo, state.tip, source, to)
     provider = provider_for(ws, environ)
     with store.session() as s:
-        rows = {m.name: m for m in s.scalars(select(Model))}
+        rows = _rows(s)
+        cands = _scoped(cands, rows, tenant, tenants)
         chosen = _select(cands, models or [], all_changed, pipeline, wanted_labels, rows, source)
         if not chosen:
             raise DeployError(
                 f"nothing to promote: {to} already serves what {source} serves "
                 "for the selected models"
             )
+        owner = _one_tenant(chosen, rows)
+        required = _required(ws, store, owner, to)
         items = _items(s, chosen, rows, to)
-        req = _open_record(s, items, to, source, actor, required, state, provider)
+        req = _open_record(s, items, to, source, actor, required, state, provider, owner)
         result = request_dict(req, [])
     picked = {c.name for c in chosen}
     result["unchanged"] = [m for m in dict.fromkeys(models or []) if m not in picked]
@@ -352,14 +431,14 @@ def _open_record(
     required: int,
     state: RepoState,
     provider: ForgeProvider,
+    tenant: str,
 ) -> PromotionRequest:
-    tenants = {i["tenant"] for i in items}
     req = PromotionRequest(
         env=env,
         branch="",
         base_commit=state.tip,
         author=actor,
-        tenant=tenants.pop() if len(tenants) == 1 else "default",
+        tenant=tenant,
         title=_title(items, env),
         items=items,
         required_approvals=required,

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from modelworks.errors import ConfigError, ConflictError, NotFoundError
 from modelworks.registry.models import Approval, PromotionRequest
+from modelworks.tenancy.access import DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from modelworks.gitops.forge import ForgeProvider
@@ -65,9 +66,11 @@ def request_dict(
     return out
 
 
-def _get(s: Any, request_id: int) -> PromotionRequest:
+def _get(s: Any, request_id: int, tenants: frozenset[str] | None = None) -> PromotionRequest:
+    """The request `request_id`; with `tenants` (the caller's visible tenants, None: all),
+    another tenant's request is not found, with the very message of a missing one."""
     req: PromotionRequest | None = s.get(PromotionRequest, int(request_id))
-    if req is None:
+    if req is None or (tenants is not None and (req.tenant or DEFAULT_TENANT) not in tenants):
         raise NotFoundError(f"no promotion request {request_id}; list them with `mw promotions`")
     return req
 
@@ -78,25 +81,34 @@ def _approvals(s: Any, request_id: int) -> list[Approval]:
     )
 
 
-def list_promotions(store: Store, state: str | None = None) -> list[dict[str, Any]]:
-    """Promotion requests, newest first (without their item tables)."""
+def list_promotions(
+    store: Store, state: str | None = None, tenants: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
+    """Promotion requests of the `tenants` (None: all), newest first (without item tables)."""
     if state and state not in STATES:
         raise ConfigError(f"unknown request state {state!r}; expected one of {', '.join(STATES)}")
     with store.session() as s:
         q = select(PromotionRequest).order_by(PromotionRequest.id.desc())
         if state:
             q = q.where(PromotionRequest.state == state)
+        if tenants is not None:
+            q = q.where(PromotionRequest.tenant.in_(sorted(tenants)))
         reqs = list(s.scalars(q))
         by_req: dict[int, list[Approval]] = {}
-        for a in s.scalars(select(Approval).order_by(Approval.id)):
-            by_req.setdefault(a.request_id, []).append(a)
+        ids = [r.id for r in reqs]
+        for i in range(0, len(ids), 500):
+            chunk = select(Approval).where(Approval.request_id.in_(ids[i : i + 500]))
+            for a in s.scalars(chunk.order_by(Approval.id)):
+                by_req.setdefault(a.request_id, []).append(a)
         return [request_dict(r, by_req.get(r.id, []), items=False) for r in reqs]
 
 
-def get_promotion(store: Store, request_id: int) -> dict[str, Any]:
-    """One promotion request with its delta table."""
+def get_promotion(
+    store: Store, request_id: int, tenants: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """One promotion request with its delta table (another tenant's: NotFoundError)."""
     with store.session() as s:
-        return request_dict(_get(s, request_id), _approvals(s, request_id))
+        return request_dict(_get(s, request_id, tenants), _approvals(s, request_id))
 
 
 def provider_for(ws: Workspace, environ: Mapping[str, str] | None = None) -> ForgeProvider:

@@ -9,6 +9,7 @@ never served there), recorded as a Deployment of kind "rollback".
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,8 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, ModelVersion, PromotionRequest
-from modelworks.registry.queries import get_model
+from modelworks.registry.queries import get_model, resolve_model, visible_ref
+from modelworks.tenancy.names import split_ref
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -64,9 +66,21 @@ def _log(state: RepoState, path: str, limit: int | None) -> list[Served]:
 
 
 def history(
-    ws: Workspace, model: str, env: str = "prod", limit: int | None = None
+    ws: Workspace,
+    model: str,
+    env: str = "prod",
+    limit: int | None = None,
+    *,
+    store: Store | None = None,
+    tenants: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """What `env` served for `model`, newest first: commit, date, author, version, message."""
+    """What `env` served for `model`, newest first: commit, date, author, version, message.
+
+    With `tenants` (the caller's visible tenants; None: all) the model must be one of theirs
+    in the registry `store`: another tenant's is not found, as a missing one is.
+    """
+    if tenants is not None:
+        model = _visible_ref(ws, store, model, tenants)
     state = repo_state(ws.deploy_repo)
     served = _log(state, config_path(env, model), limit)
     if not served:
@@ -80,6 +94,15 @@ def history(
         row["previous"] = served[i + 1].version if i + 1 < len(served) else None
         rows.append(row)
     return rows
+
+
+def _visible_ref(
+    ws: Workspace, store: Store | None, model: str, tenants: frozenset[str] | None
+) -> str:
+    """The qualified name of `model` among the `tenants`' registered models (NotFoundError)."""
+    from modelworks.registry.store import Store
+
+    return visible_ref(store or Store(ws.registry_url), model, tenants)
 
 
 def _registered(store: Store, model: str, version: str) -> tuple[int, str, ModelVersion]:
@@ -146,7 +169,7 @@ def _config_text(
         runtime = (yaml.safe_load(current) or {}).get("runtime")
     cfg = deploy_config(
         ws,
-        model,
+        split_ref(model)[1],
         tenant,
         str(runtime or "sklearn"),
         v.version,
@@ -172,13 +195,26 @@ def _commit(state: RepoState, path: str, files: dict[str, str], message: str, ac
 
 
 def rollback(
-    ws: Workspace, store: Store, model: str, *, env: str = "prod", to: str | None = None, actor: str
+    ws: Workspace,
+    store: Store,
+    model: str,
+    *,
+    env: str = "prod",
+    to: str | None = None,
+    actor: str,
+    tenants: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Put the previous (or the named) version of `model` back in `env` with a revert commit.
 
     In a gated environment (approvals > 0) only a version the environment served through an
     approval can come back, and the commit carries a new signed attestation (kind rollback).
+    With `tenants` (the caller's visible tenants; None: all) another tenant's model is not
+    found, as a missing one is, and nothing is written.
     """
+    if tenants is not None:
+        model = _visible_ref(ws, store, model, tenants)
+    with contextlib.suppress(NotFoundError):  # unknown: reported as not deployed below
+        model = resolve_model(store, model)
     state = repo_state(ws.deploy_repo)
     path = config_path(env, model)
     served = _log(state, path, None)

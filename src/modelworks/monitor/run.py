@@ -27,7 +27,9 @@ from sqlalchemy import select
 from modelworks.errors import ConfigError, ModelworksError, NotFoundError
 from modelworks.registry import audit
 from modelworks.registry.models import DriftReportRow, Model
+from modelworks.registry.tenants import tenants as all_tenants
 from modelworks.spec import Monitoring, load_specs
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.gitops.deploy import DeployConfig
@@ -90,8 +92,12 @@ def monitor(
     since: datetime | None = None,
     record: bool = True,
     actor: str = "monitor",
+    tenants: frozenset[str] | None = None,
 ) -> list[ModelDrift]:
-    """Check every model served in `env` (or the named ones) for drift; store the reports."""
+    """Check every model served in `env` (or the named ones) for drift; store the reports.
+
+    With `tenants` (the caller's visible tenants; None: all) only their models are checked;
+    another tenant's is as not deployed."""
     from modelworks.gitops.deploy import read_env
 
     if env not in ws.settings.environments:
@@ -100,6 +106,8 @@ def monitor(
             f"(environments: {', '.join(ws.settings.environments)})"
         )
     configs = read_env(ws.deploy_repo, env) if _has_commit(ws) else {}
+    if tenants is not None:
+        configs = {n: c for n, c in configs.items() if (c.tenant or "default") in tenants}
     if names:
         unknown = sorted(set(names) - set(configs))
         if unknown:
@@ -109,8 +117,8 @@ def monitor(
             )
         configs = {n: configs[n] for n in names}
     settings = {
-        i.spec.name: i.spec.monitoring or DEFAULT
-        for i in load_specs(ws.models_dir)
+        i.qualified: i.spec.monitoring or DEFAULT
+        for i in load_specs(ws.models_dir, tenants=all_tenants(ws, store))
         if i.spec is not None
     }
     profiles = ProfileCache(ws)
@@ -143,7 +151,7 @@ def _one(
     from modelworks.monitor.predlog import read_log
 
     out = ModelDrift(
-        cfg.name,
+        cfg.qualified,
         env,
         cfg.version,
         threshold=m.threshold,
@@ -153,7 +161,7 @@ def _one(
     try:
         profile = profiles.get(cfg.artifact_digest)
         X, _names, _info = read_log(
-            predictions_root(ws, env), cfg.name, since=since, version=cfg.version, limit=window
+            predictions_root(ws, env), cfg.qualified, since=since, version=cfg.version, limit=window
         )
         rep = drift_report(profile, X, psi_threshold=m.threshold, min_samples=m.min_samples)
     except ModelworksError as exc:
@@ -194,7 +202,8 @@ def _record(store: Store, results: list[ModelDrift], actor: str) -> None:
     now = datetime.now(UTC)
     events: list[Mapping[str, Any]] = []
     with store.session() as s:
-        ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+        rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+        ids = {qualified(t, n): i for t, n, i in rows}
         asked = _already_requested(s, results)
         for r in results:
             if r.model not in ids or r.error is not None or r.samples == 0:
@@ -242,11 +251,19 @@ def _record(store: Store, results: list[ModelDrift], actor: str) -> None:
 
 def _already_requested(s: Any, results: list[ModelDrift]) -> set[tuple[str, str, str]]:
     rows = s.execute(
-        select(Model.name, DriftReportRow.env, DriftReportRow.version, DriftReportRow.report)
+        select(
+            Model.tenant,
+            Model.name,
+            DriftReportRow.env,
+            DriftReportRow.version,
+            DriftReportRow.report,
+        )
         .join(Model)
         .where(DriftReportRow.drifted.is_(True), DriftReportRow.action == "retrain")
     )
-    return {(n, e, v) for n, e, v, rep in rows if (rep or {}).get("retrain_requested")}
+    return {
+        (qualified(t, n), e, v) for t, n, e, v, rep in rows if (rep or {}).get("retrain_requested")
+    }
 
 
 def retrain_requests(store: Store, after_id: int) -> tuple[list[dict[str, Any]], int]:
@@ -256,7 +273,7 @@ def retrain_requests(store: Store, after_id: int) -> tuple[list[dict[str, Any]],
     with store.session() as s:
         top = s.scalar(select(func.max(DriftReportRow.id))) or after_id
         rows = s.execute(
-            select(DriftReportRow, Model.name)
+            select(DriftReportRow, Model.tenant, Model.name)
             .join(Model)
             .where(
                 DriftReportRow.id > after_id,
@@ -265,8 +282,14 @@ def retrain_requests(store: Store, after_id: int) -> tuple[list[dict[str, Any]],
             )
         ).all()
     found = [
-        {"model": name, "env": r.env, "version": r.version, "score": r.score, "report": r.id}
-        for r, name in rows
+        {
+            "model": qualified(tenant, name),
+            "env": r.env,
+            "version": r.version,
+            "score": r.score,
+            "report": r.id,
+        }
+        for r, tenant, name in rows
         if (r.report or {}).get("retrain_requested")
     ]
     return found, max(top, after_id)

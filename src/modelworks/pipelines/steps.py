@@ -7,6 +7,8 @@ A pipeline.py is ordinary code; each step asks for what it needs by parameter na
     def train(data, params):                   -> model
     def evaluate(model, data):                 -> {"accuracy": 0.93, ...}
     def save(model, output_dir, data):         (optional; the runtime's default otherwise)
+                                               -> None, or the model file's name; with None
+                                                  the one file serving loads is found by suffix
 
 Names the line supplies: data_path, data_paths, params, hyperparameters, output_dir, data,
 model, seed, log, secrets (sealed secrets, unsealed on access: ``secrets["DB_PASSWORD"]``).

@@ -98,8 +98,10 @@ def rows(
     target: str | None = None,
     tenant: str | None = None,
     limit: int | None = None,
+    tenants: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stored events in seq order, optionally filtered (action may end with '*')."""
+    """Stored events in seq order, optionally filtered (action may end with '*'); with
+    `tenants` (the caller's visible tenants; None: all) only those tenants' events."""
     with store.session() as s:
         q = select(AuditEvent).order_by(AuditEvent.seq)
         if action:
@@ -111,6 +113,8 @@ def rows(
             q = q.where(AuditEvent.target.like(target.replace("*", "%")))
         if tenant:
             q = q.where(AuditEvent.tenant == tenant)
+        if tenants is not None:
+            q = q.where(AuditEvent.tenant.in_(sorted(tenants)))
         found = [{k: getattr(e, k) for k in COLUMNS} for e in s.scalars(q)]
     return found[-limit:] if limit else found
 

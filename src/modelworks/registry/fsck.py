@@ -21,6 +21,8 @@ from sqlalchemy import func, select
 from modelworks import _git
 from modelworks.errors import ModelworksError, RegistryError
 from modelworks.registry.models import Deployment, Model, ModelVersion
+from modelworks.registry.queries import layout_repo
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.artifacts.oci import OCIStore
@@ -94,14 +96,14 @@ def registry_state(ws: Workspace) -> str | None:
 
 
 def deploy_configs_at_head(ws: Workspace) -> dict[str, str]:
-    """Every deploy/<env>/<model>/config.yaml at HEAD of the deploy repo: path -> text."""
+    """Every deploy/<env>/[<tenant>/]<model>/config.yaml at HEAD of the deploy repo, by path."""
     repo = ws.deploy_repo
     if not _git.is_repo(repo) or _git.head(repo) is None:
         return {}
     paths = [
         p
         for p in _git.ls_files(repo, "HEAD", f"{DEPLOY_DIR}/")
-        if p.endswith(f"/{CONFIG_NAME}") and p.count("/") == 3
+        if p.endswith(f"/{CONFIG_NAME}") and p.count("/") in (3, 4)
     ]
     return _git.cat_files(repo, "HEAD", paths)
 
@@ -162,24 +164,34 @@ class _Version:
     fingerprint: str
     digest: str | None
     ref: str | None
+    repo: str  # its OCI repository: the name, `<tenant namespace>/<name>` for other tenants
 
 
 def _registry_rows(store: Store) -> tuple[list[_Version], dict[tuple[str, str], str]]:
     """Registered versions, and the latest recorded deployment per (model, env)."""
     with store.session() as s:
         versions = [
-            _Version(name, v.version, v.fingerprint, v.artifact_digest, v.artifact_ref)
-            for name, v in s.execute(
-                select(Model.name, ModelVersion)
+            _Version(
+                qualified(tenant, name),
+                v.version,
+                v.fingerprint,
+                v.artifact_digest,
+                v.artifact_ref,
+                layout_repo(v.oci_layout) if v.oci_layout else qualified(tenant, name),
+            )
+            for tenant, name, v in s.execute(
+                select(Model.tenant, Model.name, ModelVersion)
                 .join(ModelVersion)
                 .where(ModelVersion.status == "registered")
             ).tuples()
         ]
         latest = select(func.max(Deployment.id)).group_by(Deployment.model_id, Deployment.env)
         deployed = {
-            (name, d.env): d.version
-            for name, d in s.execute(
-                select(Model.name, Deployment).join(Model).where(Deployment.id.in_(latest))
+            (qualified(tenant, name), d.env): d.version
+            for tenant, name, d in s.execute(
+                select(Model.tenant, Model.name, Deployment)
+                .join(Model)
+                .where(Deployment.id.in_(latest))
             ).tuples()
         }
     return versions, deployed
@@ -215,7 +227,7 @@ def _missing_images(oci: OCIStore, versions: list[_Version]) -> list[Problem]:
     for v in versions:
         what = f"{v.model} {v.version} ({v.digest})"
         try:
-            image = oci.resolve(v.model, v.ref or v.version)
+            image = oci.resolve(v.repo, v.ref or v.version)
             if v.digest and image.digest != v.digest:
                 problems.append(
                     Problem("image-missing", v.model, f"{what}: the store has {image.digest}")
@@ -271,6 +283,8 @@ def _git_disagreements(
         env = path.split("/")[1]
         cfg = _parse(text)
         name, version = str(cfg.get("name", "")), str(cfg.get("version", ""))
+        if "/" not in name:
+            name = qualified(str(cfg.get("tenant") or "default"), name)
         digest = str(cfg.get("artifact_digest", ""))
         in_git[(name, env)] = version
         if (name, version) not in known:

@@ -1,7 +1,13 @@
-"""Read-side queries behind `mw status`, `mw show`, `mw runs` and `mw logs`."""
+"""Read-side queries behind `mw status`, `mw show`, `mw runs` and `mw logs`.
+
+Each takes `tenants`: the caller's visible tenants (`tenancy.access.visible_tenants`), None
+for all. Another tenant's model or run is then *not found*, with the very message of a
+missing one, so the answer never confirms that it exists.
+"""
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import func, select
@@ -9,6 +15,8 @@ from sqlalchemy import func, select
 from modelworks.errors import NotFoundError, did_you_mean
 from modelworks.registry.models import Deployment, Model, ModelVersion, Run
 from modelworks.registry.store import Store
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import model_key, qualified, resolve_ref, split_ref
 
 
 def _iso(dt: Any) -> str | None:
@@ -54,31 +62,43 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
     }
 
 
-def get_model(
-    s: Any, name: str, tenant: str | None = None, tenants: frozenset[str] | None = None
-) -> Model:
-    """The model named `name` (in `tenant` when given, among `tenants`); NotFoundError else."""
-    q = select(Model).where(Model.name == name)
-    names_q = select(Model.name)
-    if tenant is not None:
-        q, names_q = q.where(Model.tenant == tenant), names_q.where(Model.tenant == tenant)
-    if tenants is not None:
-        q, names_q = q.where(Model.tenant.in_(tenants)), names_q.where(Model.tenant.in_(tenants))
-    model: Model | None = s.scalars(q.order_by(Model.id).limit(1)).first()
-    if model is None:
-        where = "in the registry" if tenant is None else f"in tenant {tenant!r}"
-        names = s.scalars(names_q).all()
-        raise NotFoundError(f"no model named {name!r} {where}.{did_you_mean(name, names)}")
+def only(q: Any, tenants: frozenset[str] | None) -> Any:
+    """`q` (a select over Model) limited to the `tenants` (None: all)."""
+    return q if tenants is None else q.where(Model.tenant.in_(sorted(tenants)))
+
+
+def get_model(s: Any, ref: str, tenants: frozenset[str] | None = None) -> Model:
+    """The model `ref` names among the `tenants`' models (None: all): `tenant/name`, or a bare
+    name (see tenancy.names.resolve_ref). Another tenant's model is not found, as a missing one."""
+    _tenant, name = split_ref(ref)
+    found = s.scalars(only(select(Model).where(Model.name == name), tenants))
+    rows = {(m.tenant or DEFAULT_TENANT, m.name): m for m in found}
+    if not rows:
+        names = s.execute(only(select(Model.tenant, Model.name), tenants)).tuples().all()
+        shown = [qualified(t, n) for t, n in names]
+        raise NotFoundError(f"no model named {ref!r} in the registry.{did_you_mean(ref, shown)}")
+    model: Model = rows[model_key(resolve_ref(ref, rows))]
     return model
 
 
-def status(store: Store, tenants: frozenset[str] | None = None) -> list[dict[str, Any]]:
-    """One row per model: latest version, its status and metrics, and what each env serves."""
+def resolve_model(store: Store, ref: str, tenants: frozenset[str] | None = None) -> str:
+    """The qualified name (`acme/churn`, bare for the default tenant) of the registered
+    model `ref` names (`tenant/name` or a bare name); NotFoundError / ConflictError else."""
     with store.session() as s:
-        q = select(Model).order_by(Model.name)
-        if tenants is not None:
-            q = q.where(Model.tenant.in_(tenants))
-        return status_rows(s, list(s.scalars(q)))
+        m = get_model(s, ref, tenants)
+        return qualified(m.tenant, m.name)
+
+
+def visible_ref(store: Store, name: str, tenants: frozenset[str] | None) -> str:
+    """The qualified name of the model `name` names among the `tenants`' (NotFoundError)."""
+    return resolve_model(store, name, tenants)
+
+
+def status(store: Store, tenants: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model of the `tenants` (None: all): latest version, its status and
+    metrics, and what each env serves."""
+    with store.session() as s:
+        return status_rows(s, list(s.scalars(only(select(Model), tenants).order_by(Model.name))))
 
 
 def status_rows(s: Any, models: list[Model]) -> list[dict[str, Any]]:
@@ -107,7 +127,7 @@ def status_rows(s: Any, models: list[Model]) -> list[dict[str, Any]]:
         v, r = versions.get(m.id), runs.get(m.id)
         rows.append(
             {
-                "name": m.name,
+                "name": qualified(m.tenant, m.name),
                 "tenant": m.tenant,
                 "pipeline": m.pipeline,
                 "version": v.version if v else None,
@@ -130,12 +150,10 @@ def model_versions(s: Any, model_id: int) -> list[ModelVersion]:
     return list(s.scalars(q).all())
 
 
-def show(
-    store: Store, name: str, tenant: str | None = None, tenants: frozenset[str] | None = None
-) -> dict[str, Any]:
-    """Everything the registry knows about one model."""
+def show(store: Store, name: str, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+    """Everything the registry knows about one model (of the `tenants`; None: any)."""
     with store.session() as s:
-        m = get_model(s, name, tenant, tenants)
+        m = get_model(s, name, tenants)
         versions = model_versions(s, m.id)
         deps = s.scalars(
             select(Deployment).where(Deployment.model_id == m.id).order_by(Deployment.id.desc())
@@ -166,13 +184,13 @@ def show(
                 "scan": _scan_status(latest_ok.scan),
             }
         return {
-            "name": m.name,
+            "name": qualified(m.tenant, m.name),
             "tenant": m.tenant,
             "pipeline": m.pipeline,
             "spec_path": m.spec_path,
             "labels": m.labels,
             "artifact": artifact,
-            "sbom": _sbom(m.name, latest_ok),
+            "sbom": _sbom(latest_ok),
             "latest": version_dict(versions[0]) if versions else None,
             "versions": [version_dict(v) for v in versions],
             "deployments": current,
@@ -186,13 +204,21 @@ def _scan_status(scan: Any) -> str:
     return "unknown"
 
 
-def _sbom(name: str, v: ModelVersion | None) -> dict[str, Any] | None:
+def _sbom(v: ModelVersion | None) -> dict[str, Any] | None:
     """Summary of the artifact's sbom.json (format, spec, components, key packages)."""
     if v is None or not v.artifact_digest or not v.oci_layout:
         return None
     from modelworks.artifacts.sbom import artifact_sbom
 
-    return {"version": v.version, **artifact_sbom(v.oci_layout, name, v.artifact_digest)}
+    repo = layout_repo(v.oci_layout)
+    return {"version": v.version, **artifact_sbom(v.oci_layout, repo, v.artifact_digest)}
+
+
+def layout_repo(layout: str) -> str:
+    """The OCI repository a `<store>/repos/<repo>` layout folder holds (`acme/churn`)."""
+    parts = PurePath(layout).parts
+    at = len(parts) - 1 - parts[::-1].index("repos") if "repos" in parts else len(parts) - 2
+    return "/".join(parts[at + 1 :])
 
 
 def runs(
@@ -201,71 +227,66 @@ def runs(
     model: str | None = None,
     status: str | None = None,
     limit: int = 50,
-    tenant: str | None = None,
     tenants: frozenset[str] | None = None,
     before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Recent runs, newest first (only `tenants`' when given; ids below `before` for paging)."""
+    """Recent runs of the `tenants`' models (None: all), newest first (ids below `before`)."""
     with store.session() as s:
-        q = select(Run, Model.name).join(Model).order_by(Run.id.desc()).limit(limit)
+        q = only(select(Run, Model.tenant, Model.name).join(Model), tenants)
+        q = q.order_by(Run.id.desc()).limit(limit)
         if model:
-            q = q.where(Run.model_id == get_model(s, model, tenant, tenants).id)
-        elif tenant is not None:
-            q = q.where(Model.tenant == tenant)
-        if tenants is not None:
-            q = q.where(Model.tenant.in_(tenants))
+            q = q.where(Run.model_id == get_model(s, model, tenants).id)
         if status:
             q = q.where(Run.status == status)
         if before is not None:
             q = q.where(Run.id < before)
-        return [run_dict(r, name) for r, name in s.execute(q)]
+        return [
+            {**run_dict(r, qualified(tenant, name)), "tenant": tenant}
+            for r, tenant, name in s.execute(q)
+        ]
 
 
-def run_log(store: Store, model: str, run_id: int | None = None) -> tuple[dict[str, Any], str]:
-    """A run of `model` (the latest unless named) and its log text."""
+def run_log(
+    store: Store, model: str, run_id: int | None = None, tenants: frozenset[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """A run of `model` (the latest unless named; of the `tenants`, None: any) and its log."""
+    from pathlib import Path
+
     found = (
-        runs(store, model=model, limit=1)
+        runs(store, model=model, limit=1, tenants=tenants)
         if run_id is None
-        else [r for r in runs(store, model=model, limit=10_000) if r["id"] == run_id]
+        else [
+            r for r in runs(store, model=model, limit=10_000, tenants=tenants) if r["id"] == run_id
+        ]
     )
     if not found:
         raise NotFoundError(f"no run{'' if run_id is None else f' {run_id}'} of model {model!r}")
     run = found[0]
-    return run, _read_log(run["log_path"])
+    path = Path(run["log_path"]) if run["log_path"] else None
+    text = path.read_text() if path and path.exists() else ""
+    return run, text
 
 
-def run_by_id(
-    store: Store, run_id: int, tenants: frozenset[str] | None = None
-) -> tuple[dict[str, Any], str]:
-    """Run `run_id` (with its tenant) and where its log is; NotFoundError when not visible."""
+def run_by_id(store: Store, run_id: int, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+    """Run `run_id` as `mw runs` shows it; NotFoundError when missing or not the `tenants`'."""
     with store.session() as s:
-        q = select(Run, Model.name, Model.tenant).join(Model).where(Run.id == run_id)
-        if tenants is not None:
-            q = q.where(Model.tenant.in_(tenants))
-        row = s.execute(q).first()
+        q = only(select(Run, Model.tenant, Model.name).join(Model), tenants)
+        row = s.execute(q.where(Run.id == run_id)).first()
         if row is None:
             raise NotFoundError(f"no run with id {run_id}")
-        return run_dict(row[0], row[1]), row[2]
+        r, tenant, name = row
+        return {**run_dict(r, qualified(tenant, name)), "tenant": tenant}
 
 
-def _read_log(log_path: str | None, max_bytes: int | None = None) -> str:
-    """A run's log text (the worker redacted it while writing); the last `max_bytes` only."""
+def read_log(log_path: str | None, max_bytes: int) -> tuple[str, bool]:
+    """The last `max_bytes` of a run's log (the worker redacted it while writing) and whether
+    it was cut."""
     from pathlib import Path
 
     path = Path(log_path) if log_path else None
     if path is None or not path.is_file():
-        return ""
-    if max_bytes is None:
-        return path.read_text()
+        return "", False
     with path.open("rb") as fh:
         size = fh.seek(0, 2)
         fh.seek(max(0, size - max_bytes))
-        return fh.read().decode("utf-8", errors="replace")
-
-
-def read_log(log_path: str | None, max_bytes: int) -> tuple[str, bool]:
-    """The last `max_bytes` of a run's log and whether it was cut."""
-    from pathlib import Path
-
-    size = Path(log_path).stat().st_size if log_path and Path(log_path).is_file() else 0
-    return _read_log(log_path, max_bytes), size > max_bytes
+        return fh.read().decode("utf-8", errors="replace"), size > max_bytes

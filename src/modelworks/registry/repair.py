@@ -39,6 +39,7 @@ from modelworks.registry.fsck import (
     registry_state,
 )
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion
+from modelworks.tenancy.names import qualified, split_ref
 
 if TYPE_CHECKING:
     from modelworks.artifacts.oci import OCIStore
@@ -121,12 +122,13 @@ def _images(ws: Workspace, oci: OCIStore) -> list[_Image]:
 
 
 def _add_models(s: Any, images: list[_Image], counts: dict[str, int]) -> dict[str, int]:
-    ids: dict[str, int] = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+    rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+    ids: dict[str, int] = {qualified(t, n): i for t, n, i in rows}
     for image in images:
         if image.model in ids:
             continue
         row = Model(
-            name=image.model,
+            name=split_ref(image.model)[1],
             tenant=image.note("tenant", "default"),
             spec_path=image.note("spec.path") or None,
             pipeline=image.note("pipeline.name") or None,
@@ -234,11 +236,14 @@ def _add_pipelines(ws: Workspace, s: Any, images: list[_Image], counts: dict[str
 def _add_deployments(ws: Workspace, s: Any) -> int:
     """One Deployment row per commit of a deploy config whose version the registry has."""
     have = set(s.execute(select(Deployment.model_id, Deployment.env, Deployment.commit)).tuples())
-    ids = dict(s.execute(select(Model.name, Model.id)).tuples().all())
+    rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+    ids = {qualified(t, n): i for t, n, i in rows}
     versions = set(s.execute(select(ModelVersion.model_id, ModelVersion.version)).tuples())
     added = 0
     for commit, author, kind, path, cfg in _deploy_history(ws):
         env, name, version = path.split("/")[1], str(cfg.get("name", "")), str(cfg.get("version"))
+        if "/" not in name:
+            name = qualified(str(cfg.get("tenant") or "default"), name)
         model_id = ids.get(name)
         if model_id is None or (model_id, version) not in versions:
             continue  # `mw fsck` reports the config as naming an unknown version
@@ -301,7 +306,7 @@ def _kind(subject: str) -> str:
 
 
 def _is_config(path: str) -> bool:
-    return path.endswith(f"/{CONFIG_NAME}") and path.count("/") == 3
+    return path.endswith(f"/{CONFIG_NAME}") and path.count("/") in (3, 4)
 
 
 def _lost(ws: Workspace) -> list[str]:

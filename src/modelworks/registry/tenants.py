@@ -93,3 +93,66 @@ def save_tenant(ws: Workspace, store: Store, name: str, settings: dict[str, Any]
         row.updated_at = datetime.now(UTC)
         s.add(row)
     return parsed
+
+
+def sync_declared(ws: Workspace, store: Store) -> int:
+    """Upsert the file's tenants into the registry's `tenants` table (display name, weight,
+    quotas; `settings` stays NULL: a non-NULL one marks an API-created tenant). Returns how
+    many rows changed; a row another plan sharing the registry inserted first is left to it."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _upsert_declared(ws, store)
+    except IntegrityError:
+        return 0
+
+
+def _upsert_declared(ws: Workspace, store: Store) -> int:
+    from modelworks.registry.models import Tenant
+
+    changed = 0
+    with store.session() as s:
+        for name, t in declared(ws).items():
+            row = s.get(Tenant, name) or Tenant(name=name)
+            q = t.quotas
+            values = {
+                "display_name": t.display_name,
+                "weight": t.weight,
+                "max_concurrent_runs": q.max_concurrent_runs,
+                "max_queued_runs": q.max_queued_runs,
+                "max_models": q.max_models,
+                "max_artifact_bytes": q.max_artifact_bytes,
+                "settings": None,
+            }
+            if row in s and all(getattr(row, k) == v for k, v in values.items()):
+                continue
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = datetime.now(UTC)
+            s.add(row)
+            changed += 1
+    return changed
+
+
+def source_of(ws: Workspace, tenant: str) -> str:
+    """`file` for a tenant modelworks.yaml declares, `api` for one created through the API."""
+    return "file" if tenant in declared(ws) else "api"
+
+
+def oci_namespace(ws: Workspace, tenant: str, store: Store | None = None) -> str:
+    """The OCI namespace a tenant's models are pushed under: the workspace's `oci.namespace`
+    for the default tenant (as before tenants), else the tenant's (default: its name)."""
+    if (tenant or DEFAULT_TENANT) == DEFAULT_TENANT:
+        return ws.settings.oci.namespace
+    try:
+        return settings_of(ws, tenant, store).namespace(tenant)
+    except NotFoundError:
+        return tenant
+
+
+def repository_of(ws: Workspace, tenant: str, name: str, store: Store | None = None) -> str:
+    """The model's repository in the local OCI store: `name` for the default tenant, else
+    `<tenant's namespace>/<name>`."""
+    from modelworks.tenancy.names import oci_repository
+
+    return oci_repository(tenant, name, oci_namespace(ws, tenant, store))

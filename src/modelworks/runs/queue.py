@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 
 from modelworks.registry.models import Model, ModelVersion, Run
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.plan import ModelPlan
@@ -75,6 +76,7 @@ def enqueue(store: Store, changes: Iterable[ModelPlan], ids: dict[str, int], tri
                     status="queued",
                     trigger=why,
                     attempts=0,
+                    tenant=mp.tenant,
                 )
             )
             active.add(key)  # type: ignore[arg-type]
@@ -91,21 +93,22 @@ class Claimed:
 
 
 def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
-    """Take every due queued run of the models in `wanted` (name -> the fingerprint the spec
-    asks for now); runs for an older fingerprint are cancelled, others are left alone."""
+    """Take every due queued run of the models in `wanted` (qualified name -> the fingerprint
+    the spec asks for now); runs for an older fingerprint are cancelled, others are left alone."""
     now = datetime.now(UTC)
     claimed: list[Claimed] = []
     with store.session() as s:
         # Two controllers may share one registry: rows another one is claiming are skipped,
         # not claimed twice (PostgreSQL; SQLite has one writer at a time anyway).
         rows = s.execute(
-            select(Run, Model.name)
+            select(Run, Model.tenant, Model.name)
             .join(Model)
             .where(Run.status == "queued")
             .with_for_update(skip_locked=True, of=Run)
         ).all()
         done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
-        for run, name in rows:
+        for run, tenant, bare in rows:
+            name = qualified(tenant, bare)
             if name not in wanted:
                 continue
             if wanted[name] != run.fingerprint:
@@ -129,11 +132,11 @@ def next_due(store: Store, wanted: dict[str, str]) -> float | None:
     """Seconds until the earliest queued run of `wanted` is due, or None when there is none."""
     with store.session() as s:
         rows = s.execute(
-            select(Run.not_before, Run.fingerprint, Model.name)
+            select(Run.not_before, Run.fingerprint, Model.tenant, Model.name)
             .join(Model)
             .where(Run.status == "queued")
         ).all()
-    times = [t for t, fp, name in rows if wanted.get(name) == fp]
+    times = [t for t, fp, tenant, name in rows if wanted.get(qualified(tenant, name)) == fp]
     if not times:
         return None
     now = datetime.now(UTC)

@@ -13,15 +13,18 @@ import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelworks import LINE_FORMAT
-from modelworks.artifacts.modelfiles import sample_of, save_model, write_json
-from modelworks.errors import ModelworksError
+from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
+from modelworks.errors import ModelworksError, PipelineError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.security.redact import RedactingWriter, redact
 from modelworks.spec import Gates
+
+if TYPE_CHECKING:
+    from modelworks.artifacts.baselayer import BaseLayer
 
 ANNOTATION_PREFIX = "dev.modelworks"
 
@@ -88,27 +91,39 @@ def used_packages() -> list[str]:
     return sorted({d for top in tops for d in dists.get(top, [])})
 
 
-def sbom_bytes() -> bytes:
+def sbom_bytes(base: BaseLayer | None = None) -> bytes:
     """The CycloneDX SBOM of the packages this process uses, built once per set of packages.
 
     The set is recomputed only when new modules were imported since the last call, so the
-    steady state costs a dictionary lookup.
+    steady state costs a dictionary lookup. `base` (the image's base layer) is listed too.
     """
     import json
 
-    from modelworks.artifacts.sbom import environment_sbom
+    from modelworks.artifacts.sbom import environment_sbom, with_component
 
     global _SEEN_MODULES, _PACKAGES
     if len(sys.modules) != _SEEN_MODULES:
         _SEEN_MODULES, _PACKAGES = len(sys.modules), tuple(used_packages())
-    if _PACKAGES not in _SBOMS:
-        _SBOMS[_PACKAGES] = json.dumps(environment_sbom(list(_PACKAGES)), indent=1).encode()
-    return _SBOMS[_PACKAGES]
+    key = (_PACKAGES, base)
+    if key not in _SBOMS:
+        doc = environment_sbom(list(_PACKAGES))
+        if base is not None:
+            doc = with_component(doc, base.component())
+        _SBOMS[key] = json.dumps(doc, indent=1).encode()
+    return _SBOMS[key]
+
+
+def base_of(job: dict[str, Any]) -> BaseLayer | None:
+    """The ModelCar base layer `oci.base_image` (job["base_image"]) asks for, built once."""
+    from modelworks.artifacts.baselayer import BASE_BUSYBOX, base_layer
+    from modelworks.artifacts.oci import OCIStore
+
+    return base_layer(OCIStore(Path(job["oci_dir"])), job.get("base_image") or BASE_BUSYBOX)
 
 
 _SEEN_MODULES = 0
 _PACKAGES: tuple[str, ...] = ()
-_SBOMS: dict[tuple[str, ...], bytes] = {}
+_SBOMS: dict[tuple[tuple[str, ...], BaseLayer | None], bytes] = {}
 _DISTS: Mapping[str, list[str]] | None = None
 
 
@@ -116,8 +131,12 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
     """Write model files, metadata, metrics, profile and SBOM into the output folder."""
     out: Path = ctx["output_dir"]
     if ctx["custom_save"] is not None:
-        call(ctx["custom_save"], ctx)
-        meta = {"runtime": job["runtime"], "model_file": job.get("model_file", "")}
+        returned = call(ctx["custom_save"], ctx)
+        meta: dict[str, Any] = {"runtime": job["runtime"]}
+        try:
+            meta["model_file"] = custom_model_file(job["runtime"], out, returned)
+        except PipelineError as exc:  # raised after the scan: a hostile file is rejected first
+            ctx["unservable"] = exc
     else:
         meta = save_model(job["runtime"], ctx["model"], out, ctx["data"])
     meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
@@ -128,7 +147,7 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
         from modelworks.monitor.profile import build_profile
 
         write_json(out / "profile.json", build_profile(X, names), compact=True)
-    (out / "sbom.json").write_bytes(sbom_bytes())
+    (out / "sbom.json").write_bytes(sbom_bytes(base_of(job)))
     return out
 
 
@@ -142,8 +161,10 @@ def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, A
 
         sign_dir(out, Path(job["signing_key"]))
         signed = True
+    # The OCI repository: the model's name, `<tenant namespace>/<name>` for other tenants.
+    repository = job.get("repository") or job["model"]
     image = OCIStore(Path(job["oci_dir"])).write_image(
-        job["model"], job["version"], out, image_annotations(job, ctx["metrics"])
+        repository, job["version"], out, image_annotations(job, ctx["metrics"]), base_of(job)
     )
     return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
 
@@ -168,7 +189,7 @@ def recover(job: dict[str, Any]) -> dict[str, Any] | None:
 
     store = OCIStore(Path(job["oci_dir"]))
     try:
-        image = store.resolve(job["model"], job["version"])
+        image = store.resolve(job.get("repository") or job["model"], job["version"])
         notes = store.manifest(image.digest).get("annotations", {})
         if notes.get(f"{ANNOTATION_PREFIX}.fingerprint") != job["fingerprint"]:
             return None
@@ -296,6 +317,8 @@ def _run(
                         + "; ".join(problems + scan["errors"])[:2000],
                     )
                     logger.error("%s", result["error"])
+                elif ctx.get("unservable") is not None:
+                    raise ctx["unservable"]
                 else:
                     result.update(_package(job, ctx, out), status="succeeded")
                     logger.info("packaged %s (signed: %s)", result["digest"], result["signed"])

@@ -36,14 +36,18 @@ from modelworks.serving.protocol import (
     encode_output,
     parse_request,
 )
+from modelworks.serving.reconcile import visible_result
 from modelworks.serving.server import ModelServer
+from modelworks.tenancy.access import DEFAULT_TENANT, visible_tenants
 
 if TYPE_CHECKING:
+    from modelworks.serving.reconcile import ModelKey
     from modelworks.serving.runtimes import LoadedModel
     from modelworks.workspace import Workspace
 
 log = logging.getLogger("modelworks.serving")
 JSON = "application/json"
+TENANT_BASE = "/tenants/{tenant}"  # a non-default tenant's base URL, like a KServe namespace
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -89,20 +93,43 @@ def _outputs(req: dict[str, Any], model: LoadedModel, y: np.ndarray) -> list[dic
     return [encode_output(name, y)]
 
 
+def _tenants(request: Request) -> frozenset[str] | None:
+    """The tenants the caller may see: all without auth, else the token's (see tenancy.access)."""
+    identity = request.scope.get("state", {}).get("identity")
+    return None if identity is None else visible_tenants(identity)
+
+
+def model_key(request: Request) -> ModelKey:
+    """(tenant, name) of a model route: `/tenants/{tenant}/v2/models/{name}` names the tenant;
+    on `/v2/models/{name}` a qualified `acme/churn` does, else it is the default tenant's."""
+    name = str(request.path_params["name"])
+    tenant = request.path_params.get("tenant")
+    if tenant is not None:
+        return str(tenant), name
+    owner, sep, bare = name.rpartition("/")
+    return (owner, bare) if sep and owner and bare else (DEFAULT_TENANT, name)
+
+
 class ServingApp:
     """The request handlers, bound to one ModelServer."""
 
-    def __init__(self, server: ModelServer, sampler: PredictionSampler | None) -> None:
+    def __init__(
+        self, server: ModelServer, sampler: PredictionSampler | None, hide_names: bool = False
+    ) -> None:
         self.server = server
         self.sampler = sampler
+        self.hide_names = hide_names
 
     async def infer(self, request: Request) -> Response:
-        """POST /v2/models/{name}[/versions/{version}]/infer."""
+        """POST [/tenants/{tenant}]/v2/models/{name}[/versions/{version}]/infer."""
         start = time.perf_counter()
-        name = request.path_params["name"]
-        label = name if name in self.server.entries else ""
+        name, key = request.path_params["name"], model_key(request)
+        tenants = _tenants(request)
+        known = key in self.server.entries and (tenants is None or key[0] in tenants)
+        label = key if known else ("", "")  # never a label per made-up or hidden name
         try:
-            model = await self.server.resolve(name, request.path_params.get("version"))
+            entry = self.server.entry(key, tenants)
+            model = await self.server.resolve(key, request.path_params.get("version"))
             req = parse_request(await request.body())
             x = _features(req, model)
             y = _predict(model, x)
@@ -117,32 +144,42 @@ class ServingApp:
         if "id" in req:
             payload["id"] = req["id"]
         if self.sampler is not None:
-            self.sampler.offer(name, model.version, x, y, model.metadata.get("feature_names"))
+            meta = model.metadata.get("feature_names")
+            self.sampler.offer(entry.label, model.version, x, y, meta)
         response = _json(payload)
-        self.server.metrics.observe(name, time.perf_counter() - start)
+        self.server.metrics.observe(key, time.perf_counter() - start)
         return response
 
     async def model_ready(self, request: Request) -> Response:
-        """GET /v2/models/{name}[/versions/{version}]/ready: 200 when it can infer, else 503."""
+        """GET .../v2/models/{name}[/versions/{version}]/ready: 200 when it can infer, else 503."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        status = await self.server.status(name)
+        key = model_key(request)
+        self.server.entry(key, _tenants(request))
+        status = await self.server.status(key, name)
         if version is not None and status["ready"] and version != status.get("version"):
             status = {**status, "ready": False, "error": f"version {version} is not being served"}
         return _json(status, 200 if status["ready"] else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        """GET /v2/models/{name}[/versions/{version}]: name, versions, platform, tensors."""
+        """GET .../v2/models/{name}[/versions/{version}]: name, versions, platform, tensors."""
+        key = model_key(request)
+        self.server.entry(key, _tenants(request))
         meta = await self.server.metadata(
-            request.path_params["name"], request.path_params.get("version")
+            key, request.path_params["name"], request.path_params.get("version")
         )
         return _json(meta)
 
     async def models(self, request: Request) -> Response:
-        """GET /v2/models: every deployed model with its desired and loaded state."""
+        """GET [/tenants/{tenant}]/v2/models: the caller's deployed models, desired and loaded."""
         loaded = set(self.server.cache.digests())
+        tenants = _tenants(request)
+        tenant = request.path_params.get("tenant")
+        if tenant is not None:
+            tenants = frozenset({tenant} if tenants is None else {tenant} & tenants)
         rows = [
             {
-                "name": e.name,
+                "name": e.label,
+                "tenant": e.tenant,
                 "version": e.desired.version,
                 "runtime": e.desired.runtime,
                 "loaded": e.desired.artifact_digest in loaded,
@@ -150,7 +187,7 @@ class ServingApp:
                 if e.desired.artifact_digest in self.server.failed
                 else None,
             }
-            for e in sorted(self.server.entries.values(), key=lambda e: e.name)
+            for e in self.server.visible(tenants)
         ]
         return _json({"env": self.server.env, "commit": self.server.commit, "models": rows})
 
@@ -163,39 +200,53 @@ class ServingApp:
         return _json({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        """GET /v2/health/ready: 503 while a deployed model has no loadable version."""
+        """GET /v2/health/ready: 503 while a deployed model has no loadable version.
+
+        It is open, so with token auth it counts the failed models instead of naming them
+        (names are for those who may see their tenant)."""
         ok, broken = self.server.ready()
         body: dict[str, Any] = {"ready": ok, "models": len(self.server.entries)}
         if broken:
-            body["failed"] = broken
+            body["failed"] = len(broken) if self.hide_names else broken
         return _json(body, 200 if ok else 503)
 
     async def reconcile(self, request: Request) -> Response:
-        """POST /admin/reconcile: re-read Git now; JSON of what changed."""
+        """POST /admin/reconcile: re-read Git now; JSON of what changed (to the caller's
+        tenants' models)."""
         retry = request.query_params.get("retry", "").lower() in ("1", "true", "yes")
         result = await self.server.reconcile(retry_failed=retry)
-        return _json(result.to_json(), 200 if result.error is None else 500)
+        body = visible_result(result.to_json(), _tenants(request))
+        return _json(body, 200 if result.error is None else 500)
 
     async def metrics(self, request: Request) -> Response:
-        """GET /metrics: Prometheus exposition."""
+        """GET /metrics: Prometheus exposition (only the caller's tenants' model series)."""
         self.server.update_gauges()
-        return Response(self.server.metrics.render(), media_type="text/plain; version=0.0.4")
+        body = self.server.metrics.render(_tenants(request))
+        return Response(body, media_type="text/plain; version=0.0.4")
 
 
-def _routes(h: ServingApp) -> list[Route]:
-    m = "/v2/models/{name:path}"
+def _protocol_routes(h: ServingApp, base: str) -> list[Route]:
+    """The Open Inference Protocol under `base` ("" or a tenant's `/tenants/{tenant}`)."""
+    m = base + "/v2/models/{name:path}"
     return [  # infer first: routes are tried in order and it is the hot path
         Route(m + "/versions/{version}/infer", h.infer, methods=["POST"]),
         Route(m + "/infer", h.infer, methods=["POST"]),
-        Route("/v2/health/live", h.live, methods=["GET"]),
-        Route("/v2/health/ready", h.ready, methods=["GET"]),
-        Route("/v2", h.server_metadata, methods=["GET"]),
-        Route("/v2/", h.server_metadata, methods=["GET"]),
-        Route("/v2/models", h.models, methods=["GET"]),
+        Route(base + "/v2/health/live", h.live, methods=["GET"]),
+        Route(base + "/v2/health/ready", h.ready, methods=["GET"]),
+        Route(base + "/v2", h.server_metadata, methods=["GET"]),
+        Route(base + "/v2/", h.server_metadata, methods=["GET"]),
+        Route(base + "/v2/models", h.models, methods=["GET"]),
         Route(m + "/versions/{version}/ready", h.model_ready, methods=["GET"]),
         Route(m + "/ready", h.model_ready, methods=["GET"]),
         Route(m + "/versions/{version}", h.model_metadata, methods=["GET"]),
         Route(m, h.model_metadata, methods=["GET"]),
+    ]
+
+
+def _routes(h: ServingApp) -> list[Route]:
+    return [
+        *_protocol_routes(h, ""),
+        *_protocol_routes(h, TENANT_BASE),
         Route("/admin/reconcile", h.reconcile, methods=["POST"]),
         Route("/metrics", h.metrics, methods=["GET"]),
     ]
@@ -241,8 +292,8 @@ def create_app(
     first = server.reconcile_now()
     log.info("serving %d model(s) of %s at %s", len(server.entries), env, (first.commit or "")[:12])
     sampler = PredictionSampler.create(ws.state_dir / "predictions" / env, rate)
-    handlers = ServingApp(server, sampler)
     mode = auth or serving_auth(ws, env, host)
+    handlers = ServingApp(server, sampler, hide_names=mode == "token")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

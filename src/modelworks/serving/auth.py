@@ -97,9 +97,14 @@ def _log_mode(what: str, mode: AuthMode, host: str, *, explicit: bool) -> None:
 
 
 def serving_policy(method: str, path: str) -> str | None:
-    """Roles of the inference server's routes."""
+    """Roles of the inference server's routes (a tenant's base path has the same open health
+    endpoints; which tenants' models a token sees is the app's check, a 404 otherwise)."""
     if path in SERVING_OPEN:
         return None
+    if path.startswith("/tenants/"):
+        _, _, rest = path[len("/tenants/") :].partition("/")
+        if "/" + rest in SERVING_OPEN:
+            return None
     return "admin" if path.startswith("/admin") else "viewer"
 
 

@@ -8,7 +8,16 @@ from typing import Any
 
 from modelworks import _git
 from modelworks.errors import GitError, ModelworksError
-from modelworks.gitops.deploy import DeployConfig, read_env
+from modelworks.gitops.deploy import DeployConfig, list_env
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import qualified
+
+ModelKey = tuple[str, str]  # (tenant, model name): two tenants may each serve a `churn`
+
+
+def model_key(cfg: DeployConfig) -> ModelKey:
+    """The (tenant, name) a deploy config is served under."""
+    return cfg.tenant or DEFAULT_TENANT, cfg.name
 
 
 @dataclass
@@ -18,6 +27,16 @@ class ModelEntry:
     name: str
     desired: DeployConfig
     good: DeployConfig | None = None
+    tenant: str = DEFAULT_TENANT
+
+    @property
+    def key(self) -> ModelKey:
+        return self.tenant, self.name
+
+    @property
+    def label(self) -> str:
+        """The qualified name (`acme/churn`; bare for the default tenant) shown in answers."""
+        return qualified(self.tenant, self.name)
 
 
 @dataclass
@@ -47,6 +66,30 @@ class ReconcileResult:
         }
 
 
+def tenant_of(name: str) -> str:
+    """The tenant of a qualified name: `acme/churn` -> acme, `churn` -> the default tenant."""
+    owner, sep, _ = name.rpartition("/")
+    return owner if sep and owner else DEFAULT_TENANT
+
+
+def visible_result(body: dict[str, Any], tenants: frozenset[str] | None) -> dict[str, Any]:
+    """A reconcile answer (`ReconcileResult.to_json`) naming only the `tenants`' models."""
+    if tenants is None:
+        return body
+
+    def seen(name: str) -> bool:
+        return tenant_of(name) in tenants
+
+    return {
+        **body,
+        "added": [n for n in body["added"] if seen(n)],
+        "removed": [n for n in body["removed"] if seen(n)],
+        "changed": [c for c in body["changed"] if seen(c["name"])],
+        "loaded": [n for n in body["loaded"] if seen(n)],
+        "failed": {n: e for n, e in body["failed"].items() if seen(n)},
+    }
+
+
 def resolve_ref(repo: Path, ref: str) -> str:
     """The commit `ref` names now (a branch is re-resolved on every call)."""
     sha = _git.head(repo, ref) if repo.is_dir() else None
@@ -60,9 +103,10 @@ def resolve_ref(repo: Path, ref: str) -> str:
 
 
 def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
-    """The env's deploy configs at `commit`, with a clear error on a bad config."""
+    """The env's deploy configs at `commit` by qualified name (every tenant's), with a clear
+    error on a bad config."""
     try:
-        return read_env(repo, env, commit)
+        return {qualified(c.tenant, c.name): c for c in list_env(repo, env, commit)}
     except ModelworksError:
         raise
     except Exception as exc:  # pydantic/yaml errors from a hand-edited config
@@ -72,17 +116,22 @@ def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
 
 
 def apply_desired(
-    entries: dict[str, ModelEntry], configs: dict[str, DeployConfig], result: ReconcileResult
+    entries: dict[ModelKey, ModelEntry],
+    configs: dict[str, DeployConfig],
+    result: ReconcileResult,
 ) -> list[tuple[ModelEntry, DeployConfig]]:
-    """Update `entries` in place to match `configs`; return (entry, previous config) per change."""
-    for name in [n for n in entries if n not in configs]:
-        del entries[name]
-        result.removed.append(name)
+    """Update `entries` in place to match `configs` (keyed by (tenant, name), whatever the keys
+    of `configs`); return (entry, previous config) per change. Result names are qualified."""
+    wanted = {model_key(cfg): cfg for cfg in configs.values()}
+    for key in [k for k in entries if k not in wanted]:
+        del entries[key]
+        result.removed.append(qualified(*key))
     changes: list[tuple[ModelEntry, DeployConfig]] = []
-    for name, cfg in configs.items():
-        entry = entries.get(name)
+    for key, cfg in wanted.items():
+        entry = entries.get(key)
+        name = qualified(*key)
         if entry is None:
-            entries[name] = ModelEntry(name, cfg)
+            entries[key] = ModelEntry(cfg.name, cfg, tenant=key[0])
             result.added.append(name)
         elif (entry.desired.artifact_digest, entry.desired.runtime) != (
             cfg.artifact_digest,
@@ -97,7 +146,7 @@ def apply_desired(
     return changes
 
 
-def referenced_digests(entries: dict[str, ModelEntry]) -> set[str]:
+def referenced_digests(entries: dict[ModelKey, ModelEntry]) -> set[str]:
     """Digests some entry still wants or still falls back to."""
     refs = {e.desired.artifact_digest for e in entries.values()}
     refs.update(e.good.artifact_digest for e in entries.values() if e.good is not None)

@@ -15,6 +15,7 @@ from modelworks.serving.loader import ModelLoader
 from modelworks.serving.metrics import ServingMetrics
 from modelworks.serving.reconcile import (
     ModelEntry,
+    ModelKey,
     ReconcileResult,
     apply_desired,
     read_desired,
@@ -22,6 +23,8 @@ from modelworks.serving.reconcile import (
     resolve_ref,
 )
 from modelworks.serving.runtimes import PLATFORMS
+from modelworks.tenancy.access import DEFAULT_TENANT
+from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.gitops.deploy import DeployConfig
@@ -47,7 +50,7 @@ class ModelServer:
         self.metrics = ServingMetrics()
         self.cache = ModelCache(max_memory, on_evict=self._evicted)
         self.loader = ModelLoader(ws, allow_pickle=allow_pickle)
-        self.entries: dict[str, ModelEntry] = {}
+        self.entries: dict[ModelKey, ModelEntry] = {}
         self.failed: dict[str, ModelworksError] = {}
         self.commit: str | None = None
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
@@ -93,7 +96,7 @@ class ModelServer:
         changes = apply_desired(self.entries, configs, result)
         self.commit = commit
         for name in result.added:
-            log.info("model %s version %s deployed", name, configs[name].version)
+            log.info("model %s deployed", name)
         for change in result.changed:
             log.info("model %s: version %s -> %s", change["name"], change["from"], change["to"])
         for name in result.removed:
@@ -135,9 +138,9 @@ class ModelServer:
         )
         for entry, outcome in zip(todo, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                result.failed[entry.name] = str(outcome)
+                result.failed[entry.label] = str(outcome)
             else:
-                result.loaded.append(entry.name)
+                result.loaded.append(entry.label)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class ModelServer:
         except Exception as exc:
             err = self._failure(cfg, exc)
             self.failed[cfg.artifact_digest] = err
-            self.metrics.load_failures.labels(cfg.name).inc()
+            self.metrics.load_failures.labels(cfg.name, cfg.tenant or DEFAULT_TENANT).inc()
             log.error("%s", err)
             raise err from None
         self.metrics.load_time.labels(cfg.runtime).observe(time.perf_counter() - start)
@@ -173,7 +176,8 @@ class ModelServer:
         return model
 
     def _failure(self, cfg: DeployConfig, exc: Exception) -> ModelworksError:
-        what = f"{cfg.name} version {cfg.version} ({cfg.artifact_digest[:19]}...)"
+        name = qualified(cfg.tenant, cfg.name)
+        what = f"{name} version {cfg.version} ({cfg.artifact_digest[:19]}...)"
         if isinstance(exc, ModelworksError):
             return ModelUnavailableError(f"{what} refused: {exc}")
         return ModelUnavailableError(f"{what} failed to load: {type(exc).__name__}: {exc}")
@@ -228,17 +232,37 @@ class ModelServer:
 
     # -- request path ------------------------------------------------------------------------
 
-    def entry(self, name: str) -> ModelEntry:
-        """The deployed model called `name`, or a 404 with a suggestion."""
-        entry = self.entries.get(name)
+    def entry(self, key: ModelKey, tenants: frozenset[str] | None = None) -> ModelEntry:
+        """The deployed model `key` names, or a 404 with a suggestion.
+
+        With `tenants` (the caller's visible tenants; None: all), a model of another tenant is
+        answered exactly as a model that does not exist: same status, same message.
+        """
+        visible = tenants is None or key[0] in tenants
+        entry = self.entries.get(key) if visible else None
         if entry is None:
-            hint = did_you_mean(name, set(self.entries))
-            raise NotFoundError(f"model '{name}' is not deployed in {self.env}.{hint}")
+            label = qualified(*key)
+            hint = did_you_mean(label, self._suggestions(key[0], tenants)) if visible else ""
+            raise NotFoundError(f"model '{label}' is not deployed in {self.env}.{hint}")
         return entry
 
-    async def resolve(self, name: str, version: str | None = None) -> LoadedModel:
-        """The model that should answer a request for `name` (and `version`) right now."""
-        entry = self.entry(name)
+    def _suggestions(self, tenant: str, tenants: frozenset[str] | None) -> set[str]:
+        """Names to suggest for a miss in `tenant`: that tenant's models (any visible ones for
+        the default tenant, whose bare base path is where a mistyped name lands)."""
+        return {
+            e.label
+            for k, e in self.entries.items()
+            if (k[0] == tenant or tenant == DEFAULT_TENANT) and (tenants is None or k[0] in tenants)
+        }
+
+    def visible(self, tenants: frozenset[str] | None) -> list[ModelEntry]:
+        """The entries of the `tenants` (None: all), sorted by qualified name."""
+        found = [e for k, e in self.entries.items() if tenants is None or k[0] in tenants]
+        return sorted(found, key=lambda e: e.label)
+
+    async def resolve(self, key: ModelKey, version: str | None = None) -> LoadedModel:
+        """The model that should answer a request for `key` (and `version`) right now."""
+        entry = self.entry(key)
         want = entry.desired
         model = self.cache.get(want.artifact_digest)
         if model is not None and (version is None or version == want.version):
@@ -268,16 +292,17 @@ class ModelServer:
             return await self.ensure(entry.good)
         serving = sorted({entry.desired.version} | ({entry.good.version} if entry.good else set()))
         raise NotFoundError(
-            f"model '{entry.name}' has no version '{version}' in {self.env}; "
+            f"model '{entry.label}' has no version '{version}' in {self.env}; "
             f"versions served: {', '.join(serving)}"
         )
 
-    async def status(self, name: str) -> dict[str, Any]:
-        """Readiness of one model, loading it if needed; includes a refused version's error."""
-        entry = self.entry(name)
+    async def status(self, key: ModelKey, name: str) -> dict[str, Any]:
+        """Readiness of one model (answered as `name`), loading it if needed; includes a
+        refused version's error."""
+        entry = self.entry(key)
         out: dict[str, Any] = {"name": name, "desired_version": entry.desired.version}
         try:
-            model = await self.resolve(name)
+            model = await self.resolve(key)
         except ModelworksError as exc:
             return {**out, "ready": False, "error": str(exc)}
         out.update(ready=True, version=model.version)
@@ -286,9 +311,11 @@ class ModelServer:
             out["error"] = str(failure)
         return out
 
-    async def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Model metadata (protocol shape) without necessarily loading the model."""
-        entry = self.entry(name)
+    async def metadata(
+        self, key: ModelKey, name: str, version: str | None = None
+    ) -> dict[str, Any]:
+        """Model metadata (protocol shape, answered as `name`) without necessarily loading it."""
+        entry = self.entry(key)
         cfg = entry.desired
         if version is not None and version != cfg.version:
             if entry.good is None or entry.good.version != version:
@@ -315,8 +342,8 @@ class ModelServer:
     def ready(self) -> tuple[bool, list[str]]:
         """Server readiness: every deployed model has a loadable (or fallback) version."""
         broken = [
-            name
-            for name, e in self.entries.items()
+            e.label
+            for e in self.entries.values()
             if e.desired.artifact_digest in self.failed and e.good is None
         ]
         return not broken, broken

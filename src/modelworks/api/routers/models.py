@@ -13,6 +13,7 @@ from modelworks.errors import NotFoundError
 from modelworks.registry.listing import ModelFilter, model_page
 from modelworks.registry.queries import show
 from modelworks.tenancy.access import require_visible, visible_tenants
+from modelworks.tenancy.names import qualified
 
 router = APIRouter(tags=["models"])
 Tenant = Annotated[str, Path(**NAME)]
@@ -41,7 +42,7 @@ def list_models(
 def get_model(tenant: Tenant, name: Name, identity: IdentityDep, store: StoreDep) -> Any:
     """Versions, metrics, lineage, artifact and deployments of one model."""
     require_visible(identity, tenant, f"model {tenant}/{name}")
-    return show(store, name, tenant=tenant)
+    return show(store, qualified(tenant, name), frozenset({tenant}))
 
 
 @router.get("/models/{tenant}/{name}/versions/{version}", response_model=VersionInfo)
@@ -54,7 +55,7 @@ def get_version(
 ) -> Any:
     """One version of a model: metrics, gates, lineage, scan, signature, artifact."""
     require_visible(identity, tenant, f"model {tenant}/{name}")
-    info = show(store, name, tenant=tenant)
+    info = show(store, qualified(tenant, name), frozenset({tenant}))
     for v in info["versions"]:
         if v["version"] == version:
             return v
