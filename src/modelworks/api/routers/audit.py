@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from modelworks.api.deps import IdentityDep, StoreDep
-from modelworks.api.schemas import NAME, AuditList
+from modelworks.api.schemas import NAME, TEXT, AuditList
 from modelworks.registry.audit import rows
 from modelworks.tenancy.access import visible_tenants
 
@@ -20,7 +20,7 @@ def list_audit(
     identity: IdentityDep,
     store: StoreDep,
     action: Annotated[str | None, Query(**Pattern)] = None,
-    actor: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    actor: Annotated[str | None, Query(**TEXT)] = None,
     model: Annotated[str | None, Query(**Pattern)] = None,
     tenant: Annotated[str | None, Query(**NAME)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,

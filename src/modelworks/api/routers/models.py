@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from modelworks.api.deps import IdentityDep, StoreDep
-from modelworks.api.schemas import NAME, ModelInfo, ModelPage, VersionInfo
+from modelworks.api.schemas import NAME, TEXT, ModelInfo, ModelPage, VersionInfo
 from modelworks.errors import NotFoundError
 from modelworks.registry.listing import ModelFilter, model_page
 from modelworks.registry.queries import show
 from modelworks.tenancy.access import require_visible, visible_tenants
+from modelworks.tenancy.names import qualified
 
 router = APIRouter(tags=["models"])
 Tenant = Annotated[str, Path(**NAME)]
@@ -30,7 +31,7 @@ def list_models(
     pipeline: Annotated[str | None, Query(**Word)] = None,
     env: Annotated[str | None, Query(**NAME)] = None,
     status: Annotated[str | None, Query(**Word)] = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    q: Annotated[str | None, Query(**TEXT)] = None,
 ) -> dict[str, Any]:
     """Models ordered by (tenant, name), `limit` a page; pass `next_cursor` for the next."""
     f = ModelFilter(tenant=tenant, pipeline=pipeline, env=env, status=status, q=q)
@@ -41,7 +42,7 @@ def list_models(
 def get_model(tenant: Tenant, name: Name, identity: IdentityDep, store: StoreDep) -> Any:
     """Versions, metrics, lineage, artifact and deployments of one model."""
     require_visible(identity, tenant, f"model {tenant}/{name}")
-    return show(store, name, tenant=tenant)
+    return show(store, qualified(tenant, name), frozenset({tenant}))
 
 
 @router.get("/models/{tenant}/{name}/versions/{version}", response_model=VersionInfo)
@@ -54,7 +55,7 @@ def get_version(
 ) -> Any:
     """One version of a model: metrics, gates, lineage, scan, signature, artifact."""
     require_visible(identity, tenant, f"model {tenant}/{name}")
-    info = show(store, name, tenant=tenant)
+    info = show(store, qualified(tenant, name), frozenset({tenant}))
     for v in info["versions"]:
         if v["version"] == version:
             return v

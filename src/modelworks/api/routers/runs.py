@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from modelworks.api.deps import IdentityDep, StoreDep
-from modelworks.api.schemas import NAME, RunLog, RunPage
+from modelworks.api.schemas import NAME, RunLog, RunPage, narrowed
 from modelworks.errors import ConfigError
 from modelworks.registry.queries import read_log, run_by_id, runs
 from modelworks.tenancy.access import visible_tenants
@@ -41,8 +41,7 @@ def list_runs(
         model=model,
         status=status,
         limit=limit + 1,
-        tenant=tenant,
-        tenants=visible_tenants(identity),
+        tenants=narrowed(visible_tenants(identity), tenant),
         before=_before(cursor),
     )
     more = len(rows) > limit
@@ -58,6 +57,6 @@ def run_log(
     max_bytes: Annotated[int, Query(ge=1, le=16 * 2**20)] = 2**20,
 ) -> dict[str, Any]:
     """The run and the last `max_bytes` of its log (redacted by the worker as it was written)."""
-    run, _tenant = run_by_id(store, run_id, visible_tenants(identity))
+    run = run_by_id(store, run_id, visible_tenants(identity))
     text, truncated = read_log(run["log_path"], max_bytes)
     return {"run": run, "log": text, "truncated": truncated}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path
@@ -9,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelworks.api.deps import IdentityDep, StoreDep, WorkspaceDep
 from modelworks.api.schemas import NAME, TenantInfo, TenantList
-from modelworks.errors import PermissionDeniedError
+from modelworks.errors import ConfigError, PermissionDeniedError
 from modelworks.registry import tenants as registry
 from modelworks.tenancy.access import is_platform_admin, require_visible, visible_tenants
 
@@ -58,5 +59,7 @@ async def create_tenant(
             f"{identity.user} is {identity.role} in {identity.tenant} and cannot create tenants: "
             "that needs a platform admin (admin in the default tenant)"
         )
+    if "\\u0000" in json.dumps(settings or {}):
+        raise ConfigError(f"tenant {name!r}: settings must not contain NUL characters")
     saved = await run_in_threadpool(registry.save_tenant, ws, store, name, settings or {})
     return _info(ws, name, saved)
