@@ -106,18 +106,18 @@ def test_plan_is_what_mw_plan_json_prints_and_each_tenant_sees_its_own(
     assert r.status_code == 200, r.text
     local = mw_json(capsys, ws, "plan", "--token", tokens["root"])
     assert r.json() == local
-    assert [m["name"] for m in local["models"]] == ["model-0", "model-1", "model-2"]
+    assert [m["name"] for m in local["models"]] == ["model-0", "acme/model-1", "model-2"]
     ours = call(api, tokens, "vic", "POST", "/plan").json()
     assert [m["name"] for m in ours["models"]] == ["model-0", "model-2"]
     assert ours["summary"] == {"create": 0, "update": 1, "unchanged": 1, "error": 0}
     mine = call(api, tokens, "avic", "POST", "/plan").json()
-    assert [m["name"] for m in mine["models"]] == ["model-1"]
+    assert [m["name"] for m in mine["models"]] == ["acme/model-1"]
     assert mine["summary"] == {"create": 0, "update": 0, "unchanged": 1, "error": 0}
     # another tenant's model is the same 404 as one that does not exist
     other = call(api, tokens, "avic", "POST", "/plan", {"models": ["model-0"]})
     missing = call(api, tokens, "avic", "POST", "/plan", {"models": ["nope"]})
     assert other.status_code == missing.status_code == 404
-    hint = " Did you mean 'model-1'?"  # only visible names are offered
+    hint = " Did you mean 'acme/model-1'?"  # only visible names are offered
     assert other.json()["error"]["message"] == "no model spec named 'model-0'." + hint
     assert "model-0" not in missing.json()["error"]["message"]
     assert "model-2" not in missing.json()["error"]["message"]

@@ -68,6 +68,14 @@ def print_queued(result: dict[str, Any]) -> None:
     )
 
 
+def _same_model(qualified_name: str, ref: str) -> bool:
+    """True when `ref` (`tenant/name` or a bare name) can name the model `qualified_name`."""
+    from modelworks.tenancy.names import split_ref
+
+    tenant, name = split_ref(ref)
+    return qualified_name == ref or (tenant is None and split_ref(qualified_name)[1] == name)
+
+
 def remote_log(api: Client, model: str, run: int | None) -> tuple[dict[str, Any], str]:
     """A run of `model` (the latest unless named) and its log, as `mw logs` shows them."""
     from modelworks.errors import NotFoundError
@@ -78,6 +86,6 @@ def remote_log(api: Client, model: str, run: int | None) -> tuple[dict[str, Any]
             raise NotFoundError(f"no run of model {model!r}")
         run = int(found[0]["id"])
     data = api.get(path("runs", run, "log"), {"max_bytes": LOG_BYTES})
-    if data["run"]["model"] != model:
+    if not _same_model(str(data["run"]["model"]), model):
         raise NotFoundError(f"no run {run} of model {model!r}")
     return data["run"], str(data["log"])

@@ -273,31 +273,42 @@ def run_log(
     if not found:
         raise NotFoundError(f"no run{'' if run_id is None else f' {run_id}'} of model {model!r}")
     run = found[0]
-    path = Path(run["log_path"]) if run["log_path"] else None
-    text = path.read_text() if path and path.exists() else ""
-    return run, text
+    return run, _read_log(run["log_path"])
 
 
-def run_by_id(store: Store, run_id: int, tenants: frozenset[str] | None = None) -> dict[str, Any]:
-    """Run `run_id` as `mw runs` shows it; NotFoundError when missing or not the `tenants`'."""
+def run_by_id(
+    store: Store, run_id: int, tenants: frozenset[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Run `run_id` (with its tenant) and where its log is; NotFoundError when not visible."""
     with store.session() as s:
-        q = only(select(Run, Model.tenant, Model.name).join(Model), tenants)
-        row = s.execute(q.where(Run.id == run_id)).first()
+        q = select(Run, Model.name, Model.tenant).join(Model).where(Run.id == run_id)
+        if tenants is not None:
+            q = q.where(Model.tenant.in_(tenants))
+        row = s.execute(q).first()
         if row is None:
             raise NotFoundError(f"no run with id {run_id}")
-        r, tenant, name = row
-        return {**run_dict(r, qualified(tenant, name)), "tenant": tenant}
+        r, name, tenant = row
+        return {**run_dict(r, qualified(tenant, name)), "tenant": tenant}, tenant
 
 
-def read_log(log_path: str | None, max_bytes: int) -> tuple[str, bool]:
-    """The last `max_bytes` of a run's log (the worker redacted it while writing) and whether
-    it was cut."""
+def _read_log(log_path: str | None, max_bytes: int | None = None) -> str:
+    """A run's log text (the worker redacted it while writing); the last `max_bytes` only."""
     from pathlib import Path
 
     path = Path(log_path) if log_path else None
     if path is None or not path.is_file():
-        return "", False
+        return ""
+    if max_bytes is None:
+        return path.read_text()
     with path.open("rb") as fh:
         size = fh.seek(0, 2)
         fh.seek(max(0, size - max_bytes))
-        return fh.read().decode("utf-8", errors="replace"), size > max_bytes
+        return fh.read().decode("utf-8", errors="replace")
+
+
+def read_log(log_path: str | None, max_bytes: int) -> tuple[str, bool]:
+    """The last `max_bytes` of a run's log and whether it was cut."""
+    from pathlib import Path
+
+    size = Path(log_path).stat().st_size if log_path and Path(log_path).is_file() else 0
+    return _read_log(log_path, max_bytes), size > max_bytes

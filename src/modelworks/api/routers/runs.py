@@ -57,6 +57,6 @@ def run_log(
     max_bytes: Annotated[int, Query(ge=1, le=16 * 2**20)] = 2**20,
 ) -> dict[str, Any]:
     """The run and the last `max_bytes` of its log (redacted by the worker as it was written)."""
-    run = run_by_id(store, run_id, visible_tenants(identity))
+    run, _tenant = run_by_id(store, run_id, visible_tenants(identity))
     text, truncated = read_log(run["log_path"], max_bytes)
     return {"run": run, "log": text, "truncated": truncated}
