@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from modelworks import _git
+from modelworks.data.dirs import store_folder
 from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
 from modelworks.errors import DataError
 from modelworks.spec import _read_raw, dump_spec, spec_files
@@ -87,6 +88,22 @@ def _committed_md5(ws: Workspace, pointer: Path) -> str | None:
     return md5 if isinstance(md5, str) else None
 
 
+def _store_content(ws: Workspace, target: Path, pointer: Path) -> tuple[str, int]:
+    """Put a file (or a folder: its files and `.dir` manifest) into the cache and write
+    its pointer; (md5, size)."""
+    if target.is_dir():
+        if Path(os.path.realpath(ws.state_dir)).is_relative_to(target):
+            raise DataError(f"{target}: holds the workspace state {ws.state_dir}; add a subfolder")
+        v = store_folder(ws.cache_dir, target, ws.settings.data.max_files)
+        write_pointer(pointer, v.md5, v.size, target.name, nfiles=v.nfiles)
+        return v.md5, v.size
+    md5 = file_md5(target)
+    size = target.stat().st_size
+    store(ws.cache_dir, target, md5)
+    write_pointer(pointer, md5, size, target.name)
+    return md5, size
+
+
 def add(
     ws: Workspace,
     path: Path,
@@ -95,13 +112,13 @@ def add(
     commit: bool = True,
     actor: str | None = None,
 ) -> DataVersion:
-    """Hash a data file into the cache, write its .dvc pointer, bump specs, commit."""
+    """Hash a data file (or folder) into the cache, write its .dvc pointer, bump specs, commit."""
     target = path if path.is_absolute() else Path(os.getcwd()) / path
     target = target.resolve()
     if not target.exists():
         raise DataError(f"{path}: does not exist")
-    if not target.is_file():
-        raise DataError(f"{path}: not a file (mw data add versions one data file at a time)")
+    if not target.is_file() and not target.is_dir():
+        raise DataError(f"{path}: not a file or a folder")
     try:
         dataset = target.relative_to(ws.root).as_posix()
     except ValueError:
@@ -110,10 +127,7 @@ def add(
     # A re-run after a kill repairs what the killed run left half done: the pointer may be
     # written (or committed) with some specs bumped and uncommitted, others not bumped yet.
     previous = _committed_md5(ws, pointer)
-    md5 = file_md5(target)
-    size = target.stat().st_size
-    store(ws.cache_dir, target, md5)
-    write_pointer(pointer, md5, size, target.name)
+    md5, size = _store_content(ws, target, pointer)
     gitignore = gitignore_add(target.parent, target.name)
     version = DataVersion(dataset, md5, size, pointer, previous)
     readers = _bump_specs(ws, dataset, md5) if update_specs else []
