@@ -267,3 +267,28 @@ def test_materialize_reuses_a_laid_out_folder(workspace: Workspace) -> None:
     first = materialize(manifest, v.md5, find, dest, 10)
     assert sorted(p.name for p in first.iterdir()) == ["a.csv", "b.csv"]
     assert materialize(manifest, v.md5, lambda _: None, dest, 10) == first
+
+
+@pytest.mark.ray
+def test_ray_workers_get_the_laid_out_folder(capsys: Any, tmp_path: Path, ray_local: Path) -> None:
+    pytest.importorskip("ray", reason="the ray package is not installed")
+    from modelworks.apply import apply
+    from modelworks.registry.store import Store
+    from modelworks.runs.ray_executor import RayExecutor
+
+    ws = make_workspace(tmp_path / "ws")
+    _folder(ws)
+    write_pipeline(ws, "folder", source=FOLDER_PIPELINE, commit=False)
+    write_spec(ws, "parts", "data/parts", pipeline="folder", commit=False)
+    v = add(ws, ws.root / "data" / "parts", commit=False)
+    _git.git(ws.root, "add", "-A")
+    _git.git(ws.root, "commit", "-q", "-m", "a directory dataset")
+
+    result = apply(ws, Store(ws.registry_url), executor=RayExecutor(1))
+
+    assert [t["name"] for t in result.trained] == ["parts"], result.failed
+    assert result.trained[0]["metrics"]["files_seen"] == 2.0
+    cached = list((ray_local / "data").glob("dir-*"))
+    assert len(cached) == 1
+    assert (cached[0] / "nested" / "part-2.csv").is_file()
+    assert v.md5.endswith(".dir")
