@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +294,36 @@ def test_ray_workers_get_the_laid_out_folder(capsys: Any, tmp_path: Path, ray_lo
     assert len(cached) == 1
     assert (cached[0] / "nested" / "part-2.csv").is_file()
     assert v.md5.endswith(".dir")
+
+
+def test_a_watched_directory_dataset_is_versioned_as_one_folder(tmp_path: Path) -> None:
+    from modelworks.controller.state import ControllerState
+    from modelworks.controller.triggers import scan_watched, version_files
+
+    ws = make_workspace(tmp_path / "ws", data={"watch": ["data"]})
+    folder = _folder(ws)
+    write_spec(ws, "parts", "data/parts", dvc_hash="0" * 32, commit=False)
+    first = add(ws, folder)
+    state = ControllerState()
+    _settled(folder)
+    assert scan_watched(ws, state) == []  # versioned: its files are not taken one by one
+    write_dataset(ws, "data/parts/nested/part-3.csv", seed=3)
+    _settled(folder)
+    found = scan_watched(ws, state)
+    assert found == [folder]
+    out = version_files(ws, state, found, actor="controller")
+    now = read_pointer(ws.root / "data" / "parts.dvc").md5
+    assert now != first.md5
+    assert now.endswith(".dir")
+    assert [f["dataset"] for f in out["files"]] == ["data/parts"]
+    spec = json.loads((ws.models_dir / "parts.json").read_text())
+    assert spec["data_source"]["dvc_hash"] == now
+    assert not list(folder.rglob("*.dvc"))
+    assert scan_watched(ws, state) == []
+
+
+def _settled(folder: Path) -> None:
+    """Files older than the watcher's settle time."""
+    old = time.time() - 5
+    for f in folder.rglob("*"):
+        os.utime(f, (old, old))

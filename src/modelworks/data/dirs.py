@@ -131,6 +131,22 @@ def folder_entries(folder: Path, max_files: int) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
+def folder_md5(folder: Path, max_files: int) -> str:
+    """The `<md5>.dir` version the folder has now (nothing is stored)."""
+    entries = [(rel, file_md5(f)) for rel, f in folder_entries(folder, max_files)]
+    return hashlib.md5(manifest_bytes(entries)).hexdigest() + DIR_SUFFIX
+
+
+def tracked_dir(path: Path, base: Path) -> Path | None:
+    """The folder at or below `base` holding `path` that has a pointer (`<folder>.dvc`)."""
+    for parent in path.parents:
+        if parent.with_name(parent.name + ".dvc").is_file():
+            return parent
+        if parent == base or parent == parent.parent:
+            return None
+    return None
+
+
 def store_folder(cache_dir: Path, folder: Path, max_files: int) -> DirVersion:
     """Put every file of folder and its `.dir` manifest into the cache (DVC 3 layout)."""
     files = folder_entries(folder, max_files)
