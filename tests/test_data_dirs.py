@@ -327,3 +327,15 @@ def _settled(folder: Path) -> None:
     old = time.time() - 5
     for f in folder.rglob("*"):
         os.utime(f, (old, old))
+
+
+def test_add_refuses_the_workspace_and_its_state(capsys: Any, workspace: Workspace) -> None:
+    code, _, err = mw(capsys, workspace, "data", "add", str(workspace.root))
+    assert code != 0
+    assert "is the workspace itself" in err
+    (workspace.state_dir / "x").mkdir(parents=True, exist_ok=True)
+    for inside in (workspace.state_dir, workspace.state_dir / "x"):
+        with pytest.raises(DataError, match="overlaps the workspace state"):
+            add(workspace, inside)
+    assert not list(workspace.root.parent.glob("*.dvc"))
+    assert not (workspace.root / ".mw.dvc").exists()

@@ -88,12 +88,19 @@ def _committed_md5(ws: Workspace, pointer: Path) -> str | None:
     return md5 if isinstance(md5, str) else None
 
 
+def _check_folder(ws: Workspace, target: Path) -> None:
+    """A folder dataset may be neither the workspace nor hold its state (cache, registry)."""
+    if target == ws.root.resolve():
+        raise DataError(f"{target}: is the workspace itself; add a folder inside it")
+    state = Path(os.path.realpath(ws.state_dir))
+    if state.is_relative_to(target) or target.is_relative_to(state):
+        raise DataError(f"{target}: overlaps the workspace state {ws.state_dir}; add a data folder")
+
+
 def _store_content(ws: Workspace, target: Path, pointer: Path) -> tuple[str, int]:
     """Put a file (or a folder: its files and `.dir` manifest) into the cache and write
     its pointer; (md5, size)."""
     if target.is_dir():
-        if Path(os.path.realpath(ws.state_dir)).is_relative_to(target):
-            raise DataError(f"{target}: holds the workspace state {ws.state_dir}; add a subfolder")
         v = store_folder(ws.cache_dir, target, ws.settings.data.max_files)
         write_pointer(pointer, v.md5, v.size, target.name, nfiles=v.nfiles)
         return v.md5, v.size
@@ -123,6 +130,8 @@ def add(
         dataset = target.relative_to(ws.root).as_posix()
     except ValueError:
         raise DataError(f"{path}: must be inside the workspace {ws.root}") from None
+    if target.is_dir():
+        _check_folder(ws, target)
     pointer = target.with_name(target.name + ".dvc")
     # A re-run after a kill repairs what the killed run left half done: the pointer may be
     # written (or committed) with some specs bumped and uncommitted, others not bumped yet.
