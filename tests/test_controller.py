@@ -553,11 +553,12 @@ def _session_members(sid: int) -> list[int]:
 
 
 def test_mw_up_trains_deploys_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    ctl_port, serve_port = _free_port(), _free_port()
+    ctl_port, serve_port, api_port = _free_port(), _free_port(), _free_port()
     ws = make_workspace(
         tmp_path / "ws",
         controller={"port": ctl_port},
         serving={"port": serve_port, "poll_interval": 120},
+        server={"port": api_port},
     )
     small_fleet(ws, models=2, datasets=1)
     proc = subprocess.Popen(
@@ -584,6 +585,8 @@ def test_mw_up_trains_deploys_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path)
         assert r.json()["outputs"][0]["data"] == [1]
         status = httpx.get(f"{ctl}/api/status", timeout=30).json()
         assert {m["name"]: m["deployed"] for m in status["models"]}["model-0"]["test"]
+        api = httpx.get(f"http://127.0.0.1:{api_port}/api/v1/models", timeout=30).json()
+        assert [m["name"] for m in api["items"]] == ["model-0", "model-1"]
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -591,6 +594,7 @@ def test_mw_up_trains_deploys_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert f"serve:test     http://127.0.0.1:{serve_port}" in out
+    assert f"api            http://127.0.0.1:{api_port}" in out
     assert "mw up: stopped" in out
     assert _session_members(proc.pid) == []  # no worker or server left behind
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from s3_server import s3_server  # noqa: F401  (pytest fixture)
 
 from modelworks import _git
 from modelworks.data.add import add
@@ -339,3 +340,36 @@ def test_add_refuses_the_workspace_and_its_state(capsys: Any, workspace: Workspa
             add(workspace, inside)
     assert not list(workspace.root.parent.glob("*.dvc"))
     assert not (workspace.root / ".mw.dvc").exists()
+
+
+@pytest.mark.integration
+def test_folder_goes_to_an_s3_remote_and_comes_back(
+    s3_server: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from modelworks.data.sources import DataResolver
+    from modelworks.spec import load_spec
+
+    for var, value in s3_server.env().items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    bucket = s3_server.bucket()
+    ws = make_workspace(
+        tmp_path / "ws",
+        data={"endpoint_url": s3_server.endpoint, "remote": f"s3://{bucket}/store"},
+    )
+    folder = _folder(ws)
+    v = add(ws, folder)
+    key = f"store/files/md5/{v.md5[:2]}/{v.md5[2:]}"
+    assert v.remote == f"s3://{bucket}/{key}"
+    # A fresh machine: nothing in the local cache, all of it comes from the remote, verified.
+    shutil.rmtree(ws.cache_dir)
+    spec = load_spec(write_spec(ws, "parts", "data/parts")).spec
+    assert spec is not None
+    ref = DataResolver(ws).resolve(spec)
+    laid_out = ref.files[0]
+    assert (laid_out / "nested" / "part-2.csv").read_bytes() == (
+        folder / "nested" / "part-2.csv"
+    ).read_bytes()

@@ -16,11 +16,10 @@ from sqlalchemy import select, update
 
 from modelworks import _git
 from modelworks.artifacts.verify import signed_baseline
-from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
 from modelworks.pipelines.catalog import snapshot
-from modelworks.plan import ModelPlan, Plan, plan
+from modelworks.plan import ModelPlan, Plan, data_resolver, plan
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
 from modelworks.registry.tenants import repository_of
@@ -161,7 +160,7 @@ def _jobs(
     """The job for each claimed run, with everything a worker needs (paths, not objects)."""
     from modelworks.security.keys import sealing_keys, secrets_dir
 
-    data = DataResolver(ws)
+    data = data_resolver(ws)
     key = signing_key(ws)
     baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
     work_dir = ws.state_dir / "work"
@@ -187,6 +186,7 @@ def _jobs(
                 "fingerprint": mp.fingerprint,
                 "runtime": spec.runtime,
                 "tenant": spec.tenant,
+                "weight": c.weight,
                 "hyperparameters": spec.hyperparameters,
                 "gates": spec.gates.model_dump(),
                 "baseline": baselines.get(mp.name),
@@ -497,13 +497,14 @@ def _drain(
 ) -> None:
     """Run queued jobs of these models until none is left (retries come back after a backoff)."""
     wanted = {name: mp.fingerprint for name, mp in plans.items() if mp.fingerprint}
+    policy, budget = queue.scheduler(ws, store)
     while True:
-        claimed = queue.claim(store, wanted)
+        claimed = queue.claim(store, wanted, policy, budget)
         if not claimed:
             due = queue.next_due(store, wanted)
             if due is None:
                 return
-            time.sleep(min(due, 5.0) + 0.01)
+            time.sleep(min(due, 5.0) + (0.01 if due else 0.25))  # 0: held by run limits
             continue
         jobs = _jobs(ws, store, claimed, plans)
         recorder.jobs.update((j["run_id"], j) for j in jobs)

@@ -313,13 +313,24 @@ def plan(
         return _plan(ws, store, names, allow_dirty)
 
 
+def data_resolver(ws: Workspace) -> DataResolver:
+    """A DataResolver that can unseal the sealed secrets S3 data sources name as credentials."""
+    from modelworks.security.keys import sealing_keys, secrets_dir
+    from modelworks.security.secrets import unseal
+
+    def secret(name: str) -> bytes:
+        return unseal(name, sealing_keys(ws)[0], secrets_dir(ws))
+
+    return DataResolver(ws, secret=secret)
+
+
 def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: bool) -> Plan:
     owners = tenants(ws, store)
     if ws.settings.tenants:
         sync_declared(ws, store)
     view = RegistryView.read(store)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
-    data = DataResolver(ws)
+    data = data_resolver(ws)
     prov = Provenance(ws.root, ws.pipelines_dir)
     prov.prefetch(ws.models_dir)
     try:

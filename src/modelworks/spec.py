@@ -38,6 +38,10 @@ class DataSource(_Strict):
     bucket: str | None = None
     prefix: str | None = None
     pattern: str | None = None
+    key: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    credentials: str | None = Field(None, description="A sealed secret with the S3 keys.")
 
 
 class Gates(_Strict):
@@ -128,8 +132,11 @@ class ModelSpec(_Strict):
     def training_inputs(self) -> dict[str, Any]:
         """The spec fields that decide the trained result (part of the fingerprint)."""
         ds = self.data_source
+        source: dict[str, Any] = {"type": ds.type, "dataset": ds.dataset, "path": ds.path}
+        if ds.type == "s3":  # only then: other sources keep the fingerprints they had
+            source.update(bucket=ds.bucket, prefix=ds.prefix, key=ds.key, pattern=ds.pattern)
         return {
-            "data_source": {"type": ds.type, "dataset": ds.dataset, "path": ds.path},
+            "data_source": source,
             "hyperparameters": self.hyperparameters,
             "pipeline": self.pipeline,
             "runtime": self.runtime,
@@ -274,6 +281,13 @@ def parse_spec(path: Path, raw: dict[str, Any]) -> ModelSpec:
         raise SpecError(str(path), "a local data source needs 'path'", "data_source.path")
     if ds.type == "s3" and not ds.bucket:
         raise SpecError(str(path), "an s3 data source needs 'bucket'", "data_source.bucket")
+    if ds.type == "s3" and ds.key and (ds.prefix or ds.pattern):
+        raise SpecError(
+            str(path),
+            "an s3 data source names one object ('key') or a listing ('prefix', 'pattern'), "
+            "not both",
+            "data_source.key",
+        )
     return spec
 
 

@@ -345,3 +345,42 @@ def serve_on_loopback(app: Any, timeout: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def register_models(store: Any, names: list[tuple[str, str]], pipeline: str = "tiny") -> None:
+    """Write registered models straight into the registry: for each (tenant, name) a model, a
+    registered version with metrics, a succeeded run and a test deployment. For API and read
+    tests that need models without training them."""
+    from modelworks.registry.models import Deployment, Model, ModelVersion, Run
+
+    with store.session() as s:
+        for i, (tenant, name) in enumerate(names):
+            m = Model(name=name, tenant=tenant, pipeline=pipeline, spec_path=f"models/{name}.json")
+            s.add(m)
+            s.flush()
+            fp = f"{i:064x}"
+            run = Run(model_id=m.id, tenant=tenant, fingerprint=fp, version=fp[-10:])
+            run.status, run.attempts, run.duration = "succeeded", 1, 0.5
+            s.add(run)
+            s.flush()
+            s.add(
+                ModelVersion(
+                    model_id=m.id,
+                    version=fp[-10:],
+                    fingerprint=fp,
+                    status="registered",
+                    metrics={"accuracy": 0.9},
+                    lineage={"data_hash": "d" * 32, "pipeline_version": f"{pipeline}-v1"},
+                    run_id=run.id,
+                )
+            )
+            s.add(
+                Deployment(
+                    model_id=m.id,
+                    env="test",
+                    version=fp[-10:],
+                    commit="c" * 40,
+                    kind="deploy",
+                    actor="test",
+                )
+            )

@@ -53,7 +53,13 @@ class RaySettings(_Section):
 
 class DataSettings(_Section):
     cache: str = Field(".mw/cache", description="DVC-layout content cache.")
-    remote: str | None = Field(None, description="A DVC remote that is a local folder.")
+    remote: str | None = Field(
+        None, description="A DVC remote: a local folder or s3://BUCKET[/PREFIX]."
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint of data.remote and of s3 sources that name none."
+    )
+    region: str | None = Field(None, description="S3 region of data.remote and of s3 sources.")
     watch: list[str] = Field(
         default_factory=list, description="Folders whose new files are versioned."
     )
@@ -63,7 +69,7 @@ class DataSettings(_Section):
         "repos may read (relative paths are against the workspace); nothing else is read.",
     )
     max_files: int = Field(
-        10000, ge=1, description="Most files one local data source (a glob) may match."
+        10000, ge=1, description="Most files one local (glob) or S3 data source may match."
     )
 
 
@@ -200,6 +206,15 @@ class ControllerSettings(_Section):
     )
 
 
+class ServerSettings(_Section):
+    port: int = Field(
+        8800, ge=1, le=65535, description="Port of `mw server` (the control-plane API)."
+    )
+    max_body_bytes: int = Field(
+        2**20, gt=0, description="Largest request body of the control-plane API; larger get 413."
+    )
+
+
 class ForgeSettings(_Section):
     provider: Literal["local", "github"] = Field(
         "local", description="Who hosts promotion requests."
@@ -258,6 +273,7 @@ class Settings(_Section):
     scan: ScanSettings = Field(default_factory=ScanSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     gc: GCSettings = Field(default_factory=GCSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -14,15 +14,27 @@ from fastapi import FastAPI
 
 from modelworks import __version__
 from modelworks.api.errors import ERROR_SCHEMA, install
+from modelworks.api.limits import ApiBodyLimit
 from modelworks.serving.auth import TokenCache, lazy_store
-from modelworks.serving.http import JSON, BodyLimit
+from modelworks.serving.http import JSON
 
 if TYPE_CHECKING:
     from modelworks.workspace import Workspace
 
 PREFIX = "/api/v1"
 # Router modules under modelworks.api.routers, each exposing `router` (an APIRouter).
-ROUTERS = ("whoami",)
+ROUTERS = (
+    "whoami",
+    "tenants",
+    "models",
+    "runs",
+    "drift",
+    "audit",
+    "tokens",
+    "plan",
+    "promotions",
+    "rollbacks",
+)
 ERROR_RESPONSE = {"description": "An error", "content": {JSON: {"schema": ERROR_SCHEMA}}}
 
 
@@ -40,8 +52,8 @@ def create_app(ws: Workspace) -> FastAPI:
     app.state.store = lazy_store(ws)
     app.state.tokens = TokenCache(ws.settings.serving.token_cache_seconds)
     install(app)
-    limit = ws.settings.controller.max_body_bytes
-    app.add_middleware(BodyLimit, limit, "controller.max_body_bytes")
+    limit = ws.settings.server.max_body_bytes
+    app.add_middleware(ApiBodyLimit, limit, "server.max_body_bytes")
     for name in ROUTERS:
         module = importlib.import_module(f"modelworks.api.routers.{name}")
         app.include_router(module.router, prefix=PREFIX)

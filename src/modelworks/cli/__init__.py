@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "core",
     "gitops",
     "serve",
+    "server",
     "supply",
     "monitor",
     "controller",

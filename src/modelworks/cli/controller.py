@@ -153,6 +153,7 @@ def up_cmd(
 ) -> None:
     """Run the platform: the controller, an inference server per environment, the HTTP endpoints."""
     from modelworks._console import console
+    from modelworks.api.server import api_endpoint
     from modelworks.controller.service import setup_logging, up
 
     ctl = _controller(workspace, workers, monitor_interval, 5.0)
@@ -164,7 +165,7 @@ def up_cmd(
         console.print("mw up: ready (Ctrl-C stops everything)")
 
     console.print(f"mw up: [bold]{ctl.ws.root}[/bold]", highlight=False)
-    up(ctl, host=host, interval=interval, on_ready=ready)
+    up(ctl, host=host, interval=interval, on_ready=ready, extra=api_endpoint(ctl.ws, host))
     console.print("mw up: stopped")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,12 +92,18 @@ def plan_cmd(
     allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Show what apply would train and why (a diff of fingerprints against the registry)."""
-    from modelworks.plan import plan
+    from modelworks.cli._remote import path, plan_view, remote
 
-    ws, store = open_workspace(workspace)
-    p = plan(ws, store, models or None, allow_dirty=allow_dirty)
+    if (api := remote()) is not None:
+        data = api.post(path("plan"), {"models": models or [], "allow_dirty": allow_dirty})
+        p: Any = plan_view(data)
+    else:
+        from modelworks.plan import plan
+
+        ws, store = open_workspace(workspace)
+        p = plan(ws, store, models or None, allow_dirty=allow_dirty)
     if json_out:
-        emit_json(p.to_dict())
+        emit_json(data if api is not None else p.to_dict())
     else:
         print_plan(p, show_unchanged)
     s = p.summary
@@ -120,7 +126,21 @@ def apply_cmd(
     json_out: JsonOpt = False,
     allow_dirty: AllowDirtyOpt = False,
 ) -> None:
-    """Train, gate, package and register what changed; deploy passing versions to test."""
+    """Train, gate, package and register what changed; deploy passing versions to test.
+
+    With MW_SERVER set, the control plane queues the runs and its controller trains them.
+    """
+    from modelworks.cli._remote import path, print_queued, remote
+
+    if (api := remote(as_user)) is not None:
+        queued = api.post(path("apply"), {"models": models or [], "allow_dirty": allow_dirty})
+        if json_out:
+            emit_json(queued)
+        else:
+            print_queued(queued)
+        if queued["errors"]:
+            raise typer.Exit(1)
+        return
     from modelworks.apply import apply
     from modelworks.runs.executor import for_workspace
 
@@ -148,10 +168,15 @@ def apply_cmd(
 
 def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     """The fleet: each model's latest version, status, metrics and deployments."""
-    from modelworks.registry.queries import status
+    from modelworks.cli._remote import path, remote, status_order
 
-    _ws, store, tenants = open_scoped(workspace)
-    rows = status(store, tenants)
+    if (api := remote()) is not None:
+        rows = status_order(api.pages(path("models"), {"limit": 500}))
+    else:
+        from modelworks.registry.queries import status
+
+        _ws, store, tenants = open_scoped(workspace)
+        rows = status(store, tenants)
     if json_out:
         emit_json({"models": rows})
         return
@@ -165,10 +190,15 @@ def show_cmd(
 ) -> None:
     """One model: versions, metrics, lineage, artifact and deployments."""
     from modelworks._console import console
-    from modelworks.registry.queries import show
+    from modelworks.cli._remote import remote, show_path
 
-    _ws, store, tenants = open_scoped(workspace)
-    info = show(store, model, tenants)
+    if (api := remote()) is not None:
+        info = api.get(show_path(model))
+    else:
+        from modelworks.registry.queries import show
+
+        _ws, store, tenants = open_scoped(workspace)
+        info = show(store, model, tenants)
     if json_out:
         emit_json(info)
         return
@@ -225,18 +255,26 @@ def runs_cmd(
     from rich.table import Table
 
     from modelworks._console import console
-    from modelworks.registry.queries import runs
+    from modelworks.cli._remote import path, remote
 
-    _ws, store, tenants = open_scoped(workspace)
-    rows = runs(store, model=model, status=status_, limit=limit, tenants=tenants)
+    if (api := remote()) is not None:
+        params = {"model": model, "status": status_, "limit": limit}
+        rows = api.get(path("runs"), params)["runs"]
+    else:
+        from modelworks.registry.queries import runs
+
+        _ws, store, tenants = open_scoped(workspace)
+        rows = runs(store, model=model, status=status_, limit=limit, tenants=tenants)
     if json_out:
         emit_json({"runs": rows})
         return
     table = Table()
-    for col in ("id", "model", "version", "status", "trigger", "attempts", "seconds", "error"):
+    waits = any(r["reason"] for r in rows)
+    cols = ("id", "model", "version", "status", "trigger", "attempts", "seconds", "error")
+    for col in (*cols, "reason") if waits else cols:
         table.add_column(col)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["id"]),
             r["model"],
             r["version"],
@@ -245,7 +283,8 @@ def runs_cmd(
             str(r["attempts"]),
             f"{r['duration']:.2f}" if r["duration"] else "-",
             (r["error"] or "")[:80],
-        )
+        ]
+        table.add_row(*cells, *([r["reason"] or ""] if waits else []))
     console.print(table)
 
 
@@ -260,10 +299,15 @@ def logs_cmd(
     """The log of a model's latest (or given) training run."""
     import sys
 
-    from modelworks.registry.queries import run_log
+    from modelworks.cli._remote import remote, remote_log
 
-    _ws, store, tenants = open_scoped(workspace)
-    info, text = run_log(store, model, run, tenants)
+    if (api := remote()) is not None:
+        info, text = remote_log(api, model, run)
+    else:
+        from modelworks.registry.queries import run_log
+
+        _ws, store, tenants = open_scoped(workspace)
+        info, text = run_log(store, model, run, tenants)
     if json_out:
         emit_json({"run": info, "log": text})
         return

@@ -50,23 +50,32 @@ def promote_cmd(
 ) -> None:
     """Open one promotion request (branch promote/<id>) for one or many models of a tenant."""
     from modelworks._console import console
-    from modelworks.gitops.promote import promote
+    from modelworks.cli._remote import path, remote
 
-    ws, store = open_workspace(workspace)
-    who, tenants = acting(ws, store, as_user, "developer", f"promote to {to}")
-    req = promote(
-        ws,
-        store,
-        models or None,
-        to=to,
-        source=from_env,
-        all_changed=all_changed,
-        pipeline=pipeline,
-        labels=label,
-        actor=who,
-        tenant=tenant,
-        tenants=tenants,
-    )
+    if (api := remote(as_user)) is not None:
+        body = {"models": models or [], "to": to, "from": from_env, "all_changed": all_changed}
+        body |= {"pipeline": pipeline, "labels": label or [], "tenant": tenant}
+        req = api.post(path("promotions"), body)
+        hint = approve_hint(None)
+    else:
+        from modelworks.gitops.promote import promote
+
+        ws, store = open_workspace(workspace)
+        who, tenants = acting(ws, store, as_user, "developer", f"promote to {to}")
+        req = promote(
+            ws,
+            store,
+            models or None,
+            to=to,
+            source=from_env,
+            all_changed=all_changed,
+            pipeline=pipeline,
+            labels=label,
+            actor=who,
+            tenant=tenant,
+            tenants=tenants,
+        )
+        hint = approve_hint(ws)
     if json_out:
         emit_json(req)
         return
@@ -83,14 +92,17 @@ def promote_cmd(
     if req["state"] == "open":
         console.print(
             f"Needs {req['required_approvals']} approval(s): "
-            f"[cyan]mw approve {req['id']}{approve_hint(ws)}[/cyan]",
+            f"[cyan]mw approve {req['id']}{hint}[/cyan]",
             highlight=False,
         )
 
 
 def approve_hint(ws: Any) -> str:
-    """How an approver names themselves: a token in token mode, --as in local mode."""
-    return " (with an approver's MW_TOKEN)" if ws.settings.auth.mode == "token" else " --as USER"
+    """How an approver names themselves: a token in token mode (or remote: `ws` None), --as in
+    local mode."""
+    if ws is None or ws.settings.auth.mode == "token":
+        return " (with an approver's MW_TOKEN)"
+    return " --as USER"
 
 
 def _print_items(items: list[dict[str, Any]], limit: int | None = None) -> None:
@@ -122,10 +134,15 @@ def promotions_cmd(
     from rich.table import Table
 
     from modelworks._console import console
-    from modelworks.gitops.promote import list_promotions
+    from modelworks.cli._remote import path, remote
 
-    _ws, store, tenants = open_scoped(workspace)
-    rows = list_promotions(store, state, tenants)
+    if (api := remote()) is not None:
+        rows = api.get(path("promotions"), {"state": state})["promotions"]
+    else:
+        from modelworks.gitops.promote import list_promotions
+
+        _ws, store, tenants = open_scoped(workspace)
+        rows = list_promotions(store, state, tenants)
     if json_out:
         emit_json({"promotions": rows})
         return
@@ -151,6 +168,11 @@ def promotion_cmd(
     request_id: RequestId, workspace: WorkspaceOpt = None, json_out: JsonOpt = False
 ) -> None:
     """One promotion request with its table of metric deltas."""
+    from modelworks.cli._remote import path, remote
+
+    if (api := remote()) is not None:
+        _show(api.get(path("promotions", request_id)), json_out)
+        return
     from modelworks.gitops.promote import get_promotion
 
     _ws, store, tenants = open_scoped(workspace)
@@ -198,11 +220,17 @@ def approve_cmd(
 ) -> None:
     """Approve a promotion request; the last required approval merges it."""
     from modelworks._console import console
-    from modelworks.gitops.promote import approve
+    from modelworks.cli._remote import path, remote
 
-    ws, store = open_workspace(workspace)
-    who, tenants = acting(ws, store, as_user, "approver", f"approve promotion request {request_id}")
-    req = approve(ws, store, request_id, actor=who, comment=comment, tenants=tenants)
+    if (api := remote(as_user)) is not None:
+        req = api.post(path("promotions", request_id, "approve"), {"comment": comment})
+    else:
+        from modelworks.gitops.promote import approve
+
+        ws, store = open_workspace(workspace)
+        action = f"approve promotion request {request_id}"
+        who, tenants = acting(ws, store, as_user, "approver", action)
+        req = approve(ws, store, request_id, actor=who, comment=comment, tenants=tenants)
     if json_out:
         emit_json(req)
         return
@@ -230,11 +258,17 @@ def reject_cmd(
 ) -> None:
     """Reject a promotion request: it is closed and nothing is merged."""
     from modelworks._console import console
-    from modelworks.gitops.promote import reject
+    from modelworks.cli._remote import path, remote
 
-    ws, store = open_workspace(workspace)
-    who, tenants = acting(ws, store, as_user, "approver", f"reject promotion request {request_id}")
-    req = reject(ws, store, request_id, actor=who, reason=reason, tenants=tenants)
+    if (api := remote(as_user)) is not None:
+        req = api.post(path("promotions", request_id, "reject"), {"reason": reason})
+    else:
+        from modelworks.gitops.promote import reject
+
+        ws, store = open_workspace(workspace)
+        action = f"reject promotion request {request_id}"
+        who, tenants = acting(ws, store, as_user, "approver", action)
+        req = reject(ws, store, request_id, actor=who, reason=reason, tenants=tenants)
     if json_out:
         emit_json(req)
         return
@@ -253,13 +287,18 @@ def rollback_cmd(
 ) -> None:
     """Put the previous (or named) version back, as a revert commit in the deploy repo."""
     from modelworks._console import console
-    from modelworks.gitops.rollback import rollback
+    from modelworks.cli._remote import path, remote
 
-    ws, store = open_workspace(workspace)
-    gated = getattr(ws.settings.environments.get(env), "approvals", 0) > 0
-    role = "approver" if gated else "developer"
-    who, tenants = acting(ws, store, as_user, role, f"roll back {model} in {env}")
-    result = rollback(ws, store, model, env=env, to=to, actor=who, tenants=tenants)
+    if (api := remote(as_user)) is not None:
+        result = api.post(path("rollbacks"), {"model": model, "env": env, "to": to})
+    else:
+        from modelworks.gitops.rollback import rollback
+
+        ws, store = open_workspace(workspace)
+        gated = getattr(ws.settings.environments.get(env), "approvals", 0) > 0
+        role = "approver" if gated else "developer"
+        who, tenants = acting(ws, store, as_user, role, f"roll back {model} in {env}")
+        result = rollback(ws, store, model, env=env, to=to, actor=who, tenants=tenants)
     if json_out:
         emit_json(result)
         return

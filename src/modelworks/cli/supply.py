@@ -139,18 +139,25 @@ def audit_cmd(
     if ctx.invoked_subcommand is not None:  # `mw audit -C ws --json verify` means what it says
         ctx.obj = {"workspace": workspace, "json": json_out}
         return
-    from modelworks.registry.audit import rows
+    from modelworks.cli._remote import path, remote
 
-    _ws, store, tenants = open_scoped(workspace)
-    events = rows(
-        store,
-        action=action,
-        actor=actor_,
-        target=model,
-        tenant=tenant,
-        limit=limit,
-        tenants=tenants,
-    )
+    if (api := remote()) is not None:
+        query = {"action": action, "actor": actor_, "model": model, "tenant": tenant}
+        # the server's own default is its last 1000 events; locally it is all of them
+        events = api.get(path("audit"), {**query, "limit": limit or 10_000})["events"]
+    else:
+        from modelworks.registry.audit import rows
+
+        _ws, store, tenants = open_scoped(workspace)
+        events = rows(
+            store,
+            action=action,
+            actor=actor_,
+            target=model,
+            tenant=tenant,
+            limit=limit,
+            tenants=tenants,
+        )
     if json_out:
         emit_json({"events": events})
         return

@@ -6,6 +6,7 @@ Each tick, in order:
 2. compare each watched repository's commit with the last reconciled one (state file);
    a change to spec files applies those models, a change to pipelines, data or
    modelworks.yaml (or the first tick after a start) applies the whole workspace;
+   models with runs queued but not run (`POST /api/v1/apply`) are applied too;
 3. retrain models whose cron `schedule` is due, then those drift asked to retrain, each on
    the newest data version (a commit when the spec moves), with trigger schedule / drift;
 4. run the monitoring pass when `monitor_interval` has passed;
@@ -172,6 +173,7 @@ class Controller:
             self._watch_data(r)
             changes = self._detect(r)
             deploy_moved = self._apply_changes(changes, r)
+            self._queued(r)
             self._schedules_due(r)
             self._monitor(r)
             self._drift(r)
@@ -240,6 +242,16 @@ class Controller:
         if result is not None and result.commit:
             self._own_commit(self.ws.deploy_repo, result.commit)
         return "deploy" in parts
+
+    def _queued(self, r: TickReport) -> None:
+        """Run what was queued without being run (`POST /api/v1/apply`, see modelworks.submit)."""
+        from modelworks.submit import queued_models
+
+        names = queued_models(self.store)
+        if names:
+            result = self._apply(names, "auto", r)
+            if result.commit:
+                self._own_commit(self.ws.deploy_repo, result.commit)
 
     def _names(self, files: list[Path]) -> list[str]:
         names = set()

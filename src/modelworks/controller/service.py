@@ -149,15 +149,18 @@ def up(
     interval: float | None = None,
     envs: list[str] | None = None,
     on_ready: Callable[[list[Endpoint]], None] | None = None,
+    extra: list[Endpoint] | None = None,
 ) -> None:
     """`mw up`: the controller, an inference server per environment and the controller's
-    endpoints in this process, until SIGINT/SIGTERM stops them all."""
+    endpoints in this process (plus `extra` ones, as the control-plane API the CLI adds),
+    until SIGINT/SIGTERM stops them all."""
     from modelworks.controller.webhook import create_app as controller_app
     from modelworks.serving import create_app as serving_app
 
     ws = controller.ws
     ctl_app = controller_app(controller, host=host)
     endpoints = [Endpoint("controller", ctl_app, ws.settings.controller.port)]
+    endpoints += extra or []
     base = ws.settings.serving.port
     for i, env in enumerate(envs if envs is not None else serving_envs(ws)):
         endpoints.append(Endpoint(f"serve:{env}", serving_app(ws, env, host=host), base + i))
@@ -184,7 +187,8 @@ async def _up(
     on_ready: Callable[[list[Endpoint]], None] | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    controller.on_deploy.append(_reconciler([e.app for e in endpoints[1:]], loop))
+    serving_apps = [e.app for e in endpoints if e.name.startswith("serve:")]
+    controller.on_deploy.append(_reconciler(serving_apps, loop))
     servers = [_Server(_config(e.app, host, e.port)) for e in endpoints]
     failure: list[BaseException] = []
 

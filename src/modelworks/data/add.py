@@ -9,8 +9,16 @@ from pathlib import Path
 import yaml
 
 from modelworks import _git
-from modelworks.data.dirs import store_folder
-from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
+from modelworks.data import s3
+from modelworks.data.dirs import read_manifest, store_folder
+from modelworks.data.dvc import (
+    cache_path,
+    file_md5,
+    gitignore_add,
+    read_pointer,
+    store,
+    write_pointer,
+)
 from modelworks.errors import DataError
 from modelworks.spec import _read_raw, dump_spec, spec_files
 from modelworks.workspace import Workspace
@@ -25,6 +33,7 @@ class DataVersion:
     previous: str | None
     bumped: list[str] = field(default_factory=list)
     commit: str | None = None
+    remote: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -35,6 +44,7 @@ class DataVersion:
             "previous": self.previous,
             "bumped_specs": self.bumped,
             "commit": self.commit,
+            "remote": self.remote,
         }
 
 
@@ -97,18 +107,38 @@ def _check_folder(ws: Workspace, target: Path) -> None:
         raise DataError(f"{target}: overlaps the workspace state {ws.state_dir}; add a data folder")
 
 
-def _store_content(ws: Workspace, target: Path, pointer: Path) -> tuple[str, int]:
-    """Put a file (or a folder: its files and `.dir` manifest) into the cache and write
-    its pointer; (md5, size)."""
+def _store_content(ws: Workspace, target: Path, pointer: Path) -> tuple[str, int, str | None]:
+    """Put a file (or a folder: its files and `.dir` manifest) into the cache and an S3
+    data.remote, then write its pointer; (md5, size, remote URL)."""
     if target.is_dir():
         v = store_folder(ws.cache_dir, target, ws.settings.data.max_files)
+        remote = _push_folder(ws, v.md5)
         write_pointer(pointer, v.md5, v.size, target.name, nfiles=v.nfiles)
-        return v.md5, v.size
+        return v.md5, v.size, remote
     md5 = file_md5(target)
     size = target.stat().st_size
     store(ws.cache_dir, target, md5)
+    remote = push_remote(ws, target, md5)  # before the pointer: a failed push changes nothing
     write_pointer(pointer, md5, size, target.name)
-    return md5, size
+    return md5, size, remote
+
+
+def _push_folder(ws: Workspace, digest: str) -> str | None:
+    """Push a folder's files, then its manifest (so a listed manifest's files are there)."""
+    if not s3.is_s3_url(ws.settings.data.remote):
+        return None
+    manifest = cache_path(ws.cache_dir, digest)
+    for _, md5 in read_manifest(manifest, digest, ws.settings.data.max_files):
+        push_remote(ws, cache_path(ws.cache_dir, md5), md5)
+    return push_remote(ws, manifest, digest)
+
+
+def push_remote(ws: Workspace, source: Path, md5: str) -> str | None:
+    """Push the content to an S3 data.remote (in DVC's layout); its URL, or None without one."""
+    remote = ws.settings.data.remote
+    if not s3.is_s3_url(remote):
+        return None
+    return s3.push(s3.remote_endpoint(ws.settings.data), str(remote), source, md5)
 
 
 def add(
@@ -136,9 +166,9 @@ def add(
     # A re-run after a kill repairs what the killed run left half done: the pointer may be
     # written (or committed) with some specs bumped and uncommitted, others not bumped yet.
     previous = _committed_md5(ws, pointer)
-    md5, size = _store_content(ws, target, pointer)
+    md5, size, remote = _store_content(ws, target, pointer)
     gitignore = gitignore_add(target.parent, target.name)
-    version = DataVersion(dataset, md5, size, pointer, previous)
+    version = DataVersion(dataset, md5, size, pointer, previous, remote=remote)
     readers = _bump_specs(ws, dataset, md5) if update_specs else []
     bumped = _changed(ws, readers, md5)
     version.bumped = [str(p.relative_to(ws.root)) for p in bumped]

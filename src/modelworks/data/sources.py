@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks import _git
+from modelworks.data import s3
 from modelworks.data.confine import Roots, TenantRoots, glob_base
 from modelworks.data.dirs import is_dir_hash, materialize
 from modelworks.data.dvc import cache_path, read_pointer, store
@@ -34,12 +35,15 @@ class DataResolver:
     """Resolves data sources for many specs, doing each repo, pointer and hash once."""
 
     ws: Workspace
+    secret: s3.Secret | None = None  # unseals data_source.credentials (given by the caller)
     hashes: HashCache = field(init=False)
     roots: Roots = field(init=False)
     _repos: dict[str, Path] = field(default_factory=dict)
     _pointers: dict[tuple[str, str], str] = field(default_factory=dict)
     _found: dict[str, Path] = field(default_factory=dict)
     _local: dict[str, tuple[str, list[Path]]] = field(default_factory=dict)
+    _s3: dict[object, tuple[s3.Endpoint, s3.Listing]] = field(default_factory=dict)
+    fetched: int = 0  # S3 objects downloaded by this resolver
 
     def __post_init__(self) -> None:
         self.hashes = HashCache(self.ws.state_dir / "hashcache.json")
@@ -101,10 +105,23 @@ class DataResolver:
             return self.pointer_hash(self.repo_root(ds.repo_url), str(ds.dataset))
         if ds.type == "local":
             return self._local_tree(str(ds.path or ds.dataset))[0]
-        raise DataError(
-            f"data source type 's3' (bucket {ds.bucket!r}) needs an S3 store and none is "
-            "configured in modelworks.yaml"
-        )
+        return self._s3_listing(spec)[1].version
+
+    def _s3_listing(self, spec: ModelSpec) -> tuple[s3.Endpoint, s3.Listing]:
+        ds = spec.data_source
+        key = (ds.bucket, ds.prefix, ds.key, ds.pattern, ds.endpoint_url, ds.region, ds.credentials)
+        if key not in self._s3:
+            endpoint = s3.endpoint_for(ds, self.ws.settings.data, self.secret)
+            listing = s3.list_source(
+                endpoint,
+                str(ds.bucket),
+                prefix=ds.prefix,
+                key=ds.key,
+                pattern=ds.pattern,
+                max_files=self.ws.settings.data.max_files,
+            )
+            self._s3[key] = (endpoint, listing)
+        return self._s3[key]
 
     def _local_tree(self, pattern: str) -> tuple[str, list[Path]]:
         if pattern not in self._local:
@@ -114,7 +131,7 @@ class DataResolver:
     def caches(self, repo: Path) -> list[Path]:
         """Cache folders searched for content, nearest first."""
         found = [self.ws.cache_dir]
-        if self.ws.settings.data.remote:
+        if self.ws.settings.data.remote and not s3.is_s3_url(self.ws.settings.data.remote):
             found.append(self.ws.path(self.ws.settings.data.remote))
         found += [repo / ".dvc" / "cache", repo / ".mw" / "cache"]
         # The workspace is often its own data repo: list each folder once.
@@ -133,6 +150,14 @@ class DataResolver:
                 hit = candidate if i == 0 else store(self.ws.cache_dir, candidate, md5)
                 self._found[md5] = hit
                 return hit
+        remote = self.ws.settings.data.remote
+        if remote and s3.is_s3_url(remote):
+            pulled = s3.pull(
+                s3.remote_endpoint(self.ws.settings.data), remote, md5, self.ws.cache_dir
+            )
+            if pulled is not None:
+                self._found[md5] = pulled
+            return pulled
         return None
 
     def resolve(self, spec: ModelSpec) -> DataRef:
@@ -146,6 +171,8 @@ class DataResolver:
                 str(ds.path or ds.dataset),
                 tuple(self._local_tree(str(ds.path or ds.dataset))[1]),
             )
+        if ds.type == "s3":
+            return self._s3_fetch(spec)
         repo = self.repo_root(ds.repo_url)
         hit = self.locate(digest, repo)
         if hit is None:
@@ -166,6 +193,15 @@ class DataResolver:
         return materialize(
             manifest, digest, lambda md5: self.locate(md5, repo), dest, self.roots.max_files
         )
+
+    def _s3_fetch(self, spec: ModelSpec) -> DataRef:
+        """The S3 source's content, fetched into the cache by version unless already there."""
+        endpoint, listing = self._s3_listing(spec)
+        self.roots.check(self.ws.cache_dir, "data cache")  # S3 itself is no local path
+        files, count = s3.fetch(endpoint, listing, self.ws.cache_dir)
+        self.fetched += count
+        name = f"s3://{listing.bucket}/{spec.data_source.key or listing.base}"
+        return DataRef("s3", listing.version, name, tuple(files))
 
     def save(self) -> None:
         self.hashes.save()

@@ -53,6 +53,7 @@ def run_dict(r: Run, model: str) -> dict[str, Any]:
         "trigger": r.trigger,
         "attempts": r.attempts,
         "error": r.error,
+        "reason": r.reason,
         "duration": r.duration,
         "train_seconds": r.train_seconds,
         "log_path": r.log_path,
@@ -67,9 +68,14 @@ def only(q: Any, tenants: frozenset[str] | None) -> Any:
     return q if tenants is None else q.where(Model.tenant.in_(sorted(tenants)))
 
 
-def get_model(s: Any, ref: str, tenants: frozenset[str] | None = None) -> Model:
+def get_model(
+    s: Any, ref: str, tenants: frozenset[str] | None = None, *, tenant: str | None = None
+) -> Model:
     """The model `ref` names among the `tenants`' models (None: all): `tenant/name`, or a bare
-    name (see tenancy.names.resolve_ref). Another tenant's model is not found, as a missing one."""
+    name (see tenancy.names.resolve_ref); with `tenant`, `ref` is a name in that tenant.
+    Another tenant's model is not found, as a missing one."""
+    if tenant is not None:
+        ref = f"{tenant}/{split_ref(ref)[1]}"
     _tenant, name = split_ref(ref)
     found = s.scalars(only(select(Model).where(Model.name == name), tenants))
     rows = {(m.tenant or DEFAULT_TENANT, m.name): m for m in found}
@@ -98,32 +104,45 @@ def status(store: Store, tenants: frozenset[str] | None = None) -> list[dict[str
     """One row per model of the `tenants` (None: all): latest version, its status and
     metrics, and what each env serves."""
     with store.session() as s:
-        latest = select(func.max(ModelVersion.id)).group_by(ModelVersion.model_id)
-        versions = {
-            v.model_id: v
-            for v in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(latest)))
-        }
-        last_dep = select(func.max(Deployment.id)).group_by(Deployment.model_id, Deployment.env)
-        deployed: dict[int, dict[str, str]] = {}
-        for d in s.scalars(select(Deployment).where(Deployment.id.in_(last_dep))):
-            deployed.setdefault(d.model_id, {})[d.env] = d.version
-        last_run = select(func.max(Run.id)).group_by(Run.model_id)
-        runs = {r.model_id: r for r in s.scalars(select(Run).where(Run.id.in_(last_run)))}
-        rows = []
-        for m in s.scalars(only(select(Model), tenants).order_by(Model.name)):
-            v, r = versions.get(m.id), runs.get(m.id)
-            rows.append(
-                {
-                    "name": qualified(m.tenant, m.name),
-                    "tenant": m.tenant,
-                    "pipeline": m.pipeline,
-                    "version": v.version if v else None,
-                    "status": v.status if v else None,
-                    "metrics": v.metrics if v else {},
-                    "deployed": deployed.get(m.id, {}),
-                    "last_run": {"id": r.id, "status": r.status, "error": r.error} if r else None,
-                }
-            )
+        return status_rows(s, list(s.scalars(only(select(Model), tenants).order_by(Model.name))))
+
+
+def status_rows(s: Any, models: list[Model]) -> list[dict[str, Any]]:
+    """The `mw status` row of each of `models` (in their order), read in a few queries."""
+    ids = [m.id for m in models]
+    latest = (
+        select(func.max(ModelVersion.id))
+        .where(ModelVersion.model_id.in_(ids))
+        .group_by(ModelVersion.model_id)
+    )
+    versions = {
+        v.model_id: v for v in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(latest)))
+    }
+    last_dep = (
+        select(func.max(Deployment.id))
+        .where(Deployment.model_id.in_(ids))
+        .group_by(Deployment.model_id, Deployment.env)
+    )
+    deployed: dict[int, dict[str, str]] = {}
+    for d in s.scalars(select(Deployment).where(Deployment.id.in_(last_dep))):
+        deployed.setdefault(d.model_id, {})[d.env] = d.version
+    last_run = select(func.max(Run.id)).where(Run.model_id.in_(ids)).group_by(Run.model_id)
+    runs = {r.model_id: r for r in s.scalars(select(Run).where(Run.id.in_(last_run)))}
+    rows = []
+    for m in models:
+        v, r = versions.get(m.id), runs.get(m.id)
+        rows.append(
+            {
+                "name": qualified(m.tenant, m.name),
+                "tenant": m.tenant,
+                "pipeline": m.pipeline,
+                "version": v.version if v else None,
+                "status": v.status if v else None,
+                "metrics": v.metrics if v else {},
+                "deployed": deployed.get(m.id, {}),
+                "last_run": {"id": r.id, "status": r.status, "error": r.error} if r else None,
+            }
+        )
     return rows
 
 
@@ -137,10 +156,12 @@ def model_versions(s: Any, model_id: int) -> list[ModelVersion]:
     return list(s.scalars(q).all())
 
 
-def show(store: Store, name: str, tenants: frozenset[str] | None = None) -> dict[str, Any]:
+def show(
+    store: Store, name: str, tenants: frozenset[str] | None = None, *, tenant: str | None = None
+) -> dict[str, Any]:
     """Everything the registry knows about one model (of the `tenants`; None: any)."""
     with store.session() as s:
-        m = get_model(s, name, tenants)
+        m = get_model(s, name, tenants, tenant=tenant)
         versions = model_versions(s, m.id)
         deps = s.scalars(
             select(Deployment).where(Deployment.model_id == m.id).order_by(Deployment.id.desc())
@@ -214,19 +235,26 @@ def runs(
     model: str | None = None,
     status: str | None = None,
     limit: int = 50,
+    tenant: str | None = None,
     tenants: frozenset[str] | None = None,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Recent runs of the `tenants`' models (None: all), newest first."""
+    """Recent runs of the `tenants`' models (None: all), newest first; only `tenant`'s when
+    given, and ids below `before` for paging."""
     with store.session() as s:
         q = only(select(Run, Model.tenant, Model.name).join(Model), tenants)
         q = q.order_by(Run.id.desc()).limit(limit)
         if model:
-            q = q.where(Run.model_id == get_model(s, model, tenants).id)
+            q = q.where(Run.model_id == get_model(s, model, tenants, tenant=tenant).id)
+        elif tenant is not None:
+            q = q.where(Model.tenant == tenant)
         if status:
             q = q.where(Run.status == status)
+        if before is not None:
+            q = q.where(Run.id < before)
         return [
-            {**run_dict(r, qualified(tenant, name)), "tenant": tenant}
-            for r, tenant, name in s.execute(q)
+            {**run_dict(r, qualified(tenant_, name)), "tenant": tenant_}
+            for r, tenant_, name in s.execute(q)
         ]
 
 
@@ -234,7 +262,6 @@ def run_log(
     store: Store, model: str, run_id: int | None = None, tenants: frozenset[str] | None = None
 ) -> tuple[dict[str, Any], str]:
     """A run of `model` (the latest unless named; of the `tenants`, None: any) and its log."""
-    from pathlib import Path
 
     found = (
         runs(store, model=model, limit=1, tenants=tenants)
@@ -246,6 +273,41 @@ def run_log(
     if not found:
         raise NotFoundError(f"no run{'' if run_id is None else f' {run_id}'} of model {model!r}")
     run = found[0]
-    path = Path(run["log_path"]) if run["log_path"] else None
-    text = path.read_text() if path and path.exists() else ""
-    return run, text
+    return run, _read_log(run["log_path"])
+
+
+def run_by_id(
+    store: Store, run_id: int, tenants: frozenset[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Run `run_id` (with its tenant) and where its log is; NotFoundError when not visible."""
+    with store.session() as s:
+        q = select(Run, Model.name, Model.tenant).join(Model).where(Run.id == run_id)
+        if tenants is not None:
+            q = q.where(Model.tenant.in_(tenants))
+        row = s.execute(q).first()
+        if row is None:
+            raise NotFoundError(f"no run with id {run_id}")
+        return run_dict(row[0], row[1]), row[2]
+
+
+def _read_log(log_path: str | None, max_bytes: int | None = None) -> str:
+    """A run's log text (the worker redacted it while writing); the last `max_bytes` only."""
+    from pathlib import Path
+
+    path = Path(log_path) if log_path else None
+    if path is None or not path.is_file():
+        return ""
+    if max_bytes is None:
+        return path.read_text()
+    with path.open("rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - max_bytes))
+        return fh.read().decode("utf-8", errors="replace")
+
+
+def read_log(log_path: str | None, max_bytes: int) -> tuple[str, bool]:
+    """The last `max_bytes` of a run's log and whether it was cut."""
+    from pathlib import Path
+
+    size = Path(log_path).stat().st_size if log_path and Path(log_path).is_file() else 0
+    return _read_log(log_path, max_bytes), size > max_bytes

@@ -5,11 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from modelworks.runs.fairshare import Dispatcher
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -97,25 +98,27 @@ class ProcessPool:
         child.close()
         return _Worker(proc, parent)
 
-    def _assign(self, w: _Worker, pending: deque[Job]) -> None:
-        if pending:
-            w.job, w.started = pending.popleft(), time.monotonic()
-            w.conn.send(w.job)
+    def _assign(self, w: _Worker, pending: Dispatcher, workers: list[_Worker]) -> None:
+        """Give a free worker the next job by fair share of the tenants, if any is left."""
+        job = pending.take([x.job for x in workers if x.job is not None])
+        if job is not None:
+            w.job, w.started = job, time.monotonic()
+            w.conn.send(job)
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         if self.ctx.get_start_method() == "fork":
             preload()
-        pending = deque(jobs)
+        pending = Dispatcher(jobs)
         workers = [self._spawn() for _ in range(min(self.size, len(jobs)))]
         try:
             for w in workers:
-                self._assign(w, pending)
+                self._assign(w, pending, workers)
             while any(w.job is not None for w in workers):
                 yield from self._step(workers, pending)
         finally:
             self._shutdown(workers)
 
-    def _step(self, workers: list[_Worker], pending: deque[Job]) -> Iterator[Result]:
+    def _step(self, workers: list[_Worker], pending: Dispatcher) -> Iterator[Result]:
         busy = {w.conn: w for w in workers if w.job is not None}
         wait_for = None
         if self.timeout:
@@ -136,7 +139,7 @@ class ProcessPool:
             # The next job goes out only once the caller has taken this result, so a kill
             # leaves at most one packaged-but-unrecorded run per worker.
             yield result
-            self._assign(w, pending)
+            self._assign(w, pending, workers)
         if self.timeout:
             now = time.monotonic()
             for w in [w for w in workers if w.job is not None and now - w.started > self.timeout]:
@@ -146,7 +149,7 @@ class ProcessPool:
                 w.proc.join(5)
                 self._replace(workers, w)
                 yield failure(job, f"timed out after {self.timeout:g}s; the worker was killed")
-                self._assign(workers[-1], pending)
+                self._assign(workers[-1], pending, workers)
 
     def _replace(self, workers: list[_Worker], dead: _Worker) -> None:
         dead.conn.close()

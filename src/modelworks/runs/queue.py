@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from modelworks.registry.models import Model, ModelVersion, Run
+from modelworks.runs.fairshare import DEFAULT, FairShare, Share
 from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
     from modelworks.plan import ModelPlan
     from modelworks.registry.store import Store
+    from modelworks.workspace import Workspace
 
 ACTIVE = ("queued", "running")
 TRIGGERS = ("spec", "data", "pipeline", "schedule", "drift", "manual")
@@ -73,10 +75,10 @@ def enqueue(store: Store, changes: Iterable[ModelPlan], ids: dict[str, int], tri
                     model_id=key[0],
                     fingerprint=mp.fingerprint,
                     version=mp.version,
+                    tenant=mp.tenant,
                     status="queued",
                     trigger=why,
                     attempts=0,
-                    tenant=mp.tenant,
                 )
             )
             active.add(key)  # type: ignore[arg-type]
@@ -90,13 +92,45 @@ class Claimed:
     model: str
     fingerprint: str
     attempts: int
+    tenant: str = DEFAULT
+    weight: float = 1.0
 
 
-def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
-    """Take every due queued run of the models in `wanted` (qualified name -> the fingerprint
-    the spec asks for now); runs for an older fingerprint are cancelled, others are left alone."""
+def shares(ws: Workspace, store: Store | None = None) -> dict[str, Share]:
+    """Every tenant's weight and run limits (the default tenant: weight 1, no limits)."""
+    from modelworks.registry.tenants import tenants
+
+    return {
+        name: Share(t.weight, t.quotas.max_concurrent_runs, t.quotas.max_queued_runs)
+        for name, t in tenants(ws, store).items()
+    }
+
+
+def scheduler(ws: Workspace, store: Store) -> tuple[FairShare, int | None]:
+    """The policy an apply claims runs with, and how many it claims per round: all at once
+    without tenants, a round of `round_size` with them (so a tenant's new runs join soon)."""
+    found = shares(ws, store)
+    return FairShare(found), round_size(ws.workers) if found else None
+
+
+def round_size(workers: int) -> int:
+    """How many runs one scheduling round claims: enough to keep the workers busy, few enough
+    that runs queued meanwhile (another tenant's) are weighed in soon."""
+    return max(64, 32 * workers)
+
+
+def claim(
+    store: Store,
+    wanted: dict[str, str],
+    policy: FairShare | None = None,
+    budget: int | None = None,
+) -> list[Claimed]:
+    """Take due queued runs of the models in `wanted` (qualified name -> the fingerprint the
+    spec asks for now): up to `budget` of them, chosen by `policy` (weighted fair share between
+    tenants within their run limits). Runs for an older fingerprint are cancelled; runs left
+    waiting get the reason in `Run.reason`."""
+    policy = policy or FairShare()
     now = datetime.now(UTC)
-    claimed: list[Claimed] = []
     with store.session() as s:
         # Two controllers may share one registry: rows another one is claiming are skipped,
         # not claimed twice (PostgreSQL; SQLite has one writer at a time anyway).
@@ -104,28 +138,60 @@ def claim(store: Store, wanted: dict[str, str]) -> list[Claimed]:
             select(Run, Model.tenant, Model.name)
             .join(Model)
             .where(Run.status == "queued")
+            .order_by(Run.id)
             .with_for_update(skip_locked=True, of=Run)
         ).all()
         done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
+        due: dict[int, tuple[Run, str]] = {}
         for run, tenant, bare in rows:
             name = qualified(tenant, bare)
-            if name not in wanted:
-                continue
-            if wanted[name] != run.fingerprint:
-                run.status, run.error, run.finished_at = (
-                    "cancelled",
-                    "superseded by a newer spec",
-                    now,
+            if _settle(run, name, wanted, done, now):
+                due[run.id] = (run, name)
+        running = dict(
+            s.execute(
+                select(Run.tenant, func.count()).where(Run.status == "running").group_by(Run.tenant)
+            )
+            .tuples()
+            .all()
+        )
+        chosen = policy.select([(i, r.tenant) for i, (r, _) in due.items()], running, budget)
+        for run_id, why in chosen.waiting.items():
+            due[run_id][0].reason = why
+        claimed = []
+        for run_id in sorted(chosen.picked):
+            run, name = due[run_id]
+            run.status, run.attempts, run.started_at, run.reason = (
+                "running",
+                run.attempts + 1,
+                now,
+                None,
+            )
+            claimed.append(
+                Claimed(
+                    run.id, name, run.fingerprint, run.attempts, run.tenant, _weight(policy, run)
                 )
-                continue
-            if (run.model_id, run.fingerprint) in done:
-                run.status, run.finished_at = "succeeded", now
-                continue
-            if run.not_before is not None and _aware(run.not_before) > now:
-                continue
-            run.status, run.attempts, run.started_at = "running", run.attempts + 1, now
-            claimed.append(Claimed(run.id, name, run.fingerprint, run.attempts))
+            )
     return claimed
+
+
+def _settle(
+    run: Run, name: str, wanted: dict[str, str], done: set[tuple[int, str]], now: datetime
+) -> bool:
+    """Cancel a superseded run, close one whose version exists; True if it is due to start."""
+    if name not in wanted:
+        return False
+    if wanted[name] != run.fingerprint:
+        run.status, run.error, run.finished_at = "cancelled", "superseded by a newer spec", now
+        run.reason = None
+        return False
+    if (run.model_id, run.fingerprint) in done:
+        run.status, run.finished_at, run.reason = "succeeded", now, None
+        return False
+    return run.not_before is None or _aware(run.not_before) <= now
+
+
+def _weight(policy: FairShare, run: Run) -> float:
+    return policy.share(run.tenant).weight
 
 
 def next_due(store: Store, wanted: dict[str, str]) -> float | None:

@@ -38,6 +38,7 @@ from modelworks.artifacts.oci import OCIStore
 from modelworks.data.dvc import file_md5
 from modelworks.errors import ConfigError, ModelworksError
 from modelworks.pipelines.catalog import folder_files
+from modelworks.runs.fairshare import Dispatcher
 from modelworks.runs.pool import failure
 
 Job = dict[str, Any]
@@ -223,14 +224,17 @@ class RayExecutor:
         # queue retries it with backoff and counts the attempt, as with the local pool.
         task = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(run_remote)
         uploads = _Uploads(ray)
-        todo = list(reversed(jobs))
+        # Submission order is start order on a busy cluster: tenants share it by fair share.
+        todo = Dispatcher(jobs)
         pending: dict[Any, tuple[Job, float]] = {}
         cpus = int(ray.cluster_resources().get("CPU", self.workers))
         # With a timeout, submit no more than can start at once: the clock runs from submission.
         limit = max(1, cpus) if self.timeout else max(64, 4 * cpus)
         while todo or pending:
             while todo and len(pending) < limit:
-                job = todo.pop()
+                job = todo.take([j for j, _ in pending.values()])
+                if job is None:
+                    break
                 pending[task.remote(*uploads.prepare(job))] = (job, time.monotonic())
             for ref in self._ready(ray, pending):
                 yield _finish(ray, ref, pending.pop(ref)[0])
