@@ -33,7 +33,7 @@ class DataSource(_Strict):
     type: Literal["dvc", "s3", "local"]
     dataset: str | None = None
     repo_url: str | None = None
-    dvc_hash: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    dvc_hash: str | None = Field(None, pattern=r"^[0-9a-f]{32}(\.dir)?$")
     path: str | None = None
     bucket: str | None = None
     prefix: str | None = None

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from modelworks import _git
 from modelworks.controller.repos import toplevel
+from modelworks.data.dirs import folder_md5, tracked_dir
 from modelworks.data.dvc import file_md5, read_pointer
 from modelworks.data.sources import DataResolver
 from modelworks.errors import ConfigError, DataError
@@ -207,10 +208,13 @@ def scan_watched(ws: Workspace, state: ControllerState, settle: float = 1.0) -> 
             key = str(path.relative_to(ws.root)) if path.is_relative_to(ws.root) else str(path)
             if state.watch.get(key) == [st.st_size, st.st_mtime_ns]:
                 continue
-            if _versioned(path):
+            # A file of a directory dataset (`folder.dvc`) versions its whole folder.
+            target = tracked_dir(path, base) or path
+            if _versioned(target, ws.settings.data.max_files):
                 state.watch[key] = [st.st_size, st.st_mtime_ns]
                 continue
-            found.append(path)
+            if target not in found:
+                found.append(target)
     return found
 
 
@@ -224,12 +228,13 @@ def _candidate(path: Path) -> bool:
     )
 
 
-def _versioned(path: Path) -> bool:
+def _versioned(path: Path, max_files: int) -> bool:
     pointer = path.with_name(path.name + ".dvc")
     if not pointer.exists():
         return False
     try:
-        return read_pointer(pointer).md5 == file_md5(path)
+        now = folder_md5(path, max_files) if path.is_dir() else file_md5(path)
+        return read_pointer(pointer).md5 == now
     except DataError:
         return False
 

@@ -10,7 +10,15 @@ import yaml
 
 from modelworks import _git
 from modelworks.data import s3
-from modelworks.data.dvc import file_md5, gitignore_add, read_pointer, store, write_pointer
+from modelworks.data.dirs import read_manifest, store_folder
+from modelworks.data.dvc import (
+    cache_path,
+    file_md5,
+    gitignore_add,
+    read_pointer,
+    store,
+    write_pointer,
+)
 from modelworks.errors import DataError
 from modelworks.spec import _read_raw, dump_spec, spec_files
 from modelworks.workspace import Workspace
@@ -90,6 +98,41 @@ def _committed_md5(ws: Workspace, pointer: Path) -> str | None:
     return md5 if isinstance(md5, str) else None
 
 
+def _check_folder(ws: Workspace, target: Path) -> None:
+    """A folder dataset may be neither the workspace nor hold its state (cache, registry)."""
+    if target == ws.root.resolve():
+        raise DataError(f"{target}: is the workspace itself; add a folder inside it")
+    state = Path(os.path.realpath(ws.state_dir))
+    if state.is_relative_to(target) or target.is_relative_to(state):
+        raise DataError(f"{target}: overlaps the workspace state {ws.state_dir}; add a data folder")
+
+
+def _store_content(ws: Workspace, target: Path, pointer: Path) -> tuple[str, int, str | None]:
+    """Put a file (or a folder: its files and `.dir` manifest) into the cache and an S3
+    data.remote, then write its pointer; (md5, size, remote URL)."""
+    if target.is_dir():
+        v = store_folder(ws.cache_dir, target, ws.settings.data.max_files)
+        remote = _push_folder(ws, v.md5)
+        write_pointer(pointer, v.md5, v.size, target.name, nfiles=v.nfiles)
+        return v.md5, v.size, remote
+    md5 = file_md5(target)
+    size = target.stat().st_size
+    store(ws.cache_dir, target, md5)
+    remote = push_remote(ws, target, md5)  # before the pointer: a failed push changes nothing
+    write_pointer(pointer, md5, size, target.name)
+    return md5, size, remote
+
+
+def _push_folder(ws: Workspace, digest: str) -> str | None:
+    """Push a folder's files, then its manifest (so a listed manifest's files are there)."""
+    if not s3.is_s3_url(ws.settings.data.remote):
+        return None
+    manifest = cache_path(ws.cache_dir, digest)
+    for _, md5 in read_manifest(manifest, digest, ws.settings.data.max_files):
+        push_remote(ws, cache_path(ws.cache_dir, md5), md5)
+    return push_remote(ws, manifest, digest)
+
+
 def push_remote(ws: Workspace, source: Path, md5: str) -> str | None:
     """Push the content to an S3 data.remote (in DVC's layout); its URL, or None without one."""
     remote = ws.settings.data.remote
@@ -106,26 +149,24 @@ def add(
     commit: bool = True,
     actor: str | None = None,
 ) -> DataVersion:
-    """Hash a data file into the cache, write its .dvc pointer, bump specs, commit."""
+    """Hash a data file (or folder) into the cache, write its .dvc pointer, bump specs, commit."""
     target = path if path.is_absolute() else Path(os.getcwd()) / path
     target = target.resolve()
     if not target.exists():
         raise DataError(f"{path}: does not exist")
-    if not target.is_file():
-        raise DataError(f"{path}: not a file (mw data add versions one data file at a time)")
+    if not target.is_file() and not target.is_dir():
+        raise DataError(f"{path}: not a file or a folder")
     try:
         dataset = target.relative_to(ws.root).as_posix()
     except ValueError:
         raise DataError(f"{path}: must be inside the workspace {ws.root}") from None
+    if target.is_dir():
+        _check_folder(ws, target)
     pointer = target.with_name(target.name + ".dvc")
     # A re-run after a kill repairs what the killed run left half done: the pointer may be
     # written (or committed) with some specs bumped and uncommitted, others not bumped yet.
     previous = _committed_md5(ws, pointer)
-    md5 = file_md5(target)
-    size = target.stat().st_size
-    store(ws.cache_dir, target, md5)
-    remote = push_remote(ws, target, md5)  # before the pointer: a failed push changes nothing
-    write_pointer(pointer, md5, size, target.name)
+    md5, size, remote = _store_content(ws, target, pointer)
     gitignore = gitignore_add(target.parent, target.name)
     version = DataVersion(dataset, md5, size, pointer, previous, remote=remote)
     readers = _bump_specs(ws, dataset, md5) if update_specs else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import yaml
 from modelworks.errors import DataError
 
 CHUNK = 1 << 20
+# A file's md5, or a directory's: the md5 of its `.dir` manifest (see modelworks.data.dirs).
+HASH_PATTERN = r"^[0-9a-f]{32}(\.dir)?$"
 
 
 def file_md5(path: Path) -> str:
@@ -79,14 +82,21 @@ def read_pointer(pointer: Path) -> Pointer:
         raise DataError(f"{pointer}: expected an 'outs' list with one entry")
     out = outs[0]
     md5 = str(out.get("md5", ""))
-    if len(md5) != 32:
-        raise DataError(f"{pointer}: field 'outs[0].md5' must be a 32-hex md5, got {md5!r}")
+    if not re.match(HASH_PATTERN, md5):
+        raise DataError(
+            f"{pointer}: field 'outs[0].md5' must be a 32-hex md5 (a folder's ending in .dir), "
+            f"got {md5!r}"
+        )
     return Pointer(md5=md5, size=int(out.get("size", 0)), path=str(out.get("path", "")))
 
 
-def write_pointer(pointer: Path, md5: str, size: int, path: str) -> None:
-    """Write a DVC 3 pointer file for one file output."""
-    doc = {"outs": [{"md5": md5, "size": size, "hash": "md5", "path": path}]}
+def write_pointer(pointer: Path, md5: str, size: int, path: str, nfiles: int | None = None) -> None:
+    """Write a DVC 3 pointer file for one output (a folder's has `nfiles`, as DVC writes)."""
+    out: dict[str, object] = {"md5": md5, "size": size}
+    if nfiles is not None:
+        out["nfiles"] = nfiles
+    out.update(hash="md5", path=path)
+    doc = {"outs": [out]}
     tmp = pointer.with_name(f".{pointer.name}.tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(pointer)

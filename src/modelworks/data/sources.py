@@ -10,6 +10,7 @@ from pathlib import Path
 from modelworks import _git
 from modelworks.data import s3
 from modelworks.data.confine import Roots, TenantRoots, glob_base
+from modelworks.data.dirs import is_dir_hash, materialize
 from modelworks.data.dvc import cache_path, read_pointer, store
 from modelworks.data.hashing import HashCache, tree_hash
 from modelworks.errors import DataError
@@ -182,7 +183,16 @@ class DataResolver:
                 f"data hash {digest} of dataset {ds.dataset!r} is not in the cache ({where}); "
                 f"run `mw data add {ds.dataset}` or configure data.remote"
             )
+        if is_dir_hash(digest):
+            hit = self._folder(hit, digest, repo)
         return DataRef("dvc", digest, str(ds.dataset), (hit,))
+
+    def _folder(self, manifest: Path, digest: str, repo: Path) -> Path:
+        """The read-only folder a directory dataset's manifest describes, laid out once."""
+        dest = self.ws.state_dir / "dirs"
+        return materialize(
+            manifest, digest, lambda md5: self.locate(md5, repo), dest, self.roots.max_files
+        )
 
     def _s3_fetch(self, spec: ModelSpec) -> DataRef:
         """The S3 source's content, fetched into the cache by version unless already there."""

@@ -44,6 +44,8 @@ from modelworks.runs.pool import failure
 Job = dict[str, Any]
 Result = dict[str, Any]
 CACHE_ENV = "MW_RAY_CACHE"
+# Data keys of directory datasets (a tar of the laid-out folder), beside plain file md5s.
+DIR_KEY = "dir-"
 # Job fields naming private key files: sent per run, written 0600 into the job's scratch folder.
 PRIVATE_FILES = ("signing_key", "sealing_key")
 
@@ -67,11 +69,11 @@ def worker_cache() -> Path:
     return Path(root)
 
 
-def tar_folder(folder: Path) -> bytes:
-    """A deterministic in-memory tar of a pipeline folder's files."""
+def tar_folder(folder: Path, files: list[Path] | None = None) -> bytes:
+    """A deterministic in-memory tar of a pipeline folder's files (or of `files` under it)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for f in folder_files(folder):
+        for f in folder_files(folder) if files is None else files:
             info = tar.gettarinfo(str(f), arcname=f.relative_to(folder).as_posix())
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             with f.open("rb") as fh:
@@ -142,7 +144,12 @@ def run_remote(job: Job, refs: dict[str, Any]) -> Result:
     cache = worker_cache()
     local = json.loads(json.dumps(job))
     local["data"]["files"] = [
-        str(_materialize_data(ray, k, refs["data"][k], cache)) for k in job["data"]["keys"]
+        str(
+            _materialize_folder(ray, "data", k, refs["data"][k], cache)
+            if k.startswith(DIR_KEY)
+            else _materialize_data(ray, k, refs["data"][k], cache)
+        )
+        for k in job["data"]["keys"]
     ]
     p = job["pipeline"]
     local["pipeline"]["source"] = str(
@@ -299,6 +306,12 @@ class _Uploads:
         return self.folders[path]
 
     def _data(self, path: str) -> str:
+        if path not in self.md5 and os.path.isdir(path):  # a directory dataset, laid out
+            tar = tar_folder(Path(path), sorted(p for p in Path(path).rglob("*") if p.is_file()))
+            digest = DIR_KEY + hashlib.sha256(tar).hexdigest()
+            self.md5[path] = digest
+            if digest not in self.data:
+                self.data[digest] = self.ray.put(tar)
         if path not in self.md5:
             digest = file_md5(Path(path))
             self.md5[path] = digest
