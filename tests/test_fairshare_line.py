@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -90,22 +89,13 @@ def test_run_limits_keep_runs_queued_with_a_reason(tmp_path: Any, capsys: Any) -
 
 
 @pytest.mark.ray
-def test_b_is_not_stuck_behind_a_on_ray(tmp_path: Any) -> None:
-    ray = pytest.importorskip("ray", reason="the ray package is not installed")
-    from modelworks.runs.ray_executor import CACHE_ENV, RayExecutor
+def test_b_is_not_stuck_behind_a_on_ray(tmp_path: Any, ray_local: Any) -> None:
+    from modelworks.runs.ray_executor import RayExecutor
 
     ws = _two_tenants(tmp_path, a=10, b=3)
     store = Store(ws.registry_url)
     done: list[str] = []
-    os.environ[CACHE_ENV] = str(tmp_path / "ray-cache")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = apply(
-            ws, store, executor=RayExecutor(2), on_result=lambda r: done.append(r["model"])
-        )
-    finally:
-        ray.shutdown()
-        os.environ.pop(CACHE_ENV, None)
+    result = apply(ws, store, executor=RayExecutor(2), on_result=lambda r: done.append(r["model"]))
     assert result.ok, result.failed
     assert len(done) == 13
     # Submission order is fair (a, b, a, b, ...): FIFO would finish b's runs at positions 10-12.

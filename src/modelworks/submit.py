@@ -21,7 +21,7 @@ from modelworks.registry import audit
 from modelworks.registry.models import Model, Run
 from modelworks.runs import queue
 from modelworks.tenancy.access import DEFAULT_TENANT
-from modelworks.tenancy.names import qualified
+from modelworks.tenancy.names import qualified, resolve_ref, split_ref
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -29,9 +29,8 @@ if TYPE_CHECKING:
 
 
 def tenant_of(mp: ModelPlan) -> str:
-    """The tenant a planned model belongs to (a spec that did not load: the default one)."""
-    spec = mp.loaded.spec if mp.loaded is not None else None
-    return (spec.tenant if spec is not None else None) or DEFAULT_TENANT
+    """The tenant a planned model belongs to (its spec's folder or field, as the plan found)."""
+    return mp.tenant or DEFAULT_TENANT
 
 
 def plan_for(
@@ -54,10 +53,14 @@ def plan_for(
     if not names:
         return Plan(mine)
     known = {m.name for m in mine}
+    pairs = [(tenant_of(m), split_ref(m.name)[1]) for m in mine]
+    wanted = set()
     for name in names:
-        if name not in known:
-            raise NotFoundError(f"no model spec named {name!r}.{did_you_mean(name, known)}")
-    wanted = set(names)
+        try:
+            wanted.add(resolve_ref(name, pairs))
+        except NotFoundError:
+            hint = did_you_mean(name, known)
+            raise NotFoundError(f"no model spec named {name!r}.{hint}") from None
     return Plan([m for m in mine if m.name in wanted])
 
 
