@@ -140,7 +140,7 @@ def test_none_keeps_model_only_images(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: "alpine", "expected 'busybox'"),
+        (lambda d: "alpine", "expected 'auto', 'busybox'"),
         (lambda d: d / "missing", "no such file"),
         (lambda d: d / "text", "is not an ELF executable"),
         (lambda d: Path(shutil.which("ls") or "/bin/ls"), "is dynamically linked"),
@@ -157,12 +157,12 @@ def test_a_base_that_cannot_run_in_the_image_is_refused(
 
 def test_a_bad_setting_names_the_field(tmp_path: Path) -> None:
     (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump({"oci": {"base_image": "alpine"}}))
-    with pytest.raises(SettingsError, match=r"base_image.*expected 'busybox'"):
+    with pytest.raises(SettingsError, match=r"base_image.*expected 'auto', 'busybox'"):
         load_settings(tmp_path / CONFIG_FILE, environ={})
     (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump({"oci": {"base_image": "none"}}))
     assert load_settings(tmp_path / CONFIG_FILE, environ={}).oci.base_image == "none"
     (tmp_path / CONFIG_FILE).write_text("{}")
-    assert load_settings(tmp_path / CONFIG_FILE, environ={}).oci.base_image == "busybox"
+    assert load_settings(tmp_path / CONFIG_FILE, environ={}).oci.base_image == "auto"
 
 
 @needs_busybox
@@ -204,3 +204,22 @@ def test_the_line_packages_signs_and_verifies_with_either_setting(
         assert len(layers) == 1
         assert "busybox-static" not in names
     assert info["checks"]["signature"]["fingerprint"]
+
+
+def test_auto_uses_a_static_busybox_when_installed_and_model_only_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from modelworks.artifacts import baselayer
+
+    assert baselayer.effective_setting("none") == "none"
+    assert baselayer.effective_setting("busybox") == "busybox"  # explicit: never downgraded
+    if any(p.is_file() for p in baselayer.BUSYBOX_PATHS):
+        assert baselayer.effective_setting("auto") == "busybox"
+    dynamic = tmp_path / "busybox"
+    dynamic.write_bytes(b"#!/bin/sh\necho not a static binary\n")
+    for paths in ((tmp_path / "missing",), (dynamic,)):
+        monkeypatch.setattr(baselayer, "BUSYBOX_PATHS", paths)
+        with caplog.at_level("WARNING", logger="modelworks.artifacts"):
+            assert baselayer.effective_setting("auto") == "none"
+        assert "apt-get install busybox-static" in caplog.text
+        caplog.clear()

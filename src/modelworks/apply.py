@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
 from modelworks import _git
+from modelworks.artifacts.baselayer import effective_setting
 from modelworks.artifacts.verify import signed_baseline
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
@@ -162,6 +163,7 @@ def _jobs(
 
     data = data_resolver(ws)
     key = signing_key(ws)
+    base_image = effective_setting(ws.settings.oci.base_image)  # `auto` decided (and warned) once
     baselines = _baselines(ws, store, [plans[c.model] for c in claimed])
     work_dir = ws.state_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +206,7 @@ def _jobs(
                     "names": _names(ref.kind, ref.dataset, ref.files),
                 },
                 "oci_dir": str(ws.oci_dir),
-                "base_image": ws.settings.oci.base_image,
+                "base_image": base_image,
                 "work_dir": str(work_dir),
                 "log_path": str(log_path),
                 "signing_key": str(key),

@@ -79,19 +79,21 @@ class OCISettings(_Section):
     namespace: str = Field("modelworks", description="Repository namespace in the registry.")
     insecure: bool = Field(False, description="Use plain HTTP for the registry.")
     base_image: str = Field(
-        "busybox",
-        description="ModelCar base layer with sh, ln and sleep for KServe: 'busybox' (Debian's "
-        "busybox-static), the path of a static busybox, or 'none' for model-only images.",
+        "auto",
+        description="ModelCar base layer with sh, ln and sleep for KServe: 'auto' (busybox when "
+        "a static one is installed, else none with a warning), 'busybox' (Debian's "
+        "busybox-static, required), the path of a static busybox, or 'none' (model-only).",
     )
 
     @field_validator("base_image")
     @classmethod
     def _check_base_image(cls, value: str) -> str:
         # The same rule as artifacts.baselayer.check_setting (the workspace imports no layer).
-        if value in ("busybox", "none") or os.path.isabs(value):
+        if value in ("auto", "busybox", "none") or os.path.isabs(value):
             return value
         raise ValueError(
-            f"oci.base_image {value!r}: expected 'busybox' (Debian's busybox-static), 'none' "
+            f"oci.base_image {value!r}: expected 'auto', 'busybox' (Debian's busybox-static), "
+            "'none' "
             "(model-only images) or the absolute path of a statically linked busybox"
         )
 

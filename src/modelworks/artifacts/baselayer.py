@@ -4,7 +4,9 @@ KServe starts a ModelCar as a sidecar with ``sh -c "ln -s /proc/$$/root/models /
 sleep infinity"``, so the image needs ``sh``, ``ln`` and ``sleep``. ``oci.base_image`` says
 where they come from:
 
-- ``busybox`` (the default): the statically linked busybox of Debian's ``busybox-static``
+- ``auto`` (the default): ``busybox`` when a static busybox is installed, else ``none`` with a
+  warning (a laptop without Debian's busybox-static still runs the line);
+- ``busybox``: the statically linked busybox of Debian's ``busybox-static``
   (``/bin/busybox``), as one layer holding ``bin/busybox`` and the symlinks ``bin/sh``,
   ``bin/ln`` and ``bin/sleep``;
 - an absolute path: a statically linked busybox binary of your own, the same way;
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import struct
@@ -31,9 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from modelworks.errors import ArtifactError
 
+log = logging.getLogger("modelworks.artifacts")
+
 if TYPE_CHECKING:
     from modelworks.artifacts.oci import OCIStore
 
+BASE_AUTO = "auto"
 BASE_BUSYBOX = "busybox"
 BASE_NONE = "none"
 BUSYBOX_PATHS = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
@@ -83,19 +89,41 @@ class BaseLayer:
         }
 
 
+def effective_setting(value: str, architecture: str = "amd64") -> str:
+    """What `auto` (the default) means on this machine: `busybox` when a static busybox is
+    installed (Debian's busybox-static), else `none` (model-only images) with a warning, so a
+    laptop without it still runs the line. Other values are returned as they are."""
+    if value != BASE_AUTO:
+        return value
+    for path in BUSYBOX_PATHS:
+        if path.is_file():
+            try:
+                _check_static(path, path.read_bytes(), architecture)
+            except ArtifactError:
+                continue
+            return BASE_BUSYBOX
+    log.warning(
+        "oci.base_image is 'auto' and no static busybox is installed: building model-only "
+        "images, which KServe cannot run as ModelCars (apt-get install busybox-static, or set "
+        "oci.base_image: none to silence this)"
+    )
+    return BASE_NONE
+
+
 def check_setting(value: str) -> str:
     """`value` if it is a valid oci.base_image, else raise ArtifactError saying what is."""
-    if value in (BASE_BUSYBOX, BASE_NONE) or os.path.isabs(value):
+    if value in (BASE_AUTO, BASE_BUSYBOX, BASE_NONE) or os.path.isabs(value):
         return value
     raise ArtifactError(
-        f"oci.base_image {value!r}: expected 'busybox' (Debian's busybox-static), 'none' "
+        f"oci.base_image {value!r}: expected 'auto', 'busybox' (Debian's busybox-static), "
+        "'none' "
         "(model-only images) or the absolute path of a statically linked busybox"
     )
 
 
 def base_layer(store: OCIStore, setting: str | None) -> BaseLayer | None:
     """The base layer `setting` asks for, built into `store` once; None for 'none'."""
-    setting = check_setting(setting or BASE_BUSYBOX)
+    setting = effective_setting(check_setting(setting or BASE_AUTO), store.architecture)
     if setting == BASE_NONE:
         return None
     binary = _find(setting)
