@@ -22,12 +22,14 @@ from test_promote import trained_copy
 
 from modelworks import _git
 from modelworks.api import create_app
+from modelworks.apply import apply
 from modelworks.gitops.promote import promote
 from modelworks.registry.queries import runs
 from modelworks.registry.store import Store
+from modelworks.runs.executor import InlineExecutor
 from modelworks.security.tokens import create_token
 from modelworks.security.users import add_user
-from modelworks.testing import AppClient
+from modelworks.testing import AppClient, make_workspace, small_fleet, write_spec
 from modelworks.workspace import CONFIG_FILE, Workspace
 
 RANK = {"viewer": 0, "developer": 1, "approver": 2, "admin": 3}
@@ -114,9 +116,27 @@ def expected(ep: Endpoint, who: str | None, target: str) -> int | str:
     return "allowed"
 
 
+def _trained_on(url: str, root: Path) -> Workspace:
+    """test_promote's three-model fleet, trained and deployed to test, on the registry `url`."""
+    ws = make_workspace(root, registry={"url": url})
+    small_fleet(ws)
+    write_spec(ws, "model-2", "data/set0/data.csv", model_hyperparameters={"C": 3.0})
+    _git.commit(ws.root, ["models"], "model-2")
+    store = Store(ws.registry_url)
+    assert apply(ws, store, executor=InlineExecutor(), actor="line").ok
+    store.close()
+    return ws
+
+
 @pytest.fixture
-def world(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ws = trained_copy(tmp_path, tmp_path_factory)
+def world(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, registry_url: str
+) -> dict[str, Any]:
+    """The two-tenant world on SQLite (a copy of the trained template) or PostgreSQL."""
+    if registry_url.startswith("sqlite"):
+        ws = trained_copy(tmp_path, tmp_path_factory)
+    else:
+        ws = _trained_on(registry_url, tmp_path / "ws")
     tokens = token_workspace(ws)
     cfg = yaml.safe_load((ws.root / CONFIG_FILE).read_text())
     cfg["tenants"] = {"default": {"data_roots": ["data"]}, "acme": {"data_roots": ["data"]}}
