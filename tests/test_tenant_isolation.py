@@ -293,3 +293,31 @@ def test_mw_promote_refuses_mixed_tenants_and_takes_tenant(
     assert (req["tenant"], [i["model"] for i in req["items"]]) == ("globex", ["globex/model-1"])
     mine = _json_as(capsys, ws, tokens["ann"], "promote", "--all-changed")
     assert (mine["tenant"], mine["models"], mine["required_approvals"]) == ("acme", 2, 2)
+
+
+def test_local_plan_and_apply_with_a_token_touch_only_its_tenant(
+    capsys: Capsys, ws: Workspace, store: Store, tokens: dict[str, str]
+) -> None:
+    gus = tokens["gus"]  # a developer of globex, which owns model-1
+    cfg = yaml.safe_load((ws.root / CONFIG_FILE).read_text())
+    for t in ("acme", "globex"):
+        cfg["tenants"][t]["data_roots"] = ["data"]  # the fleet's datasets are shared here
+    (ws.root / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    specs = [CONFIG_FILE]
+    for model, tenant in OWNERS.items():  # the specs say whose they are, as the registry does
+        spec = ws.models_dir / f"{model}.json"
+        spec.write_text(json.dumps({**json.loads(spec.read_text()), "tenant": tenant}))
+        specs.append(str(spec.relative_to(ws.root)))
+    _git.commit(ws.root, specs, "each spec names its tenant")
+    planned = _json_as(capsys, ws, gus, "plan")
+    assert [m["name"] for m in planned["models"]] == ["globex/model-1"]
+    assert len(_json_as(capsys, ws, tokens["root"], "plan")["models"]) == 3
+    hidden = _as(capsys, ws, gus, "plan", "acme/model-0")
+    missing = _as(capsys, ws, gus, "plan", "acme/model-9")
+    assert hidden[0] == missing[0] != 0
+    assert hidden[2] == missing[2].replace("model-9", "model-0")
+    before = {r["name"]: r["version"] for r in status(store)}
+    code, _out, err = _as(capsys, ws, gus, "apply", "acme/model-0")
+    assert "no model spec named" in err
+    assert code != 0
+    assert {r["name"]: r["version"] for r in status(store)} == before

@@ -15,7 +15,6 @@ from modelworks.cli._common import (
     WorkspaceOpt,
     actor,
     open_scoped,
-    open_workspace,
 )
 
 data_app = typer.Typer(help="Version datasets (DVC-compatible).", no_args_is_help=True)
@@ -98,10 +97,10 @@ def plan_cmd(
         data = api.post(path("plan"), {"models": models or [], "allow_dirty": allow_dirty})
         p: Any = plan_view(data)
     else:
-        from modelworks.plan import plan
+        from modelworks.submit import plan_for
 
-        ws, store = open_workspace(workspace)
-        p = plan(ws, store, models or None, allow_dirty=allow_dirty)
+        ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
+        p = plan_for(ws, store, models or None, tenants, allow_dirty=allow_dirty)
     if json_out:
         emit_json(data if api is not None else p.to_dict())
     else:
@@ -144,13 +143,22 @@ def apply_cmd(
     from modelworks.apply import apply
     from modelworks.runs.executor import for_workspace
 
-    ws, store = open_workspace(workspace)
+    ws, store, tenants = open_scoped(workspace)
+    names = models or None
+    if tenants is not None:  # a token applies only its own tenant's models
+        from modelworks.submit import plan_for
+
+        names = [m.name for m in plan_for(ws, store, names, tenants, allow_dirty=True).models]
+        if not names:  # an empty list would mean every model
+            from modelworks.errors import NotFoundError
+
+            raise NotFoundError(f"no model specs of tenant {', '.join(sorted(tenants))}")
     ex = for_workspace(ws, workers)
     with ApplyProgress(json_out) as (on_start, on_result):
         result = apply(
             ws,
             store,
-            names=models or None,
+            names=names,
             executor=ex,
             actor=actor(ws, as_user, "developer", "apply"),
             wait=wait,
