@@ -6,17 +6,12 @@ only; any other address is refused before anything listens.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from typing import TYPE_CHECKING
 
-from modelworks.errors import ConfigError, UnavailableError
+from modelworks.errors import ConfigError
 from modelworks.serving.auth import is_loopback
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from modelworks.controller.service import Endpoint
     from modelworks.workspace import Workspace
 
@@ -51,7 +46,6 @@ def api_endpoint(ws: Workspace, host: str) -> list[Endpoint]:
 def run_api_server(ws: Workspace, host: str = "127.0.0.1", port: int | None = None) -> None:
     """Serve the API on host:port (default `server.port`) until SIGINT/SIGTERM; uvicorn
     finishes in-flight requests before it exits."""
-    import uvicorn
 
     from modelworks import _net
     from modelworks.api.app import create_app
@@ -60,25 +54,4 @@ def run_api_server(ws: Workspace, host: str = "127.0.0.1", port: int | None = No
     port = port or ws.settings.server.port
     _net.check_port(host, port, "server.port")
     app = create_app(ws)
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal to the handler
-    # that was there before it: a no-op one makes that a normal exit (0), as `mw serve` does.
-    with _quiet_sigterm(), contextlib.suppress(KeyboardInterrupt):
-        try:
-            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-        except SystemExit as exc:
-            if exc.code:
-                raise UnavailableError(
-                    f"the control-plane API could not start on {host}:{port} (see the log above)"
-                ) from None
-
-
-@contextlib.contextmanager
-def _quiet_sigterm() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    _net.serve(app, host, port, "the control-plane API")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import modelworks
+from modelworks import _net
 from modelworks.errors import ModelworksError, ServingError
 from modelworks.serving._json import dumps
 from modelworks.serving.auth import (
@@ -339,37 +338,10 @@ def run_server(
     max_memory: int | None = None,
 ) -> None:
     """Serve `env` with uvicorn until SIGINT/SIGTERM (uvicorn stops gracefully on both)."""
-    import uvicorn
-
-    from modelworks._net import check_port
-    from modelworks.errors import UnavailableError
-
-    check_port(host, port)
+    _net.check_port(host, port)
     _setup_logging()
     app = create_app(ws, env, ref=ref, max_memory=max_memory, host=host)
-    # uvicorn shuts down gracefully, then re-raises the signal it caught; with these handlers
-    # that ends run_server normally instead of killing the process or raising KeyboardInterrupt.
-    with _quiet_signals(), contextlib.suppress(KeyboardInterrupt):
-        try:
-            uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-        except SystemExit as exc:
-            # uvicorn exits 3 when it cannot start (a port taken after our check): not "locked"
-            if exc.code:
-                raise UnavailableError(
-                    f"the server for {env!r} could not start on {host}:{port} (see the log above)"
-                ) from None
-
-
-@contextlib.contextmanager
-def _quiet_signals() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    _net.serve(app, host, port, f"the server for {env!r}")
 
 
 def _setup_logging() -> None:
