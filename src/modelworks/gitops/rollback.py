@@ -31,7 +31,7 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, ModelVersion, PromotionRequest
-from modelworks.registry.queries import get_model, resolve_model, visible_ref
+from modelworks.registry.queries import get_model, resolve_model
 from modelworks.tenancy.names import split_ref
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _visible_ref(
     """The qualified name of `model` among the `tenants`' registered models (NotFoundError)."""
     from modelworks.registry.store import Store
 
-    return visible_ref(store or Store(ws.registry_url), model, tenants)
+    return resolve_model(store or Store(ws.registry_url), model, tenants)
 
 
 def _registered(store: Store, model: str, version: str) -> tuple[int, str, ModelVersion]:

@@ -95,11 +95,6 @@ def resolve_model(store: Store, ref: str, tenants: frozenset[str] | None = None)
         return qualified(m.tenant, m.name)
 
 
-def visible_ref(store: Store, name: str, tenants: frozenset[str] | None) -> str:
-    """The qualified name of the model `name` names among the `tenants`' (NotFoundError)."""
-    return resolve_model(store, name, tenants)
-
-
 def status(store: Store, tenants: frozenset[str] | None = None) -> list[dict[str, Any]]:
     """One row per model of the `tenants` (None: all): latest version, its status and
     metrics, and what each env serves."""

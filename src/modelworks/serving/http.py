@@ -85,6 +85,10 @@ class BodyLimit:
     ) -> None:
         self.app, self.max_bytes, self.setting, self.refused = app, max_bytes, setting, refused
 
+    def respond(self, exc: ModelworksError) -> Response:
+        """The refusal of a body before the app sees it, in the app's error shape."""
+        return render(exc)
+
     def _too_large(self, size: str) -> BodyTooLargeError:
         if self.refused is not None:
             self.refused.labels("too_large").inc()
@@ -99,10 +103,10 @@ class BodyLimit:
         try:
             declared = _declared_length(scope)
         except MalformedRequestError as exc:
-            await render(exc)(scope, receive, send)
+            await self.respond(exc)(scope, receive, send)
             return
         if declared is not None and declared > self.max_bytes:
-            await render(self._too_large(f"{declared} bytes"))(scope, receive, send)
+            await self.respond(self._too_large(f"{declared} bytes"))(scope, receive, send)
             return
         seen = 0
 
