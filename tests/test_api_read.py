@@ -267,3 +267,18 @@ def test_local_mode_binds_to_loopback_only(workspace: Workspace) -> None:
     check_bind(workspace, "::1")
     with pytest.raises(ConfigError, match=r"--host 0\.0\.0\.0: auth.mode is local"):
         check_bind(workspace, "0.0.0.0")
+
+
+def test_tenants_read_the_same_through_the_api_as_through_the_cli(
+    api: Api, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MW_TOKEN", api.tokens["root"])
+    listed = {t["name"]: t for t in mw_json(capsys, api.ws, "tenant", "list")["tenants"]}
+    served = api.get("root", "/api/v1/tenants").json()["tenants"]
+    assert served
+    assert {t["name"] for t in served} <= set(listed)
+    for t in served:
+        assert {k: t[k] for k in listed[t["name"]]} == listed[t["name"]]
+    shown = mw_json(capsys, api.ws, "tenant", "show", "acme")
+    one = api.get("vic", "/api/v1/tenants/acme").json()
+    assert {k: one[k] for k in shown} == shown

@@ -148,7 +148,14 @@ class CreatedToken(TokenRow):
 
 
 class TenantInfo(_Open):
+    """`mw tenant list --json`'s row (`mw tenant show --json` for one), plus declared/settings."""
+
     name: str
+    display_name: str
+    weight: float
+    quotas: dict[str, Any]
+    models: int
+    source: str
     declared: bool
     settings: dict[str, Any]
 
