@@ -169,6 +169,39 @@ def test_a_running_controller_trains_what_apply_queued(
         assert s.get(Run, run["id"]).status == "succeeded"
 
 
+@pytest.mark.parametrize("breakage", ["removed", "unplannable"])
+def test_a_queued_model_that_no_longer_plans_is_cancelled_once_not_retried_each_tick(
+    ws: Workspace, tokens: dict[str, str], api: AppClient, breakage: str
+) -> None:
+    from modelworks.controller import repos
+    from modelworks.controller.loop import Controller
+
+    store = Store(ws.registry_url)
+    ctl = Controller(Workspace.load(ws.root), store, executor=InlineExecutor(), lock_wait=1)
+    ctl.tick()
+    change(ws, "model-2", 7.0)
+    (run,) = call(api, tokens, "dev", "POST", "/apply", {}).json()["runs"]
+    spec = ws.models_dir / "model-2.json"
+    if breakage == "removed":
+        _git.git(ws.root, "rm", "-q", str(spec))
+        _git.git(ws.root, "commit", "-qm", "remove model-2")
+    else:
+        broken = {**json.loads(spec.read_text()), "kubeflow_pipeline": "nowhere"}
+        spec.write_text(json.dumps(broken))
+        _git.commit(ws.root, [spec], "break model-2")
+    for repo in repos.workspace_repos(ctl.ws):
+        ctl.state.repos[repo.key] = repo.head()
+    first = ctl.tick()
+    with store.session() as s:
+        cancelled = s.get(Run, run["id"])
+        assert cancelled.status == "cancelled"
+        assert ("removed" if breakage == "removed" else "nowhere") in (cancelled.error or "")
+    assert first.stopped is False
+    again = ctl.tick()
+    assert again.applied == []
+    assert again.errors == []
+
+
 def test_promotion_flow_over_the_api_matches_the_cli_json(
     ws: Workspace, tokens: dict[str, str], api: AppClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

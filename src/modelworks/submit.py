@@ -147,6 +147,26 @@ def _audit(store: Store, actor: str, runs: list[dict[str, Any]], added: int) -> 
     audit.record(store, events)
 
 
+def cancel_queued(store: Store, names: Collection[str], why: str) -> int:
+    """Cancel the queued runs of these models (`tenant/name`, bare for the default tenant),
+    with `why` as the run's error; returns how many. A run already running is left alone."""
+    from datetime import UTC, datetime
+
+    if not names:
+        return 0
+    now, cancelled = datetime.now(UTC), 0
+    with store.session() as s:
+        rows = s.execute(
+            select(Run, Model.tenant, Model.name).join(Model).where(Run.status == "queued")
+        ).all()
+        for run, tenant, name in rows:
+            if qualified(tenant, name) in names:
+                run.status, run.error, run.finished_at, run.reason = "cancelled", why, now, None
+                cancelled += 1
+        s.commit()
+    return cancelled
+
+
 def queued_models(store: Store) -> list[str]:
     """The models with runs waiting in the queue (what a controller tick should apply)."""
     with store.session() as s:

@@ -37,7 +37,7 @@ from modelworks.apply import ApplyResult, apply, workspace_lock
 from modelworks.controller import repos, triggers
 from modelworks.controller.executor import GracefulExecutor, StoppingError
 from modelworks.controller.state import ControllerState
-from modelworks.errors import ConflictError, LockError, ModelworksError
+from modelworks.errors import ConflictError, LockError, ModelworksError, NotFoundError
 from modelworks.spec import SPEC_SUFFIXES, load_spec
 from modelworks.workspace import Workspace
 
@@ -245,13 +245,36 @@ class Controller:
 
     def _queued(self, r: TickReport) -> None:
         """Run what was queued without being run (`POST /api/v1/apply`, see modelworks.submit)."""
-        from modelworks.submit import queued_models
+        from modelworks.submit import cancel_queued, queued_models
 
         names = queued_models(self.store)
-        if names:
+        if not names:
+            return
+        try:
             result = self._apply(names, "auto", r)
-            if result.commit:
-                self._own_commit(self.ws.deploy_repo, result.commit)
+        except NotFoundError:  # a queued model's spec was removed: plan refuses the names
+            names = self._drop_removed(names, r)
+            if not names:
+                return
+            result = self._apply(names, "auto", r)
+        if result.commit:
+            self._own_commit(self.ws.deploy_repo, result.commit)
+        # A model whose spec no longer plans would keep its queued runs, and each tick would
+        # retry it; it runs again once a fixed spec is committed (a new fingerprint).
+        for e in result.errors:
+            if e["name"] in names:
+                cancel_queued(self.store, [e["name"]], f"the spec no longer plans: {e['error']}")
+
+    def _drop_removed(self, names: list[str], r: TickReport) -> list[str]:
+        """The queued models that still have a spec; the others' queued runs are cancelled."""
+        from modelworks.plan import plan
+        from modelworks.submit import cancel_queued
+
+        known = {m.name for m in plan(self.ws, self.store, None).models}
+        gone = [n for n in names if n not in known]
+        if cancel_queued(self.store, gone, "the model's spec was removed"):
+            r.errors.append(f"cancelled the queued runs of {', '.join(gone)}: no spec any more")
+        return [n for n in names if n in known]
 
     def _names(self, files: list[Path]) -> list[str]:
         names = set()
