@@ -68,6 +68,7 @@ def test_short_aliases_and_yaml(tmp_path: Path) -> None:
             r"field 'model_hyperparamters': unknown field\. Did you mean 'model_hyperparameters'\?",
         ),
         ({"runtime_name": "tensorflow"}, r"field 'runtime_name'.*unknown runtime 'tensorflow'"),
+        ({"pipeline": "other"}, r"'kubeflow_pipeline' and 'pipeline' are the same field"),
         ({"model_hyperparameters": [1, 2]}, r"field 'model_hyperparameters'.*dictionary"),
         (
             {"data_source": {"type": "dvc", "dataset": "x", "dvc_hash": "nothex"}},

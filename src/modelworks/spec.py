@@ -219,6 +219,10 @@ def _explain(path: Path, raw: dict[str, Any], exc: ValidationError) -> SpecError
     loc = [str(p) for p in err["loc"]]
     field = ".".join(loc) or None
     if err["type"] == "extra_forbidden":
+        same = _same_field(loc)
+        if same:  # both spellings of one field (`pipeline` and `kubeflow_pipeline`)
+            names = " and ".join(repr(n) for n in same)
+            return SpecError(str(path), f"{names} are the same field: give only one", field)
         hint = did_you_mean(loc[-1], _fields_at(loc[:-1]))
         return SpecError(str(path), f"unknown field.{hint}", field)
     if err["type"] == "missing":
@@ -248,6 +252,17 @@ def _fields_at(loc: list[str]) -> set[str]:
     return {
         n for name, f in model.model_fields.items() for n in (name, *_aliases(f.validation_alias))
     }
+
+
+def _same_field(loc: list[str]) -> list[str]:
+    """A top-level field's spellings when `loc` names one of them beside another (given twice)."""
+    if len(loc) != 1:
+        return []
+    for f in ModelSpec.model_fields.values():
+        spellings = _aliases(f.validation_alias)
+        if loc[0] in spellings:
+            return spellings
+    return []
 
 
 def _aliases(alias: object) -> list[str]:
