@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,10 +86,8 @@ def test_a_failure_a_retry_cannot_fix_is_attempted_once(
     write_spec(workspace, "m", "data/d/data.csv", commit=False, model_hyperparameters=params)
     add(workspace, workspace.root / "data/d/data.csv", commit=False)
     _git.commit(workspace.root, ["models", "pipelines", "data"], "a model that cannot train")
-    started = time.monotonic()
     code, _out, err = run_cli(capsys, "apply", "--json", "-C", str(workspace.root))
     assert code == 1, err
-    assert time.monotonic() - started < 8  # three attempts with backoff took 11 s
     [(status, attempts, error)] = _runs(workspace)
     assert (status, attempts) == ("failed", 1)
     assert expected in error
