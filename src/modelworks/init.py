@@ -88,8 +88,7 @@ def populate(ws: Workspace, fleet: str, **kwargs: Any) -> int:
     pipelines = {examples.CLASSIFICATION, examples.FORECASTING, examples.KUBEFLOW}
     if fleet != "example":
         pipelines.add(examples.ANOMALY)
-    kfp = _has_kfp()
-    if not kfp:
+    if not _has_kfp():
         pipelines.discard(examples.KUBEFLOW)
     for p in sorted(pipelines):
         examples.copy_pipeline(p, ws.pipelines_dir)

@@ -51,7 +51,7 @@ _lock = threading.Lock()  # kfp.local's configuration is process-global
 
 
 class _Found:
-    """The artifacts a finished local run left: (task, output name, path, metadata)."""
+    """What a finished local run left: Model artifacts (task, output name, path) and metrics."""
 
     def __init__(self) -> None:
         self.models: list[tuple[str, str, Path]] = []
@@ -101,13 +101,20 @@ def local_spec(pipeline: GraphComponent, log: logging.Logger) -> Any:
 
     spec = pipeline_spec_pb2.PipelineSpec()
     spec.CopyFrom(pipeline.pipeline_spec)
+    stripped = []
     for name, executor in spec.deployment_spec["executors"].items():
         if "container" not in executor or "command" not in executor["container"]:
             continue  # an importer or a container component: nothing to strip
         command = executor["container"]["command"]
         if len(command) > 2 and command[0] == "sh" and "pip install" in str(command[2]):
             command[2] = _PASSTHROUGH
-            log.info("%s: packages_to_install not installed locally (the line's Python)", name)
+            stripped.append(name.removeprefix("exec-"))
+    if stripped:
+        log.info(
+            "not installing packages locally (kfp, packages_to_install) for %s: "
+            "the line's Python runs them",
+            ", ".join(sorted(stripped)),
+        )
     for task, call in kubernetes_calls(pipeline):
         log.warning("kfp.kubernetes %s on task %s is ignored when running locally", call, task)
     return spec

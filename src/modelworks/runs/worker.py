@@ -295,14 +295,13 @@ def _run(
                 )
                 return
             source = Path(job["pipeline"]["source"])
-            if looks_like_kfp(source):  # a Kubeflow pipeline: kfp.local runs it
+            kfp = looks_like_kfp(source) and bool(require_kfp())  # before importing it
+            module = load_module(source, job["pipeline"]["hash"])
+            if kfp:  # a Kubeflow pipeline: kfp.local runs it
                 from modelworks.pipelines.kfp_local import run_pipeline
 
-                require_kfp()
-                module = load_module(source, job["pipeline"]["hash"])
                 ctx = run_pipeline(module, job, _inputs(job, workdir, secrets), logger)
             else:
-                module = load_module(source, job["pipeline"]["hash"])
                 ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(

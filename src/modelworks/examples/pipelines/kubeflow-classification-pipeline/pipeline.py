@@ -37,17 +37,17 @@ def validate_data(data: Input[Dataset]) -> int:
 def preprocess(
     data: Input[Dataset], hyperparameters: dict, train: Output[Dataset], test: Output[Dataset]
 ):
-    """Split into stratified train and test tables (label last)."""
+    """Split into stratified train and test tables (label last); numpy only, so it starts fast."""
     import numpy as np
-    from sklearn.model_selection import train_test_split
 
     table = np.loadtxt(data.path, delimiter=",", skiprows=1, ndmin=2)
-    part_train, part_test = train_test_split(
-        table,
-        test_size=float(hyperparameters.get("test_size", 0.25)),
-        random_state=0,
-        stratify=table[:, -1],
-    )
+    rng = np.random.default_rng(0)
+    share = float(hyperparameters.get("test_size", 0.25))
+    is_test = np.zeros(len(table), dtype=bool)
+    for label in np.unique(table[:, -1]):
+        rows = rng.permutation(np.flatnonzero(table[:, -1] == label))
+        is_test[rows[: round(len(rows) * share)]] = True
+    part_train, part_test = table[~is_test], table[is_test]
     for table_part, artifact in ((part_train, train), (part_test, test)):
         with open(artifact.path, "wb") as fh:
             np.save(fh, table_part)
