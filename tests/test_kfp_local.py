@@ -106,7 +106,27 @@ def no_model(version: str):
     evaluate()
 """
 
-PIPELINES = {"kfp-ref": REFERENCE, "kfp-several": SEVERAL, "kfp-none": NO_MODEL}
+FAILS = """\
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+
+@dsl.component(base_image="python:3.11")
+def train(model: Output[Model]):
+    raise ValueError("the label column is empty")
+
+
+@dsl.pipeline
+def fails():
+    train()
+"""
+
+PIPELINES = {
+    "kfp-ref": REFERENCE,
+    "kfp-several": SEVERAL,
+    "kfp-none": NO_MODEL,
+    "kfp-fails": FAILS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +221,33 @@ def test_no_model_output_fails_clearly_and_is_not_retried(
     assert "m-kfp-none" not in read_env(ws.deploy_repo, "test")
 
 
+def test_a_failing_component_fails_the_run_with_its_error_in_the_log(
+    applied: tuple[Workspace, Store, object],
+) -> None:
+    _ws, store, result = applied
+    failed = {f["name"]: f["error"] for f in result.failed}  # type: ignore[attr-defined]
+    assert failed["m-kfp-fails"] == (
+        "kfp pipeline failed: Pipeline 'fails' finished with status FAILURE. "
+        "Inner task failed: 'train'."
+    )
+    assert "ValueError: the label column is empty" in _log(store, "m-kfp-fails")
+    assert len(runs(store, model="m-kfp-fails", limit=10)) == 1
+
+
+def test_several_model_outputs_none_named_model_is_an_error(tmp_path: Path) -> None:
+    from modelworks.errors import PipelineError
+    from modelworks.pipelines.kfp_local import _Found, pick_model
+
+    found = _Found()
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"x")
+        found.models.append(("train", name, tmp_path / name))
+    with pytest.raises(PipelineError, match=r"several Model artifacts \(train.a, train.b\)"):
+        pick_model(found, "pipeline.py")
+    found.models.append(("train", "model", tmp_path / "a"))
+    assert pick_model(found, "pipeline.py") == tmp_path / "a"
+
+
 def _bump(ws: Workspace, version: str) -> None:
     write_pipeline(ws, "kfp-ref", version=version, source=REFERENCE)
     write_spec(
@@ -220,7 +267,7 @@ def test_pipeline_version_bump_plans_a_retrain_of_only_its_model(
     ws, store, _ = applied
     _bump(ws, "v2")
     changed = {c.name for c in plan(ws, store).changes}
-    assert changed == {"m-kfp-ref", "m-kfp-none"}  # the failed one is still to do
+    assert changed == {"m-kfp-ref", "m-kfp-none", "m-kfp-fails"}  # failed ones are still to do
 
 
 @pytest.mark.slow
