@@ -326,3 +326,29 @@ def test_init_example_without_kfp_skips_the_kubeflow_model_with_a_note(
     assert not (ws.models_dir / "iris-kubeflow.json").exists()
     assert (ws.models_dir / "iris-classifier.json").exists()
     assert not (ws.pipelines_dir / "kubeflow-classification-pipeline").exists()
+
+
+def test_a_model_folder_or_a_bare_file_becomes_a_file_serving_loads(tmp_path: Path) -> None:
+    import joblib
+    import skops.io as sio
+    from sklearn.dummy import DummyClassifier
+
+    from modelworks.artifacts.modelfiles import custom_model_file
+    from modelworks.pipelines.kfp_local import _copier
+
+    fitted = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    sio.dump(fitted, folder / "clf.skops")
+    (folder / "README.md").write_text("card")
+    out = tmp_path / "out-folder"
+    out.mkdir()
+    assert _copier(folder, "sklearn")(out) is None
+    assert custom_model_file("sklearn", out, None) == "clf.skops"
+    for name, dump, suffix in (("skops", sio.dump, ".skops"), ("pickle", joblib.dump, ".joblib")):
+        bare = tmp_path / name / "model"
+        bare.parent.mkdir()
+        dump(fitted, bare)
+        (out := tmp_path / f"out-{name}").mkdir()
+        assert _copier(bare, "sklearn")(out) == "model" + suffix
+        assert (out / f"model{suffix}").read_bytes() == bare.read_bytes()
