@@ -63,7 +63,11 @@ def run_demo(directory: Path, *, workers: int | None = None, quiet: bool = False
     t0 = time.perf_counter()
     ws = init(directory, name="demo-fleet")
     count = populate(ws, "demo")
-    say(f"[bold]1. Workspace[/bold] {ws.root}: {count} model specs, 3 pipelines, versioned data")
+    pipelines = sum(1 for p in ws.pipelines_dir.iterdir() if p.is_dir())
+    say(
+        f"[bold]1. Workspace[/bold] {ws.root}: {count} model specs, {pipelines} pipelines, "
+        "versioned data"
+    )
     store = open_store(ws)
     first_plan = plan(ws, store)
     say(f"[bold]2. Plan[/bold]: {plan_line(first_plan.summary)}")

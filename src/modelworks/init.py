@@ -85,16 +85,38 @@ def populate(ws: Workspace, fleet: str, **kwargs: Any) -> int:
     from modelworks.data.add import add
 
     builder = examples.example_fleet if fleet == "example" else examples.demo_fleet
-    pipelines = {examples.CLASSIFICATION, examples.FORECASTING}
+    pipelines = {examples.CLASSIFICATION, examples.FORECASTING, examples.KUBEFLOW}
     if fleet != "example":
         pipelines.add(examples.ANOMALY)
+    if not _has_kfp():
+        pipelines.discard(examples.KUBEFLOW)
     for p in sorted(pipelines):
         examples.copy_pipeline(p, ws.pipelines_dir)
     count = 0
     for data_file, specs in builder(ws.root, **kwargs):
         for payload in specs:
+            if payload["kubeflow_pipeline"] not in pipelines:
+                _skipped(payload["model_name"])
+                continue
             examples.write_spec(ws.models_dir, payload)
             count += 1
         add(ws, data_file, commit=False)
     _git.commit(ws.root, ["models", "pipelines", "data"], f"{fleet} fleet: {count} models")
     return count
+
+
+def _has_kfp() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("kfp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _skipped(name: str) -> None:
+    from modelworks._console import err_console
+    from modelworks.pipelines.kfp import EXTRA
+
+    note = f"note: {name} skipped: its Kubeflow pipeline needs the kfp SDK ({EXTRA})"
+    err_console.print(note, markup=False, highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ PIPELINES_DIR = Path(__file__).with_name("pipelines")
 CLASSIFICATION = "classification-training-pipeline"
 FORECASTING = "forecasting-training-pipeline"
 ANOMALY = "anomaly-detection-pipeline"
+KUBEFLOW = "kubeflow-classification-pipeline"  # a Kubeflow pipeline: needs the kfp extra
 
 
 def copy_pipeline(name: str, pipelines_dir: Path) -> Path:
@@ -111,7 +112,8 @@ CLASSIFICATION_VARIANTS: list[tuple[str, dict[str, Any], str]] = [
 
 
 def example_fleet(root: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
-    """The small `mw init --example` fleet: two pipelines, three datasets, five specs."""
+    """The small `mw init --example` fleet: three pipelines (one Kubeflow), three datasets, six
+    specs."""
     data = root / "data"
     iris = sklearn_dataset("iris", data / "iris" / "iris.csv")
     wine = sklearn_dataset("wine", data / "wine" / "wine.csv")
@@ -124,6 +126,7 @@ def example_fleet(root: Path) -> list[tuple[Path, list[dict[str, Any]]]]:
             [
                 spec("iris-classifier", CLASSIFICATION, rel(iris), gates=gate),
                 spec("iris-classifier-onnx", CLASSIFICATION, rel(iris), "onnx", gates=gate),
+                spec("iris-kubeflow", KUBEFLOW, rel(iris), hyperparameters={"C": 1.0}, gates=gate),
             ],
         ),
         (
@@ -167,6 +170,15 @@ def demo_fleet(
             )
             for suffix, hp, runtime in CLASSIFICATION_VARIANTS
         ]
+        if ds == "iris":  # one variant as a Kubeflow pipeline (kfp.local runs are slow)
+            specs[1] = spec(
+                "iris-kubeflow",
+                KUBEFLOW,
+                rel(path),
+                hyperparameters={"C": 0.1},
+                gates={"min": {"accuracy": 0.7}},
+                labels={"team": "tabular"},
+            )
         fleet.append((path, specs))
     for i in range(1, stores + 1):
         path = demand_dataset(data / "demand" / f"store-{i:03d}.csv", i)

@@ -19,6 +19,7 @@ from modelworks import LINE_FORMAT
 from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
 from modelworks.errors import ModelworksError, PipelineError
 from modelworks.gates import check, summary
+from modelworks.pipelines.kfp import looks_like_kfp, require_kfp
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.security.redact import RedactingWriter, redact
 from modelworks.spec import Gates
@@ -293,8 +294,15 @@ def _run(
                     earlier["digest"],
                 )
                 return
-            module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
-            ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
+            source = Path(job["pipeline"]["source"])
+            kfp = looks_like_kfp(source) and bool(require_kfp())  # before importing it
+            module = load_module(source, job["pipeline"]["hash"])
+            if kfp:  # a Kubeflow pipeline: kfp.local runs it
+                from modelworks.pipelines.kfp_local import run_pipeline
+
+                ctx = run_pipeline(module, job, _inputs(job, workdir, secrets), logger)
+            else:
+                ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(
                 Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")
