@@ -435,7 +435,7 @@ class OCIStore:
             "annotations": {REF_NAME: tag},
         }
         layout = self._init_layout(repo)
-        with FileLock(str(layout / ".index.lock")):
+        with index_lock(layout):
             if (layout / "index.json").is_file():
                 index = self._read_index(repo)
             else:
@@ -704,6 +704,24 @@ def build_manifest(
     if annotations:
         manifest["annotations"] = dict(annotations)
     return canonical_json(manifest)
+
+
+@contextlib.contextmanager
+def index_lock(layout: Path) -> Iterator[None]:
+    """The layout's index.json lock: an flock of `.index.lock`, the one filelock's FileLock
+    takes on Unix (`mw gc` untags under it), without its polling (a few µs, not 0.5 ms)."""
+    try:
+        import fcntl
+    except ImportError:  # not Unix
+        with FileLock(str(layout / ".index.lock")):
+            yield
+        return
+    fd = os.open(layout / ".index.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _blob_ok(path: Path, digest: str) -> bool:

@@ -311,6 +311,49 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
 )
 
 
+def _discard(workdir: Path) -> None:
+    """Remove a finished job's temp folder; in a pool worker, on a background thread.
+
+    Removing folders waits on the file system's journal (milliseconds on a busy disk) while
+    the next job could compute. The folders still go before the worker ends: `_drain_reaper`
+    runs when a multiprocessing child exits, and the pool joins its workers before it returns.
+    """
+    import multiprocessing
+
+    global _REAPER
+    if multiprocessing.parent_process() is None:  # inline: the caller may look right after
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    if _REAPER is None or _REAPER[0] != os.getpid():
+        import queue
+        import threading
+        from multiprocessing import util
+
+        jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        thread = threading.Thread(target=_reap, args=(jobs,), name="mw-reaper", daemon=True)
+        thread.start()
+        _REAPER = (os.getpid(), jobs, thread)
+        util.Finalize(None, _drain_reaper, exitpriority=10)
+    _REAPER[1].put(workdir)
+
+
+def _reap(jobs: Any) -> None:
+    while (path := jobs.get()) is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _drain_reaper(timeout: float = 10.0) -> None:
+    """Wait until the background removals of this process are done."""
+    global _REAPER
+    if _REAPER is not None and _REAPER[0] == os.getpid():
+        _REAPER[1].put(None)
+        _REAPER[2].join(timeout)
+    _REAPER = None
+
+
+_REAPER: tuple[int, Any, Any] | None = None
+
+
 def retryable(exc: BaseException) -> bool:
     """True when a retry may succeed: I/O, memory, timeouts; False for code, parameter, data."""
     return not isinstance(exc, DETERMINISTIC)
@@ -405,4 +448,4 @@ def _run(
             logger.error("%s", traceback.format_exc())
         finally:
             logger.removeHandler(handler)
-            shutil.rmtree(workdir, ignore_errors=True)
+            _discard(workdir)
