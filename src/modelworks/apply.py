@@ -207,6 +207,7 @@ def _jobs(
                     "names": _names(ref.kind, ref.dataset, ref.files),
                 },
                 "oci_dir": str(ws.oci_dir),
+                "durable": False,  # images are synced once per batch: _Recorder.flush
                 "base_image": base_image,
                 "work_dir": str(work_dir),
                 "log_path": str(log_path),
@@ -291,6 +292,12 @@ class _Recorder:
     def flush(self) -> None:
         if not self.buffer:
             return
+        # Workers write images without fsync (job["durable"] is False): one sync of the store
+        # makes them durable before the registry rows that name them are committed.
+        from modelworks.artifacts.oci import sync_store
+
+        for oci_dir in {self.jobs[r["run_id"]]["oci_dir"] for r in self.buffer if r.get("digest")}:
+            sync_store(Path(oci_dir))
         now = datetime.now(UTC)
         self.events: list[dict[str, Any]] = []
         with self.store.session() as s:

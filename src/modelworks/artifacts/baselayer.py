@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import tarfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,29 @@ def base_layer(store: OCIStore, setting: str | None) -> BaseLayer | None:
     if setting == BASE_NONE:
         return None
     binary = _find(setting)
+    st = binary.stat()
+    memo = (str(store.root), str(binary), store.architecture, st.st_ino, st.st_size, st.st_mtime_ns)
+    known = _BUILT.get(memo)
+    if known is not None:
+        try:
+            age = time.time() - store.blob_path(known.digest).stat().st_mtime
+        except FileNotFoundError:
+            age = None  # collected by `mw gc` since: build it again
+        if age is not None:
+            if age > _TOUCH_SECONDS:
+                os.utime(store.blob_path(known.digest))  # in use again: not old enough for gc
+            return known
+    built = _base_layer(store, binary)
+    _BUILT[memo] = built
+    return built
+
+
+# The layer each (store, binary) gave in this process: the line asks once per model.
+_BUILT: dict[tuple[str, str, str, int, int, int], BaseLayer] = {}
+_TOUCH_SECONDS = 60.0
+
+
+def _base_layer(store: OCIStore, binary: Path) -> BaseLayer:
     data = binary.read_bytes()
     _check_static(binary, data, store.architecture)
     sha = _hash(binary, data)

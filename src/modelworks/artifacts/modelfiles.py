@@ -45,11 +45,19 @@ def sample_of(data: Any) -> tuple[np.ndarray | None, list[str] | None]:
 
 def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, Any]:
     """Save `model` in its runtime's format into out_dir; return metadata.json's content."""
+    files, meta = model_files(runtime, model, data)
+    for name, content in files.items():
+        (out_dir / name).write_bytes(content)
+    return meta
+
+
+def model_files(runtime: str, model: Any, data: Any) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """`model` in its runtime's format, in memory: ({file name: bytes}, metadata.json's content)."""
     X, names = sample_of(data)
     if runtime == "sklearn":
         import skops.io as sio
 
-        sio.dump(model, out_dir / MODEL_FILES["sklearn"])
+        content = sio.dumps(model)
         in_dtype = "FP64"
     elif runtime == "onnx":
         if X is None:
@@ -61,7 +69,7 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
                 "runtime onnx is not installed (pip install onnxruntime skl2onnx)"
             ) from None
         onx = to_onnx(model, X[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
-        (out_dir / MODEL_FILES["onnx"]).write_bytes(onx.SerializeToString())
+        content = onx.SerializeToString()
         in_dtype = "FP32"
     else:
         raise PipelineError(
@@ -73,7 +81,7 @@ def save_model(runtime: str, model: Any, out_dir: Path, data: Any) -> dict[str, 
         meta["inputs"] = [{"name": "input-0", "datatype": in_dtype, "shape": [-1, int(X.shape[1])]}]
         meta["outputs"] = [{"name": "output-0", "datatype": datatype(y), "shape": [-1]}]
         meta["feature_names"] = names or [f"f{i}" for i in range(X.shape[1])]
-    return meta
+    return {MODEL_FILES[runtime]: content}, meta
 
 
 def custom_model_file(runtime: str, out_dir: Path, returned: Any) -> str:
@@ -116,7 +124,11 @@ def custom_model_file(runtime: str, out_dir: Path, returned: Any) -> str:
 
 def write_json(path: Path, payload: Any, *, compact: bool = False) -> None:
     """Write JSON; `compact` for large machine-read files (a profile holds thousands of floats)."""
+    path.write_bytes(json_bytes(payload, compact=compact))
+
+
+def json_bytes(payload: Any, *, compact: bool = False) -> bytes:
+    """The bytes `write_json` writes."""
     if compact:
-        path.write_text(json.dumps(payload, separators=(",", ":"), default=float))
-    else:
-        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float))
+        return json.dumps(payload, separators=(",", ":"), default=float).encode()
+    return json.dumps(payload, indent=2, sort_keys=True, default=float).encode()

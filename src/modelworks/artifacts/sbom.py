@@ -169,7 +169,10 @@ def _tool(name: str) -> Any:
     return Component(type=ComponentType.APPLICATION, name=name, version=version)
 
 
+@cache
 def _installed() -> dict[str, _Dist]:
+    """The installed distributions, read once per process (a pool's forked workers inherit
+    them from the parent's preload): each new set of packages then only builds its BOM."""
     found: dict[str, _Dist] = {}
     for dist in metadata.distributions():
         meta = dist.metadata  # parsed once: each access re-reads the file

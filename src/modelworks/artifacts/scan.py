@@ -32,7 +32,7 @@ import struct
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -110,6 +110,7 @@ class _Item:
     size: int | None
     file: Path | None = None  # set for files in the folder itself
     root: Path | None = None
+    top: bool = False  # a file of the folder itself (on disk or in memory), not a member
 
 
 def scan_dir(path: Path, *, threshold: str = "medium", limits: Limits | None = None) -> ScanResult:
@@ -124,6 +125,32 @@ def scan_dir(path: Path, *, threshold: str = "medium", limits: Limits | None = N
     else:
         for file in sorted(path.rglob("*")):
             _scan_file(file, path, report)
+    return _verdict(report, threshold)
+
+
+def scan_files(
+    files: Mapping[str, bytes], *, threshold: str = "medium", limits: Limits | None = None
+) -> ScanResult:
+    """`scan_dir` of a model folder held in memory (relative posix path -> bytes)."""
+    if threshold not in SEVERITIES:
+        raise ConfigError(f"scan threshold '{threshold}' is not one of {', '.join(SEVERITIES)}")
+    limits = limits or Limits()
+    report = _Report(limits, fmt.Budget(limits.max_expanded_bytes, limits.max_members))
+    for rel in sorted(files):
+        item = _Item(rel, Path(rel).suffix.lower(), len(files[rel]), top=True)
+        try:
+            stream = io.BytesIO(files[rel])
+            judged = _judge(stream, item, report, depth=0)
+            if judged not in (fmt.ZIP, _TEXT) and _zip_at_end(stream):
+                _scan_zip(stream, item, report, depth=0)
+        except fmt.LimitError as exc:
+            report.find(rel, "critical", str(exc), "content")
+        except Exception as exc:  # any scanner failure means "not verified safe"
+            report.errors.append(f"{rel}: could not be scanned ({type(exc).__name__}: {exc})")
+    return _verdict(report, threshold)
+
+
+def _verdict(report: _Report, threshold: str) -> ScanResult:
     for rel in report.unknown:
         if rel not in report.external_data:
             report.find(rel, "critical", _UNKNOWN, "content")
@@ -145,7 +172,7 @@ def _scan_file(file: Path, root: Path, report: _Report) -> None:
         return
     if not stat.S_ISREG(info.st_mode):
         return
-    item = _Item(rel, file.suffix.lower(), info.st_size, file, root)
+    item = _Item(rel, file.suffix.lower(), info.st_size, file, root, top=True)
     try:
         with file.open("rb") as stream:
             judged = _judge(stream, item, report, depth=0)
@@ -226,7 +253,9 @@ def _scan_compressed(
 @contextmanager
 def _random_access(stream: IO[bytes]) -> Iterator[IO[bytes]]:
     """`stream` itself when it is a file on disk, else a spooled copy (archives seek around)."""
-    if isinstance(stream, io.BufferedReader) and isinstance(stream.raw, io.FileIO):
+    if isinstance(stream, io.BytesIO) or (
+        isinstance(stream, io.BufferedReader) and isinstance(stream.raw, io.FileIO)
+    ):
         yield stream
         return
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
@@ -379,7 +408,7 @@ def _scan_plain(stream: IO[bytes], item: _Item, report: _Report, kind: str, head
     if found.pickles or found.imports or kind == fmt.PICKLE:
         report.errors.append(f"{item.where}: not a parseable pickle stream ({found.error})")
         _judge_imports(found.imports, item, report)
-    elif item.file is not None:
+    elif item.top:
         report.unknown.append(item.where)  # an ONNX model in the folder may claim it
     else:
         report.find(item.where, "critical", _UNKNOWN, "content")

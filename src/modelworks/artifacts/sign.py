@@ -3,13 +3,20 @@
 The signature is a Sigstore bundle written to ``<model_dir>/model.sig``. It covers every
 file in the folder except itself; git metadata files are covered too, so nothing in the
 folder can change unnoticed.
+
+`sign_files` signs a model folder that is still in memory (name -> bytes, as the line builds
+it): each file is hashed once, and the key is loaded once per process. The bundle is the one
+`sign_dir` writes for the same files (same manifest, same serialization), so `verify_dir`
+and the serving loader verify it the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelworks.errors import ArtifactError, ConfigError, VerificationError
@@ -59,6 +66,58 @@ def sign_dir(model_dir: Path, private_key: Path) -> Path:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{model_dir}: could not sign the model ({exc})") from exc
     return signature
+
+
+def sign_files(files: Mapping[str, bytes], private_key: Path, model_name: str = "models") -> bytes:
+    """The model.sig bytes `sign_dir` would write for a folder holding exactly `files`.
+
+    `files` maps each relative posix path to its content (model.sig itself excluded);
+    `model_name` is the folder's name, which the signed statement records as its subject.
+    """
+    from model_signing import manifest
+    from model_signing._hashing import hashing
+    from model_signing._signing import signing
+
+    items = [
+        manifest.FileManifestItem(
+            path=PurePosixPath(name),
+            digest=hashing.Digest("sha256", hashlib.sha256(data).digest()),
+        )
+        for name, data in files.items()
+        if name != SIGNATURE_FILE
+    ]
+    # What model_signing's file serialization records for _hashing(): the same on verify.
+    serialization = manifest._FileSerialization(
+        "sha256", allow_symlinks=False, ignore_paths=[Path(SIGNATURE_FILE)]
+    )
+    payload = signing.Payload(manifest.Manifest(model_name, items, serialization))
+    try:
+        bundle: str = _signer(Path(private_key)).sign(payload).bundle.to_json()
+    except ValueError as exc:
+        raise ArtifactError(f"{model_name}: could not sign the model ({exc})") from exc
+    return bundle.encode("utf-8")
+
+
+_SIGNERS: dict[tuple[str, int, int], Any] = {}
+
+
+def _signer(private_key: Path) -> Any:
+    """The EC signer of a key file, parsed once per process (until the file changes)."""
+    from model_signing._signing import sign_ec_key
+
+    try:
+        st = private_key.stat()
+    except OSError as exc:
+        raise ConfigError(f"{private_key}: cannot read the private key ({exc.strerror})") from exc
+    key = (str(private_key), st.st_mtime_ns, st.st_size)
+    if key not in _SIGNERS:
+        try:
+            _SIGNERS[key] = sign_ec_key.Signer(private_key)
+        except OSError as exc:
+            raise ConfigError(f"{private_key}: cannot read the private key ({exc})") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{private_key}: not a usable EC private key ({exc})") from exc
+    return _SIGNERS[key]
 
 
 def verify_dir(model_dir: Path, public_key: Path) -> None:

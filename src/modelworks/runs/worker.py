@@ -15,8 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from modelworks import LINE_FORMAT
-from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
+from modelworks.artifacts.modelfiles import (
+    custom_model_file,
+    json_bytes,
+    model_files,
+    sample_of,
+)
 from modelworks.errors import ModelworksError, PipelineError
 from modelworks.gates import check, summary
 from modelworks.pipelines.kfp import looks_like_kfp, require_kfp
@@ -58,7 +65,9 @@ def image_annotations(job: dict[str, Any], metrics: dict[str, float]) -> dict[st
     return notes
 
 
-def _inputs(job: dict[str, Any], workdir: Path, secrets: SealedSecrets) -> dict[str, Any]:
+def _inputs(
+    job: dict[str, Any], workdir: Path, secrets: SealedSecrets, module: Any = None
+) -> dict[str, Any]:
     files = [Path(f) for f in job["data"]["files"]]
     links = []
     for f, name in zip(files, job["data"]["names"], strict=True):
@@ -67,7 +76,8 @@ def _inputs(job: dict[str, Any], workdir: Path, secrets: SealedSecrets) -> dict[
         os.symlink(f, link)
         links.append(link)
     out = workdir / "models"
-    out.mkdir()
+    if module is None or _writes_files(module):
+        out.mkdir()
     params = dict(job["hyperparameters"])
     return {
         "data_path": links[0],
@@ -78,6 +88,48 @@ def _inputs(job: dict[str, Any], workdir: Path, secrets: SealedSecrets) -> dict[
         "seed": int(job["fingerprint"][:8], 16),
         "secrets": secrets,
     }
+
+
+def _writes_files(module: Any) -> bool:
+    """Whether the pipeline saves its own model or a step asks for the output folder; if
+    not, the model folder is built in memory and output_dir is never created."""
+    import inspect
+
+    from modelworks.pipelines.steps import STEP_ALIASES
+
+    if callable(getattr(module, "save", None)):
+        return True
+    for name in (n for names in STEP_ALIASES.values() for n in names):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            try:
+                if "output_dir" in inspect.signature(fn).parameters:
+                    return True
+            except (TypeError, ValueError):
+                return True
+    return False
+
+
+def profile_bytes(X: Any, names: list[str] | None) -> bytes:
+    """profile.json of the training features; models trained on the same features (one
+    dataset often feeds many models) share it, so it is built once per process for them."""
+    import hashlib
+
+    from modelworks.monitor.profile import build_profile
+
+    arr = np.ascontiguousarray(X)
+    key = None
+    if arr.dtype.kind in "biuf":
+        sha = hashlib.sha256(arr.tobytes()).hexdigest()
+        key = (arr.shape, arr.dtype.str, sha, tuple(names) if names is not None else None)
+        if key in _PROFILES:
+            return _PROFILES[key]
+    data = json_bytes(build_profile(X, names), compact=True)
+    if key is not None:
+        if len(_PROFILES) >= 64:
+            _PROFILES.pop(next(iter(_PROFILES)))
+        _PROFILES[key] = data
+    return data
 
 
 def used_packages() -> list[str]:
@@ -126,11 +178,18 @@ _SEEN_MODULES = 0
 _PACKAGES: tuple[str, ...] = ()
 _SBOMS: dict[tuple[tuple[str, ...], BaseLayer | None], bytes] = {}
 _DISTS: Mapping[str, list[str]] | None = None
+_PROFILES: dict[tuple[Any, ...], bytes] = {}
 
 
-def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
-    """Write model files, metadata, metrics, profile and SBOM into the output folder."""
+# A model folder: on disk when the pipeline's save() wrote it, else in memory (name -> bytes).
+ModelFolder = Path | dict[str, bytes]
+
+
+def _save(job: dict[str, Any], ctx: dict[str, Any]) -> ModelFolder:
+    """The model files, metadata, metrics, profile and SBOM: in the output folder when the
+    pipeline saves its own model, else in memory (packaged without touching the disk)."""
     out: Path = ctx["output_dir"]
+    files: dict[str, bytes] = {}
     if ctx["custom_save"] is not None:
         returned = call(ctx["custom_save"], ctx)
         meta: dict[str, Any] = {"runtime": job["runtime"]}
@@ -139,42 +198,57 @@ def _save(job: dict[str, Any], ctx: dict[str, Any]) -> Path:
         except PipelineError as exc:  # raised after the scan: a hostile file is rejected first
             ctx["unservable"] = exc
     else:
-        meta = save_model(job["runtime"], ctx["model"], out, ctx["data"])
+        files, meta = model_files(job["runtime"], ctx["model"], ctx["data"])
     meta.update(name=job["model"], version=job["version"], task=job.get("task", ""))
-    write_json(out / "metadata.json", meta)
-    write_json(out / "metrics.json", ctx["metrics"])
+    files["metadata.json"] = json_bytes(meta)
+    files["metrics.json"] = json_bytes(ctx["metrics"])
     X, names = sample_of(ctx["data"])
     if X is not None:
-        from modelworks.monitor.profile import build_profile
-
-        write_json(out / "profile.json", build_profile(X, names), compact=True)
-    (out / "sbom.json").write_bytes(sbom_bytes(base_of(job)))
+        files["profile.json"] = profile_bytes(X, names)
+    files["sbom.json"] = sbom_bytes(base_of(job))
+    if ctx["custom_save"] is None:
+        return files
+    for name, content in files.items():
+        (out / name).write_bytes(content)
     return out
 
 
-def _package(job: dict[str, Any], ctx: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Sign the model folder (when a key is configured) and write it as a ModelCar."""
+def _package(job: dict[str, Any], ctx: dict[str, Any], out: ModelFolder) -> dict[str, Any]:
+    """Sign the model folder (when a key is configured) and write it as a ModelCar.
+
+    With job["durable"] false the image is not fsynced: the caller runs
+    `oci.sync_store(job["oci_dir"])` before it records the result.
+    """
     from modelworks.artifacts.oci import OCIStore
+    from modelworks.artifacts.sign import SIGNATURE_FILE
 
     signed = False
     if job.get("signing_key"):
-        from modelworks.artifacts.sign import sign_dir
+        from modelworks.artifacts.sign import sign_dir, sign_files
 
-        sign_dir(out, Path(job["signing_key"]))
+        if isinstance(out, dict):
+            out[SIGNATURE_FILE] = sign_files(out, Path(job["signing_key"]), "models")
+        else:
+            sign_dir(out, Path(job["signing_key"]))
         signed = True
     # The OCI repository: the model's name, `<tenant namespace>/<name>` for other tenants.
     repository = job.get("repository") or job["model"]
-    image = OCIStore(Path(job["oci_dir"])).write_image(
-        repository, job["version"], out, image_annotations(job, ctx["metrics"]), base_of(job)
-    )
+    store = OCIStore(Path(job["oci_dir"]))
+    notes = image_annotations(job, ctx["metrics"])
+    durable = bool(job.get("durable", True))
+    write = store.write_image_files if isinstance(out, dict) else store.write_image
+    image = write(repository, job["version"], out, notes, base_of(job), durable=durable)  # type: ignore[arg-type]
     return {"digest": image.digest, "ref": image.tag, "layout": str(image.layout), "signed": signed}
 
 
-def _scan(job: dict[str, Any], out: Path) -> dict[str, Any]:
-    from modelworks.artifacts.scan import Limits, scan_dir
+def _scan(job: dict[str, Any], out: ModelFolder) -> dict[str, Any]:
+    from modelworks.artifacts.scan import Limits, scan_dir, scan_files
 
     limits = Limits(**job.get("scan_limits", {}))
-    return scan_dir(out, threshold=job.get("scan_threshold", "medium"), limits=limits).to_dict()
+    threshold = job.get("scan_threshold", "medium")
+    if isinstance(out, dict):
+        return scan_files(out, threshold=threshold, limits=limits).to_dict()
+    return scan_dir(out, threshold=threshold, limits=limits).to_dict()
 
 
 def recover(job: dict[str, Any]) -> dict[str, Any] | None:
@@ -236,6 +310,49 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
     AssertionError,
     NotImplementedError,
 )
+
+
+def _discard(workdir: Path) -> None:
+    """Remove a finished job's temp folder; in a pool worker, on a background thread.
+
+    Removing folders waits on the file system's journal (milliseconds on a busy disk) while
+    the next job could compute. The folders still go before the worker ends: `_drain_reaper`
+    runs when a multiprocessing child exits, and the pool joins its workers before it returns.
+    """
+    import multiprocessing
+
+    global _REAPER
+    if multiprocessing.parent_process() is None:  # inline: the caller may look right after
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    if _REAPER is None or _REAPER[0] != os.getpid():
+        import queue
+        import threading
+        from multiprocessing import util
+
+        jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        thread = threading.Thread(target=_reap, args=(jobs,), name="mw-reaper", daemon=True)
+        thread.start()
+        _REAPER = (os.getpid(), jobs, thread)
+        util.Finalize(None, _drain_reaper, exitpriority=10)
+    _REAPER[1].put(workdir)
+
+
+def _reap(jobs: Any) -> None:
+    while (path := jobs.get()) is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _drain_reaper(timeout: float = 10.0) -> None:
+    """Wait until the background removals of this process are done."""
+    global _REAPER
+    if _REAPER is not None and _REAPER[0] == os.getpid():
+        _REAPER[1].put(None)
+        _REAPER[2].join(timeout)
+    _REAPER = None
+
+
+_REAPER: tuple[int, Any, Any] | None = None
 
 
 def retryable(exc: BaseException) -> bool:
@@ -300,9 +417,11 @@ def _run(
             if kfp:  # a Kubeflow pipeline: kfp.local runs it
                 from modelworks.pipelines.kfp_local import run_pipeline
 
-                ctx = run_pipeline(module, job, _inputs(job, workdir, secrets), logger)
+                ctx = run_pipeline(
+                    module, job, _inputs(job, workdir, secrets), logger
+                )  # output_dir made
             else:
-                ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
+                ctx = run_steps(module, _inputs(job, workdir, secrets, module), logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(
                 Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")
@@ -339,4 +458,4 @@ def _run(
             logger.error("%s", traceback.format_exc())
         finally:
             logger.removeHandler(handler)
-            shutil.rmtree(workdir, ignore_errors=True)
+            _discard(workdir)
