@@ -2,8 +2,8 @@
 
 `paths.deploy` names a folder (the workspace itself by default, or another repository) or a
 Git URL. A URL is cloned into `<state_dir>/deploy-repo`, fast-forwarded from its remote the
-first time a process opens it, and pushed to after each commit modelworks makes on its main
-branch. `gitops.layout` says where configs live in it (see gitops/deploy.py).
+first time each loaded workspace opens it, and pushed to after each commit modelworks makes
+on its main branch. `gitops.layout` says where configs live in it (see gitops/deploy.py).
 
 The layout and the workspace are registered by the repository's path, so the functions that
 take only a repository path (read_env, config paths) find them.
@@ -40,7 +40,6 @@ class DeployRepo:
 
 
 _KNOWN: dict[str, DeployRepo] = {}
-_SYNCED: set[tuple[str, str]] = set()
 
 
 def is_url(value: str) -> bool:
@@ -58,9 +57,10 @@ def open_repo(ws: Workspace) -> Path:
     url = value if is_url(value) else None
     path = ws.state_dir / CLONE_DIR if url else ws.path(value)
     _KNOWN[_key(path)] = DeployRepo(path, ws.settings.gitops.layout, url, ws)
-    if url and (_key(path), url) not in _SYNCED:
+    synced = ws.__dict__.setdefault("_deploy_synced", set())  # once per loaded workspace
+    if url and url not in synced:
         _sync(path, url)
-        _SYNCED.add((_key(path), url))
+        synced.add(url)
     return path
 
 
