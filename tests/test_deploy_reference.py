@@ -377,3 +377,50 @@ def test_pushed_modelcar_is_the_image_the_reference_chart_builds(
     assert resp.headers["Docker-Content-Digest"] == v.artifact_digest
     missing = httpx.get(f"http://{oci_registry}/v2/team/{SPEC}/manifests/{v.version}")
     assert missing.status_code == 404
+
+
+def test_the_controller_pulls_a_deploy_url_each_tick_and_reconciles_what_moved(
+    tmp_path: Path, registry: str
+) -> None:
+    from modelworks.controller.loop import Controller
+
+    bare = _reference_repo(tmp_path / "remote.git", bare=True)
+    ws = _build(tmp_path, f"file://{bare}", registry, namespace="ctl-team")
+    reconciles: list[int] = []
+    ctl = Controller(
+        ws,
+        Store(ws.registry_url),
+        workers=1,
+        lock_wait=0.2,
+        on_deploy=[lambda: reconciles.append(1)],
+    )
+    ctl.tick()
+    assert ctl.tick().changes == []
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", str(bare), str(other)], check=True)
+    (other / "test" / "iris" / "config.yaml").unlink()
+    _git.commit(other, ["test/iris/config.yaml"], "retire iris")
+    _git.git(other, "push", "-q", "origin", "main")
+    moved = ctl.tick()
+    assert moved.changes[0]["parts"] == ["deploy"]
+    assert moved.reconciled
+    assert reconciles
+    assert sorted(read_env(ws.deploy_repo, "test")) == [SPEC]
+
+
+def test_a_gated_prod_takes_an_approval_and_serves_the_approved_config(ws: Workspace) -> None:
+    from modelworks.gitops.attest import approved_env
+    from modelworks.gitops.promote import approve
+
+    ws.settings.environments["prod"].approvals = 1
+    store = Store(ws.registry_url)
+    req = promote(ws, store, [SPEC], to="prod", actor="alice")
+    assert req["state"] == "open"
+    approve(ws, store, req["id"], actor="bob")
+    repo = ws.deploy_repo
+    assert list(config_at(repo, f"prod/{DEPLOYMENT}/config.yaml")) == list(REFERENCE_KEYS)
+    assert _git.show(repo, "HEAD", f"prod/{DEPLOYMENT}/approval.json")
+    check = approved_env(ws, "prod", str(_git.head(repo)))
+    assert [r.model for r in check.refused] == ["legacy"]  # another system's, unattested
+    [cfg] = [c for c in check.configs.values() if c.name == SPEC]
+    assert cfg.artifact_digest == registered(ws, SPEC)[0].artifact_digest

@@ -64,6 +64,13 @@ def open_repo(ws: Workspace) -> Path:
     return path
 
 
+def pull(ws: Workspace) -> None:
+    """Fast-forward a cloned deploy repo from its URL now (the controller, once per tick)."""
+    if is_url(ws.settings.paths.deploy):
+        ws.__dict__.setdefault("_deploy_synced", set()).discard(ws.settings.paths.deploy)
+        open_repo(ws)
+
+
 def info_of(repo: Path) -> DeployRepo | None:
     """What a workspace registered about this repository (None for an unknown one)."""
     return _KNOWN.get(_key(repo))
