@@ -424,3 +424,16 @@ def test_a_gated_prod_takes_an_approval_and_serves_the_approved_config(ws: Works
     assert [r.model for r in check.refused] == ["legacy"]  # another system's, unattested
     [cfg] = [c for c in check.configs.values() if c.name == SPEC]
     assert cfg.artifact_digest == registered(ws, SPEC)[0].artifact_digest
+
+
+def test_fsck_reads_the_reference_layout(ws: Workspace) -> None:
+    from modelworks.registry.fsck import check, deploy_configs_at_head
+
+    assert sorted(deploy_configs_at_head(ws)) == [
+        "prod/legacy/config.yaml",
+        f"test/{DEPLOYMENT}/config.yaml",
+        "test/iris/config.yaml",
+    ]
+    report = check(ws, Store(ws.registry_url))
+    git_problems = [(p.kind, p.model) for p in report.problems if "git" in p.kind]
+    assert git_problems == [("git-unregistered", "legacy")]  # another system's config only

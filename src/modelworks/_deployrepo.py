@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MODELWORKS = "modelworks"
 REFERENCE = "reference"
+MODEL_SUFFIX = "-model"
 URL_PREFIXES = ("https://", "http://", "ssh://", "git://", "file://", "git@")
 CLONE_DIR = "deploy-repo"
 
@@ -40,6 +41,21 @@ class DeployRepo:
 
 
 _KNOWN: dict[str, DeployRepo] = {}
+
+
+def deployment_name(model: str, layout: str) -> str:
+    """The name a model deploys under: in the reference layout without a trailing `-model`
+    (`churn-predictor-model` -> `churn-predictor`); the model's own name otherwise."""
+    if layout == REFERENCE and model.endswith(MODEL_SUFFIX) and len(model) > len(MODEL_SUFFIX):
+        return model[: -len(MODEL_SUFFIX)]
+    return model
+
+
+def model_names(deployment: str) -> list[str]:
+    """The spec names a reference deployment name may stand for, the `-model` one first."""
+    if deployment.endswith(MODEL_SUFFIX):
+        return [deployment]
+    return [f"{deployment}{MODEL_SUFFIX}", deployment]
 
 
 def is_url(value: str) -> bool:

@@ -83,8 +83,7 @@ def _candidates(
 def _repositories(ws: Workspace, name: str, tenant: str, v: ModelVersion) -> tuple[str, str]:
     """The version's repository in the local store and in the registry (`<namespace>/<model>`,
     the namespace being the tenant's; `oci.namespace` for the default tenant)."""
-    from modelworks._deployrepo import layout_of
-    from modelworks.gitops.deploy import deployment_name
+    from modelworks._deployrepo import deployment_name, layout_of
     from modelworks.registry.queries import layout_repo
     from modelworks.registry.tenants import oci_namespace
 

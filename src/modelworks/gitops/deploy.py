@@ -24,7 +24,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from modelworks import _git
-from modelworks._deployrepo import MODELWORKS, REFERENCE, layout_of, publish
+from modelworks._deployrepo import (
+    MODEL_SUFFIX,
+    MODELWORKS,
+    REFERENCE,
+    deployment_name,
+    layout_of,
+    publish,
+)
 from modelworks.errors import ConfigError
 from modelworks.names import check_name
 from modelworks.tenancy.access import DEFAULT_TENANT
@@ -36,7 +43,6 @@ if TYPE_CHECKING:
 DEPLOY_DIR = "deploy"
 CONFIG_NAME = "config.yaml"
 REFERENCE_KEYS = ("chart_path", "name", "image_repository", "image_namespace", "version")
-MODEL_SUFFIX = "-model"
 
 
 class DeployConfig(BaseModel):
@@ -68,14 +74,6 @@ class DeployConfig(BaseModel):
         """`tenant/name`, bare for the default tenant: the key of this config (a name that
         already holds a '/' is taken as written)."""
         return self.name if "/" in self.name else qualified(self.tenant, self.name)
-
-
-def deployment_name(model: str, layout: str) -> str:
-    """The name a model deploys under: in the reference layout without a trailing `-model`
-    (`churn-predictor-model` -> `churn-predictor`); the model's own name otherwise."""
-    if layout == REFERENCE and model.endswith(MODEL_SUFFIX) and len(model) > len(MODEL_SUFFIX):
-        return model[: -len(MODEL_SUFFIX)]
-    return model
 
 
 def env_prefix(env: str, layout: str = MODELWORKS) -> str:

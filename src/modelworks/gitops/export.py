@@ -22,9 +22,9 @@ from rich.markup import escape
 
 from modelworks import _git
 from modelworks._console import err_console
-from modelworks._deployrepo import REFERENCE, layout_of
+from modelworks._deployrepo import REFERENCE, deployment_name, layout_of
 from modelworks.errors import DeployError, did_you_mean
-from modelworks.gitops.deploy import DeployConfig, deployment_name, env_prefix, read_env
+from modelworks.gitops.deploy import DeployConfig, env_prefix, read_env
 
 ARGOCD_API = "argoproj.io/v1alpha1"
 KSERVE_API = "serving.kserve.io/v1beta1"

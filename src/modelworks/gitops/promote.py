@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from modelworks import _git
-from modelworks._deployrepo import REFERENCE, layout_of
+from modelworks._deployrepo import REFERENCE, deployment_name, layout_of
 from modelworks.errors import ConfigError, ConflictError, DeployError, NotFoundError, did_you_mean
 from modelworks.gitops.approve import _finish, approve, check_mergeable, reject
-from modelworks.gitops.deploy import config_path, deployment_name
+from modelworks.gitops.deploy import config_path
 from modelworks.gitops.records import (
     STATES,
     _lock,

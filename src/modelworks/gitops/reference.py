@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from modelworks._deployrepo import REFERENCE, info_of
+from modelworks._deployrepo import MODEL_SUFFIX, REFERENCE, info_of, model_names
 from modelworks.errors import NotFoundError
-from modelworks.gitops.deploy import MODEL_SUFFIX, DeployConfig
+from modelworks.gitops.deploy import DeployConfig
 from modelworks.registry.models import Model, ModelVersion
 
 if TYPE_CHECKING:
@@ -29,13 +29,6 @@ MANIFEST_ACCEPT = (
     "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
     "application/vnd.docker.distribution.manifest.v2+json"
 )
-
-
-def model_names(deployment: str) -> list[str]:
-    """The spec names a deployment name may stand for, the `-model` one first."""
-    if deployment.endswith(MODEL_SUFFIX):
-        return [deployment]
-    return [f"{deployment}{MODEL_SUFFIX}", deployment]
 
 
 def registered_name(
