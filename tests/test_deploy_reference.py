@@ -437,3 +437,26 @@ def test_fsck_reads_the_reference_layout(ws: Workspace) -> None:
     report = check(ws, Store(ws.registry_url))
     git_problems = [(p.kind, p.model) for p in report.problems if "git" in p.kind]
     assert git_problems == [("git-unregistered", "legacy")]  # another system's config only
+
+
+def test_a_foreign_config_gets_its_digest_from_the_oci_registry(
+    ws: Workspace, registry: str
+) -> None:
+    from modelworks.artifacts.oci import OCIStore
+    from modelworks.artifacts.push import push
+    from modelworks.registry.queries import layout_repo
+
+    [v] = registered(ws, SPEC)
+    oci = OCIStore(ws.oci_dir)
+    image = oci.resolve(layout_repo(str(v.oci_layout)), str(v.artifact_ref))
+    push(oci, image, registry, "elsewhere/foreign", "7", insecure=True)
+    path = ws.deploy_repo / "test" / "foreign" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(
+        f"chart_path: charts/modelcar\nname: foreign\nimage_repository: {registry}\n"
+        "image_namespace: elsewhere\nversion: '7'\n"
+    )
+    _git.commit(ws.deploy_repo, ["test/foreign/config.yaml"], "another system deploys")
+    cfg = read_env(ws.deploy_repo, "test")["foreign"]
+    assert cfg.artifact_digest == image.digest
+    assert cfg.artifact_uri == f"oci://{registry}/elsewhere/foreign:7"

@@ -130,11 +130,11 @@ def parse_config(text: str, path: str, env: str, layout: str) -> DeployConfig:
 
 
 def _load(repo: Path, env: str, texts: dict[str, str]) -> list[DeployConfig]:
-    from modelworks.gitops.reference import resolve_configs
-
     layout = layout_of(repo)
     configs = [parse_config(texts[p], p, env, layout) for p in texts]
     if layout == REFERENCE:
+        from modelworks.gitops.reference import resolve_configs
+
         resolve_configs(repo, configs)
     return configs
 
