@@ -460,3 +460,43 @@ def test_a_foreign_config_gets_its_digest_from_the_oci_registry(
     cfg = read_env(ws.deploy_repo, "test")["foreign"]
     assert cfg.artifact_digest == image.digest
     assert cfg.artifact_uri == f"oci://{registry}/elsewhere/foreign:7"
+
+
+def test_the_cli_reads_the_reference_repo_and_refuses_hostile_names(
+    ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelworks.testing import mw, mw_json
+
+    body = mw_json(capsys, ws, "history", DEPLOYMENT, "--env", "test", "--json")
+    assert [r["version"] for r in body["history"]] == [registered(ws, SPEC)[0].version]
+    before = _git.head(ws.deploy_repo)
+    for bad in ("../etc", "a/b/c", "Churn"):
+        code, out, err = mw(capsys, ws, "rollback", bad, "--env", "test")
+        assert code != 0
+        assert "Traceback" not in out + err
+        assert bad in err
+    assert _git.head(ws.deploy_repo) == before
+
+
+def test_a_tenants_model_lives_in_its_tenant_folder_and_reads_back_as_its_own(
+    tmp_path: Path,
+) -> None:
+    _reference_repo(tmp_path / "deploy")
+    ws = make_workspace(tmp_path / "ws", **_settings("../deploy", REGISTRY, "team"))
+    cfg = DeployConfig(
+        name="churn-model", image_repository=REGISTRY, image_namespace="acme", version="3"
+    )
+    cfg.tenant = "acme"
+    assert deploy(ws.deploy_repo, "test", [cfg], "acme deploys") is not None
+    text = _git.show(ws.deploy_repo, "HEAD", "test/acme/churn/config.yaml")
+    assert text is not None
+    assert "tenant" not in yaml.safe_load(text)
+    [back] = read_env(ws.deploy_repo, "test").values()
+    assert (back.tenant, back.name, back.qualified) == ("acme", "churn", "acme/churn")
+
+
+def test_gc_keeps_what_the_reference_configs_deploy(ws: Workspace) -> None:
+    from modelworks.artifacts.gc import deployed_digests
+
+    digests = {v.artifact_digest for n in (SPEC, "iris") for v in registered(ws, n)}
+    assert deployed_digests(ws) == digests
