@@ -500,3 +500,16 @@ def test_gc_keeps_what_the_reference_configs_deploy(ws: Workspace) -> None:
 
     digests = {v.artifact_digest for n in (SPEC, "iris") for v in registered(ws, n)}
     assert deployed_digests(ws) == digests
+
+
+def test_the_modelworks_layout_still_needs_its_own_keys(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    path = ws.deploy_repo / "deploy" / "test" / "churn" / "config.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "chart_path: charts/modelcar\nname: churn\nimage_repository: r.io\n"
+        "image_namespace: team\nversion: '1'\n"
+    )
+    _git.commit(ws.deploy_repo, ["deploy/test/churn/config.yaml"], "a reference config")
+    with pytest.raises(ConfigError, match=r"churn/config\.yaml: missing key 'runtime'.*reference"):
+        read_env(ws.deploy_repo, "test")

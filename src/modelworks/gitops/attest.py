@@ -33,7 +33,13 @@ import yaml
 
 from modelworks._deployrepo import MODELWORKS, REFERENCE, layout_of
 from modelworks.errors import ConfigError, ModelworksError
-from modelworks.gitops.deploy import CONFIG_NAME, DeployConfig, config_path, env_prefix
+from modelworks.gitops.deploy import (
+    CONFIG_NAME,
+    MODELWORKS_KEYS,
+    DeployConfig,
+    config_path,
+    env_prefix,
+)
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -285,7 +291,10 @@ def approved_env(ws: Workspace, env: str, commit: str) -> EnvCheck:
 
 def _parse(text: str | None, model: str, layout: str = MODELWORKS) -> DeployConfig | None:
     try:
-        cfg = DeployConfig.model_validate(yaml.safe_load(text or ""))
+        data = yaml.safe_load(text or "")
+        if layout != REFERENCE and any(k not in data for k in MODELWORKS_KEYS):
+            return None
+        cfg = DeployConfig.model_validate(data)
     except Exception:  # a signed config is always valid; this guards a mis-signed one
         return None
     if layout == REFERENCE:  # the folder is <tenant>/<deployment>, the config has no tenant

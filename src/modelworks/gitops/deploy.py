@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 DEPLOY_DIR = "deploy"
 CONFIG_NAME = "config.yaml"
 REFERENCE_KEYS = ("chart_path", "name", "image_repository", "image_namespace", "version")
+# What a config in the modelworks layout always carries (the reference layout resolves them).
+MODELWORKS_KEYS = ("runtime", "artifact_digest", "artifact_uri")
 
 
 class DeployConfig(BaseModel):
@@ -126,6 +128,13 @@ def parse_config(text: str, path: str, env: str, layout: str) -> DeployConfig:
     if layout == REFERENCE and "tenant" not in data:
         parts = path[len(env_prefix(env, layout)) :].split("/")
         data["tenant"] = parts[0] if len(parts) == 3 else DEFAULT_TENANT
+    missing = [k for k in MODELWORKS_KEYS if k not in data] if layout != REFERENCE else []
+    if missing:
+        raise ConfigError(
+            f"{path}: missing key {missing[0]!r}; a config in the modelworks layout carries "
+            f"{', '.join(MODELWORKS_KEYS)} (set gitops.layout: reference for a repository "
+            "whose configs have only the reference keys)"
+        )
     return DeployConfig.model_validate(data)
 
 
