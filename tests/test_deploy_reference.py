@@ -513,3 +513,19 @@ def test_the_modelworks_layout_still_needs_its_own_keys(tmp_path: Path) -> None:
     _git.commit(ws.deploy_repo, ["deploy/test/churn/config.yaml"], "a reference config")
     with pytest.raises(ConfigError, match=r"churn/config\.yaml: missing key 'runtime'.*reference"):
         read_env(ws.deploy_repo, "test")
+
+
+def test_fsck_repair_rebuilds_the_deployments_of_a_reference_repo(
+    ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelworks.testing import mw
+
+    (ws.deploy_repo / "prod" / "legacy" / "config.yaml").unlink()  # fsck would name it
+    _git.commit(ws.deploy_repo, ["prod/legacy/config.yaml"], "retire legacy")
+    for side in ("registry.db-wal", "registry.db-shm"):
+        (ws.state_dir / side).unlink(missing_ok=True)
+    (ws.state_dir / "registry.db").write_bytes(b"")
+    code, out, err = mw(capsys, ws, "fsck", "--repair", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["repaired"]["deployments"] == 2  # test: churn-predictor and iris
+    assert read_env(ws.deploy_repo, "test")[SPEC].artifact_digest
