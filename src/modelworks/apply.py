@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
 from modelworks import _git
+from modelworks._deployrepo import publish
 from modelworks.artifacts.baselayer import effective_setting
 from modelworks.artifacts.verify import signed_baseline
 from modelworks.errors import ConfigError, LockError
@@ -151,7 +152,7 @@ def _baselines(
     wanted = {mp.name for mp in changes if mp.spec.gates.no_regression}
     if not wanted:
         return {}
-    deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
+    deployed = gdeploy.read_worktree_configs(ws.deploy_repo, "test", sorted(wanted))
     return {n: signed_baseline(ws, deployed[n]) for n in sorted(wanted) if n in deployed}
 
 
@@ -425,7 +426,8 @@ def deploy_auto(
     ]
     deployed, paths = [], []
     for env in envs:
-        current = gdeploy.read_worktree_env(ws.deploy_repo, env)
+        # Only the changed models' configs are read (not the whole environment).
+        current = gdeploy.read_worktree_configs(ws.deploy_repo, env, [mp.name for mp, _, _ in rows])
         configs = []
         for mp, model_id, v in rows:
             spec = mp.spec
@@ -467,6 +469,7 @@ def deploy_auto(
         f"deploy: {len(deployed)} model version(s)\n\n{lines}\n",
         author=actor,
     )
+    publish(ws.deploy_repo)
     with store.session() as s:
         for d in deployed:
             s.add(

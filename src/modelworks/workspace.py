@@ -33,7 +33,11 @@ class Paths(_Section):
     models: str = Field("models", description="Folder of model specs (or a git repo path).")
     pipelines: str = Field("pipelines", description="Folder of training pipelines.")
     data: str = Field("data", description="Folder of datasets and their .dvc pointer files.")
-    deploy: str = Field(".", description="Deploy repository: '.' is the workspace itself.")
+    deploy: str = Field(
+        ".",
+        description="Deploy repository: '.' is the workspace itself; another repository's "
+        "path, or a Git URL (cloned into <state_dir>/deploy-repo, pushed to after each commit).",
+    )
 
 
 class RegistrySettings(_Section):
@@ -177,6 +181,15 @@ class AuditSettings(_Section):
     )
 
 
+class GitopsSettings(_Section):
+    layout: Literal["modelworks", "reference"] = Field(
+        "modelworks",
+        description="Where configs live in the deploy repo: 'modelworks' (deploy/<env>/<model>/"
+        "config.yaml) or 'reference' (<env>/<model>/config.yaml at its root, the five "
+        "reference keys only).",
+    )
+
+
 class ScanSettings(_Section):
     severity: Literal["low", "medium", "high", "critical"] = Field(
         "medium", description="Findings at or above this block a version."
@@ -278,6 +291,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     gc: GCSettings = Field(default_factory=GCSettings)
     forge: ForgeSettings = Field(default_factory=ForgeSettings)
+    gitops: GitopsSettings = Field(default_factory=GitopsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     tenants: dict[str, TenantSettings] = Field(
         default_factory=dict,
@@ -354,6 +368,12 @@ def _check_names(path: Path, settings: Settings) -> None:
         check_name("environment", env, f"{path}: field 'environments'")
     for tenant in settings.tenants:
         check_name("tenant", tenant, f"{path}: field 'tenants'")
+    if settings.gitops.layout == "reference" and not settings.oci.registry:
+        raise ConfigError(
+            f"{path}: field 'gitops.layout': the reference layout names images "
+            "oci://{image_repository}/{image_namespace}/{name}:{version}; set oci.registry "
+            "(host[:port]) too"
+        )
 
 
 @dataclass
@@ -407,7 +427,9 @@ class Workspace:
 
     @property
     def deploy_repo(self) -> Path:
-        return self.path(self.settings.paths.deploy)
+        from modelworks._deployrepo import open_repo
+
+        return open_repo(self)
 
     @property
     def cache_dir(self) -> Path:

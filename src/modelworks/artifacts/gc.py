@@ -28,6 +28,7 @@ import yaml
 from filelock import FileLock
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, layout_of
 from modelworks.artifacts.oci import DIGEST_RE, INDEX_TYPE, REF_NAME, OCIStore
 from modelworks.errors import ArtifactError
 
@@ -93,6 +94,11 @@ def deployed_digests(ws: Workspace) -> set[str]:
     repo = ws.deploy_repo
     if not _git.is_repo(repo) or _git.head(repo) is None:
         return set()
+    if layout_of(repo) == REFERENCE:  # digests are in the registry, not in the configs
+        from modelworks.gitops.deploy import list_env
+
+        envs = ws.settings.environments
+        return {c.artifact_digest for e in envs for c in list_env(repo, e) if c.artifact_digest}
     paths = [p for p in _git.ls_files(repo, "HEAD", "deploy/") if p.endswith("/config.yaml")]
     found: set[str] = set()
     for path, text in _git.cat_files(repo, "HEAD", paths).items():

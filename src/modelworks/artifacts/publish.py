@@ -83,11 +83,14 @@ def _candidates(
 def _repositories(ws: Workspace, name: str, tenant: str, v: ModelVersion) -> tuple[str, str]:
     """The version's repository in the local store and in the registry (`<namespace>/<model>`,
     the namespace being the tenant's; `oci.namespace` for the default tenant)."""
+    from modelworks._deployrepo import deployment_name, layout_of
     from modelworks.registry.queries import layout_repo
     from modelworks.registry.tenants import oci_namespace
 
     local = layout_repo(v.oci_layout) if v.oci_layout else name
-    return local, f"{oci_namespace(ws, tenant).strip('/')}/{split_ref(name)[1]}"
+    # The reference layout's chart pulls {image_namespace}/{name}: the deployment name.
+    remote = deployment_name(split_ref(name)[1], layout_of(ws.deploy_repo))
+    return local, f"{oci_namespace(ws, tenant).strip('/')}/{remote}"
 
 
 def _push_one(

@@ -168,12 +168,19 @@ def _row(v: ModelVersion) -> dict[str, Any]:
 
 
 def _deployed(ws: Workspace, model: str) -> dict[str, dict[str, str]]:
-    from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR
+    from modelworks._deployrepo import REFERENCE, layout_of
+    from modelworks.gitops.deploy import config_path, read_worktree_configs
 
     found = {}
+    layout = layout_of(ws.deploy_repo)
     for env in ws.settings.environments:
-        path = ws.deploy_repo / DEPLOY_DIR / env / model / CONFIG_NAME
+        path = ws.deploy_repo / config_path(env, model, layout=layout)
         if not path.is_file():
+            continue
+        if layout == REFERENCE:  # the digest is resolved through the registry
+            for c in read_worktree_configs(ws.deploy_repo, env, [model]).values():
+                found[env] = {"version": c.version, "digest": c.artifact_digest}
+                found[env]["config"] = ws.show(path)
             continue
         try:
             cfg = yaml.safe_load(path.read_text())

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from modelworks import _git
+from modelworks import _deployrepo, _git
 from modelworks.apply import ApplyResult, apply, workspace_lock
 from modelworks.controller import repos, triggers
 from modelworks.controller.executor import GracefulExecutor, StoppingError
@@ -170,6 +170,7 @@ class Controller:
         t0 = time.perf_counter()
         r = TickReport(started=_now().isoformat())
         try:
+            _deployrepo.pull(self.ws)  # a deploy repo named by URL: see what others merged
             self._watch_data(r)
             changes = self._detect(r)
             deploy_moved = self._apply_changes(changes, r)

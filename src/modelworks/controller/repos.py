@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, layout_of
 from modelworks.data.sources import URL_PREFIXES
 from modelworks.errors import GitError
 from modelworks.gitops.deploy import DEPLOY_DIR
@@ -69,7 +70,8 @@ def _part_dirs(ws: Workspace) -> dict[str, Path]:
         "models": ws.models_dir,
         "pipelines": ws.pipelines_dir,
         "data": ws.data_dir,
-        "deploy": ws.deploy_repo / DEPLOY_DIR,
+        # The reference layout has environments at the deploy repo's root.
+        "deploy": ws.deploy_repo / ("" if layout_of(ws.deploy_repo) == REFERENCE else DEPLOY_DIR),
     }
 
 

@@ -129,13 +129,14 @@ def run_controller(
 def serving_envs(ws: Workspace) -> list[str]:
     """Environments `mw up` serves: those with deployments and those the line deploys to."""
     from modelworks import _git
-    from modelworks.gitops.deploy import DEPLOY_DIR
+    from modelworks._deployrepo import layout_of
+    from modelworks.gitops.deploy import env_prefix
 
     has_commit = ws.deploy_repo.is_dir() and _git.head(ws.deploy_repo) is not None
     envs = []
     for env, cfg in ws.settings.environments.items():
         deployed = has_commit and bool(
-            _git.ls_files(ws.deploy_repo, "HEAD", f"{DEPLOY_DIR}/{env}/")
+            _git.ls_files(ws.deploy_repo, "HEAD", env_prefix(env, layout_of(ws.deploy_repo)))
         )
         if deployed or cfg.auto_deploy:
             envs.append(env)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from modelworks._deployrepo import layout_of
 from modelworks.errors import ConfigError
 from modelworks.gitops.attest import approved_env, attestation_path, is_gated, sign_attestation
 from modelworks.gitops.deploy import config_path
@@ -59,23 +60,24 @@ def adopt(ws: Workspace, store: Store, env: str, *, actor: str) -> dict[str, Any
         )
     state = repo_state(ws.deploy_repo)
     check = approved_env(ws, env, state.tip)
+    layout = layout_of(state.repo)
     merged = _merged(store, env)
     names = {r.model: r for r in check.refused}
-    wanted = [f"{c}:{config_path(env, m)}" for c in merged for m in names]
-    wanted += [f"{state.tip}:{config_path(env, m)}" for m in names]
+    wanted = [f"{c}:{config_path(env, m, layout=layout)}" for c in merged for m in names]
+    wanted += [f"{state.tip}:{config_path(env, m, layout=layout)}" for m in names]
     texts = read_blobs(state.repo, wanted)
     files: dict[str, str] = {}
     adopted: list[dict[str, Any]] = []
     unproven: list[dict[str, Any]] = []
     for model, refusal in names.items():
-        text = texts.get(f"{state.tip}:{config_path(env, model)}")
+        text = texts.get(f"{state.tip}:{config_path(env, model, layout=layout)}")
         proof = next(
             (
                 merged[c]
                 for c in [refusal.commit, *merged]
                 if c in merged
                 and any(i["model"] == model for i in merged[c][0].items or [])
-                and texts.get(f"{c}:{config_path(env, model)}") == text
+                and texts.get(f"{c}:{config_path(env, model, layout=layout)}") == text
             ),
             None,
         )
@@ -83,7 +85,7 @@ def adopt(ws: Workspace, store: Store, env: str, *, actor: str) -> dict[str, Any
             unproven.append(refusal.to_json())
             continue
         req, approvers = proof
-        files[attestation_path(env, model)] = sign_attestation(
+        files[attestation_path(env, model, layout)] = sign_attestation(
             ws,
             env=env,
             model=model,

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, layout_of
 from modelworks.errors import ConfigError, ConflictError, DeployError, PermissionDeniedError
 from modelworks.gitops.attest import attestation_path, is_gated, sign_attestation
-from modelworks.gitops.deploy import DEPLOY_DIR
+from modelworks.gitops.deploy import DEPLOY_DIR, env_prefix
 from modelworks.gitops.records import (
     _approvals,
     _get,
@@ -190,7 +191,7 @@ def check_mergeable(ws: Workspace, req: PromotionRequest) -> RepoState:
             req.base_commit or "",
             state.tip,
             "--",
-            f"{DEPLOY_DIR}/{req.env}/",
+            env_prefix(req.env, layout_of(state.repo)),
         ).split("\0")
         clash = sorted(ours.intersection(changed))
         if clash:
@@ -200,11 +201,16 @@ def check_mergeable(ws: Workspace, req: PromotionRequest) -> RepoState:
                 "was opened; open a new request"
             )
     if state.worktree:
-        dirty = dirty_paths(state.repo, f"{DEPLOY_DIR}/")
+        where = (
+            f"{DEPLOY_DIR}/"
+            if layout_of(state.repo) != REFERENCE
+            else env_prefix(req.env, REFERENCE)
+        )
+        dirty = dirty_paths(state.repo, where)
         if dirty:
             raise DeployError(
                 f"the deploy repository {state.repo} has uncommitted changes under "
-                f"{DEPLOY_DIR}/ ({', '.join(dirty[:3])}); commit or discard them, "
+                f"{where} ({', '.join(dirty[:3])}); commit or discard them, "
                 "then approve again"
             )
     return state
@@ -295,7 +301,9 @@ def _merge(
                 approvers=approvers,
                 actor=actor,
             )
-            extra[attestation_path(req.env, i["model"])] = write_blob(state.repo, signed)
+            extra[attestation_path(req.env, i["model"], layout_of(state.repo))] = write_blob(
+                state.repo, signed
+            )
     planned = merge_commit(state, req.branch, message, actor, extra)
     ref = intent_ref(req.id)
     update_ref(state.repo, ref, planned, ZERO_SHA, f"mw approve: merging request {req.id}")

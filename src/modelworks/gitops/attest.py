@@ -31,8 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from modelworks._deployrepo import MODELWORKS, REFERENCE, layout_of
 from modelworks.errors import ConfigError, ModelworksError
-from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR, DeployConfig
+from modelworks.gitops.deploy import (
+    CONFIG_NAME,
+    MODELWORKS_KEYS,
+    DeployConfig,
+    config_path,
+    env_prefix,
+)
 
 if TYPE_CHECKING:
     from modelworks.registry.store import Store
@@ -44,9 +51,10 @@ KINDS = ("promote", "rollback")
 HISTORY_LIMIT = 500  # commits searched back for a model's last approved config
 
 
-def attestation_path(env: str, model: str) -> str:
-    """The repo-relative path of a model's approval attestation in an environment."""
-    return f"{DEPLOY_DIR}/{env}/{model}/{ATTESTATION_NAME}"
+def attestation_path(env: str, model: str, layout: str = MODELWORKS) -> str:
+    """The repo-relative path of a model's approval attestation in an environment (next
+    to its config.yaml)."""
+    return config_path(env, model, layout=layout).removesuffix(CONFIG_NAME) + ATTESTATION_NAME
 
 
 def is_gated(ws: Workspace, env: str) -> bool:
@@ -250,7 +258,8 @@ def approved_env(ws: Workspace, env: str, commit: str) -> EnvCheck:
     repo = ws.deploy_repo
     if not is_gated(ws, env):
         return EnvCheck(commit, read_env(repo, env, commit))
-    prefix = f"{DEPLOY_DIR}/{env}/"
+    layout = layout_of(repo)
+    prefix = env_prefix(env, layout)
     blobs = tree_blobs(repo, commit, prefix)
     models = sorted(
         {p[len(prefix) : -len(CONFIG_NAME) - 1] for p in blobs if p.endswith(f"/{CONFIG_NAME}")}
@@ -261,9 +270,9 @@ def approved_env(ws: Workspace, env: str, commit: str) -> EnvCheck:
     for model in models:
         path = f"{prefix}{model}/{CONFIG_NAME}"
         config = texts.get(blobs[path])
-        att_sha = blobs.get(attestation_path(env, model))
+        att_sha = blobs.get(attestation_path(env, model, layout))
         reason = verifier.check(env, model, config, texts.get(att_sha) if att_sha else None)
-        cfg = _parse(config, model) if not reason else None
+        cfg = _parse(config, model, layout) if not reason else None
         if cfg is not None:
             result.configs[model] = cfg
             continue
@@ -273,14 +282,25 @@ def approved_env(ws: Workspace, env: str, commit: str) -> EnvCheck:
             result.configs[model] = fallback
             refusal.fallback = fallback.version
         result.refused.append(refusal)
+    if layout == REFERENCE:
+        from modelworks.gitops.reference import resolve_configs
+
+        resolve_configs(repo, list(result.configs.values()))
     return result
 
 
-def _parse(text: str | None, model: str) -> DeployConfig | None:
+def _parse(text: str | None, model: str, layout: str = MODELWORKS) -> DeployConfig | None:
     try:
-        cfg = DeployConfig.model_validate(yaml.safe_load(text or ""))
+        data = yaml.safe_load(text or "")
+        if layout != REFERENCE and any(k not in data for k in MODELWORKS_KEYS):
+            return None
+        cfg = DeployConfig.model_validate(data)
     except Exception:  # a signed config is always valid; this guards a mis-signed one
         return None
+    if layout == REFERENCE:  # the folder is <tenant>/<deployment>, the config has no tenant
+        owner, _, folder = model.rpartition("/")
+        cfg.tenant = owner or cfg.tenant
+        return cfg if cfg.name == folder else None
     return cfg if cfg.name == model else None
 
 
@@ -312,7 +332,8 @@ def approved_history(
 
     verifier = verifier or Verifier(ws)
     repo = ws.deploy_repo
-    path, att = f"{DEPLOY_DIR}/{env}/{model}/{CONFIG_NAME}", attestation_path(env, model)
+    layout = layout_of(repo)
+    path, att = config_path(env, model, layout=layout), attestation_path(env, model, layout)
     out = run_git(
         repo, "log", "--first-parent", f"-n{HISTORY_LIMIT}", "--format=%H", ref, "--", path, att
     )
@@ -321,7 +342,7 @@ def approved_history(
     found: list[tuple[str, DeployConfig]] = []
     for c in commits:
         config, attestation = texts.get(f"{c}:{path}"), texts.get(f"{c}:{att}")
-        cfg = _parse(config, model)
+        cfg = _parse(config, model, layout)
         if cfg is not None and not verifier.check(env, model, config, attestation):
             found.append((c, cfg))
             if limit is not None and len(found) >= limit:
@@ -378,7 +399,8 @@ def verify_env(ws: Workspace, store: Store, env: str, ref: str = "HEAD") -> dict
         for r in refused.values()
     ]
     for name, cfg in sorted(configs.items()):
-        row: dict[str, Any] = {"model": name, "path": f"{DEPLOY_DIR}/{env}/{name}/{CONFIG_NAME}"}
+        path = config_path(env, name, layout=layout_of(ws.deploy_repo))
+        row: dict[str, Any] = {"model": name, "path": path}
         try:
             verify_version(ws, store, name, cfg.version)
             row.update(version=cfg.version, ok=True, problem=None)

@@ -22,8 +22,9 @@ from rich.markup import escape
 
 from modelworks import _git
 from modelworks._console import err_console
+from modelworks._deployrepo import REFERENCE, deployment_name, layout_of
 from modelworks.errors import DeployError, did_you_mean
-from modelworks.gitops.deploy import DEPLOY_DIR, DeployConfig, read_env
+from modelworks.gitops.deploy import DeployConfig, env_prefix, read_env
 
 ARGOCD_API = "argoproj.io/v1alpha1"
 KSERVE_API = "serving.kserve.io/v1beta1"
@@ -122,7 +123,7 @@ def _check_unique(env: str, configs: dict[str, DeployConfig]) -> dict[str, Deplo
         name = k8s_name(model)
         if name in by_name:
             raise DeployError(
-                f"models {by_name[name].name!r} and {model!r} in {DEPLOY_DIR}/{env} both map "
+                f"models {by_name[name].name!r} and {model!r} in {env} both map "
                 f"to the Kubernetes name {name!r}; rename one of them"
             )
         by_name[name] = configs[model]
@@ -172,6 +173,7 @@ def applicationset(
     chart_path: str | None = None,
     auto_sync: bool = False,
     dest_namespace: str | None = None,
+    layout: str = "modelworks",
 ) -> dict[str, Any]:
     """The ApplicationSet document for one environment (Go templates, missingkey=error)."""
     _check_env(env)
@@ -220,7 +222,7 @@ def applicationset(
                     "git": {
                         "repoURL": repo_url,
                         "revision": revision,
-                        "files": [{"path": f"{DEPLOY_DIR}/{env}/**/config.yaml"}],
+                        "files": [{"path": f"{env_prefix(env, layout)}**/config.yaml"}],
                     }
                 }
             ],
@@ -276,7 +278,7 @@ def _check_argocd_inputs(
     if not configs:
         _warn(
             warnings,
-            f"no models in {DEPLOY_DIR}/{env} at {ref[:12]}; "
+            f"no models in {env_prefix(env, layout_of(repo))} at {ref[:12]}; "
             "the ApplicationSet will generate no Applications yet",
         )
     charts = {chart_path} if chart_path else {c.chart_path for c in configs.values()}
@@ -335,6 +337,7 @@ def export_argocd(
             chart_path=chart_path,
             auto_sync=(auto_sync or {}).get(env, False),
             dest_namespace=(dest_namespaces or {}).get(env),
+            layout=layout_of(repo),
         )
         paths.append(_write(out_dir / f"appset-{env}.yaml", _dump(doc, "argocd", env)))
     return paths
@@ -469,12 +472,17 @@ def export_kserve(
     if configs is None:
         configs = read_env(repo, env, resolve_ref(repo, ref))
     configs = _check_unique(env, configs)
+    reference = layout_of(repo) == REFERENCE
+    if reference:  # the image is the one the config names: oci://{image_repository}/...
+        registry = None
     docs = {
         name: inference_service(
             cfg, env, registry=registry, namespace=namespace, target_namespace=target_namespace
         )
         for name, cfg in configs.items()
     }
+    for name, cfg in configs.items() if reference else ():
+        docs[name]["metadata"]["name"] = k8s_name(deployment_name(cfg.name, REFERENCE))
     written = [
         _write(out_dir / f"{name}.yaml", _dump(doc, "kserve", env)) for name, doc in docs.items()
     ]
@@ -482,7 +490,7 @@ def export_kserve(
         _prune(out_dir, env, set(written))
     if not written:
         err_console.print(
-            f"[yellow]no models deployed in {DEPLOY_DIR}/{env} at {ref}; "
+            f"[yellow]no models deployed in {env_prefix(env, layout_of(repo))} at {ref}; "
             "no InferenceService written[/]"
         )
     return written

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, deployment_name, layout_of
 from modelworks.errors import ConfigError, ConflictError, DeployError, NotFoundError, did_you_mean
 from modelworks.gitops.approve import _finish, approve, check_mergeable, reject
 from modelworks.gitops.deploy import config_path
@@ -116,13 +117,14 @@ def _candidates(repo: Path, base: str, source: str, target: str) -> dict[str, Ca
     return out
 
 
-def _rows(s: Any) -> dict[str, Model]:
+def _rows(s: Any, layout: str) -> dict[str, Model]:
     """Registry models by the name their deploy folder has: `acme/churn` (a tenant's folder)
-    and, for a deploy repo laid out before tenants, also the bare name when it is free."""
+    and, for a deploy repo laid out before tenants, also the bare name when it is free (in
+    the reference layout, the deployment name: `churn-predictor-model` -> `churn-predictor`)."""
     models = list(s.scalars(select(Model).order_by(Model.id)))
-    rows = {qualified(m.tenant, m.name): m for m in models}
+    rows = {qualified(m.tenant, deployment_name(m.name, layout)): m for m in models}
     for m in models:
-        rows.setdefault(m.name, m)
+        rows.setdefault(deployment_name(m.name, layout), m)
     return rows
 
 
@@ -213,6 +215,10 @@ def _deployed_ref(ref: str, cands: dict[str, Candidate], source: str) -> str:
     """The qualified name `ref` means among the models `source` serves."""
     if ref in cands:
         return ref
+    owner, sep, name = ref.rpartition("/")
+    folder = f"{owner}{sep}{deployment_name(name, REFERENCE)}"
+    if folder in cands:  # a spec name whose deployment drops `-model` (reference layout)
+        return folder
     known = [model_key(c) for c in cands]
     try:
         return resolve_ref(ref, known, source)
@@ -274,7 +280,7 @@ def format_deltas(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _items(
-    s: Any, chosen: list[Candidate], rows: dict[str, Model], env: str
+    s: Any, chosen: list[Candidate], rows: dict[str, Model], env: str, layout: str
 ) -> list[dict[str, Any]]:
     missing = [c.name for c in chosen if c.name not in rows]
     if missing:
@@ -308,7 +314,7 @@ def _items(
                 "from": c.previous,
                 "to": c.version,
                 "digest": new.artifact_digest,
-                "path": config_path(env, c.name),
+                "path": config_path(env, c.name, layout=layout),
                 "blob": c.blob,
                 "metrics": deltas(new.metrics or {}, old.metrics if old else None),
             }
@@ -382,7 +388,7 @@ def promote(
     cands = _candidates(state.repo, state.tip, source, to)
     provider = provider_for(ws, environ)
     with store.session() as s:
-        rows = _rows(s)
+        rows = _rows(s, layout_of(state.repo))
         cands = _scoped(cands, rows, tenant, tenants)
         chosen = _select(cands, models or [], all_changed, pipeline, wanted_labels, rows, source)
         if not chosen:
@@ -392,7 +398,7 @@ def promote(
             )
         owner = _one_tenant(chosen, rows)
         required = _required(ws, store, owner, to)
-        items = _items(s, chosen, rows, to)
+        items = _items(s, chosen, rows, to, layout_of(state.repo))
         req = _open_record(s, items, to, source, actor, required, state, provider, owner)
         result = request_dict(req, [])
     picked = {c.name for c in chosen}

@@ -15,8 +15,9 @@ from pathlib import Path
 import yaml
 
 from modelworks import _git
+from modelworks._deployrepo import layout_of, publish
 from modelworks.errors import ConflictError, DeployError, GitError
-from modelworks.gitops.deploy import CONFIG_NAME, DEPLOY_DIR
+from modelworks.gitops.deploy import CONFIG_NAME, config_paths, env_prefix
 
 ZERO_SHA = "0" * 40
 
@@ -84,13 +85,12 @@ def tree_blobs(repo: Path, ref: str, prefix: str) -> dict[str, str]:
 
 
 def env_blobs(repo: Path, ref: str, env: str) -> dict[str, str]:
-    """Blob sha of each model's config in `env` at `ref`, by model name."""
-    prefix, suffix = f"{DEPLOY_DIR}/{env}/", f"/{CONFIG_NAME}"
-    return {
-        p[len(prefix) : -len(suffix)]: sha
-        for p, sha in tree_blobs(repo, ref, prefix).items()
-        if p.endswith(suffix)
-    }
+    """Blob sha of each model's config in `env` at `ref`, by its folder (`churn`,
+    `acme/churn`; the deployment name in the reference layout)."""
+    layout = layout_of(repo)
+    prefix, suffix = env_prefix(env, layout), f"/{CONFIG_NAME}"
+    blobs = tree_blobs(repo, ref, prefix)
+    return {p[len(prefix) : -len(suffix)]: blobs[p] for p in config_paths(list(blobs), env, layout)}
 
 
 def read_blobs(repo: Path, shas: list[str]) -> dict[str, str]:
@@ -146,6 +146,7 @@ def update_ref(repo: Path, ref: str, new: str, old: str, reason: str) -> None:
     run_git(repo, "update-ref", "-m", reason, ref, new, old, check=False)
     if _git.head(repo, ref) != new:
         raise ConflictError(f"{ref} in {repo} moved while modelworks was updating it; retry")
+    publish(repo, ref)
 
 
 def dirty_paths(repo: Path, prefix: str) -> list[str]:

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from modelworks._deployrepo import layout_of
 from modelworks.errors import DeployError, NotFoundError
 from modelworks.gitops.attest import attestation_path, is_gated
 from modelworks.gitops.deploy import config_path
+from modelworks.gitops.reference import registered_name
 from modelworks.gitops.repo import (
     RepoState,
     advance,
@@ -31,7 +33,7 @@ from modelworks.gitops.repo import (
 )
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, ModelVersion, PromotionRequest
-from modelworks.registry.queries import get_model, resolve_model
+from modelworks.registry.queries import get_model
 from modelworks.tenancy.names import split_ref
 
 if TYPE_CHECKING:
@@ -82,11 +84,12 @@ def history(
     if tenants is not None:
         model = _visible_ref(ws, store, model, tenants)
     state = repo_state(ws.deploy_repo)
-    served = _log(state, config_path(env, model), limit)
+    path = config_path(env, model, layout=layout_of(state.repo))
+    served = _log(state, path, limit)
     if not served:
         raise NotFoundError(
             f"{model} has never been deployed in {env} (no history of "
-            f"{config_path(env, model)} on {state.branch} in {state.repo})"
+            f"{path} on {state.branch} in {state.repo})"
         )
     rows = []
     for i, entry in enumerate(served):
@@ -102,7 +105,9 @@ def _visible_ref(
     """The qualified name of `model` among the `tenants`' registered models (NotFoundError)."""
     from modelworks.registry.store import Store
 
-    return resolve_model(store or Store(ws.registry_url), model, tenants)
+    return registered_name(
+        store or Store(ws.registry_url), model, layout_of(ws.deploy_repo), tenants
+    )
 
 
 def _registered(store: Store, model: str, version: str) -> tuple[int, str, ModelVersion]:
@@ -177,7 +182,7 @@ def _config_text(
         v.artifact_digest or "",
         v.oci_layout or "",
     )
-    return cfg.to_yaml()
+    return cfg.to_yaml(layout_of(ws.deploy_repo))
 
 
 def _commit(state: RepoState, path: str, files: dict[str, str], message: str, actor: str) -> str:
@@ -214,9 +219,10 @@ def rollback(
     if tenants is not None:
         model = _visible_ref(ws, store, model, tenants)
     with contextlib.suppress(NotFoundError):  # unknown: reported as not deployed below
-        model = resolve_model(store, model)
+        model = registered_name(store, model, layout_of(ws.deploy_repo))
     state = repo_state(ws.deploy_repo)
-    path = config_path(env, model)
+    layout = layout_of(state.repo)
+    path = config_path(env, model, layout=layout)
     served = _log(state, path, None)
     if not served or served[0].version is None or served[0].text is None:
         raise DeployError(
@@ -247,7 +253,7 @@ def rollback(
     )
     files = {path: text}
     if gated and source is not None:
-        files[attestation_path(env, model)] = _rollback_attestation(
+        files[attestation_path(env, model, layout_of(state.repo))] = _rollback_attestation(
             ws, state, env, model, text, source.commit, actor
         )
     commit = _commit(state, path, files, message, actor)
@@ -309,7 +315,9 @@ def _rollback_attestation(
 
     from modelworks.gitops.attest import sign_attestation
 
-    before = read_blobs(state.repo, [f"{source}:{attestation_path(env, model)}"])
+    before = read_blobs(
+        state.repo, [f"{source}:{attestation_path(env, model, layout_of(state.repo))}"]
+    )
     try:
         first = json.loads(next(iter(before.values()), "{}"))
     except ValueError:

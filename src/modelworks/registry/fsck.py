@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy import func, select
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, layout_of, model_names
 from modelworks.errors import ModelworksError, RegistryError
 from modelworks.registry.models import Deployment, Model, ModelVersion
 from modelworks.registry.queries import layout_repo
@@ -100,6 +101,14 @@ def deploy_configs_at_head(ws: Workspace) -> dict[str, str]:
     repo = ws.deploy_repo
     if not _git.is_repo(repo) or _git.head(repo) is None:
         return {}
+    if layout_of(repo) == REFERENCE:  # <env>/[<tenant>/]<deployment>/config.yaml at the root
+        paths = [
+            p
+            for env in ws.settings.environments
+            for p in _git.ls_files(repo, "HEAD", f"{env}/")
+            if p.endswith(f"/{CONFIG_NAME}") and p.count("/") in (2, 3)
+        ]
+        return _git.cat_files(repo, "HEAD", paths)
     paths = [
         p
         for p in _git.ls_files(repo, "HEAD", f"{DEPLOY_DIR}/")
@@ -279,11 +288,17 @@ def _git_disagreements(
     known = {(v.model, v.version): v.digest for v in versions}
     problems = []
     in_git: dict[tuple[str, str], str] = {}
+    reference = layout_of(ws.deploy_repo) == REFERENCE
     for path, text in sorted(deploy_configs_at_head(ws).items()):
-        env = path.split("/")[1]
+        parts = path.split("/")
+        env = parts[0] if reference else parts[1]
         cfg = _parse(text)
         name, version = str(cfg.get("name", "")), str(cfg.get("version", ""))
-        if "/" not in name:
+        if reference:  # the tenant is the folder's; the name may drop `-model`
+            tenant = parts[1] if len(parts) == 4 else "default"
+            names = [qualified(tenant, n) for n in model_names(name)]
+            name = next((n for n in names if (n, version) in known), names[-1])
+        elif "/" not in name:
             name = qualified(str(cfg.get("tenant") or "default"), name)
         digest = str(cfg.get("artifact_digest", ""))
         in_git[(name, env)] = version
@@ -301,7 +316,8 @@ def _git_disagreements(
             shown = in_git.get((name, env)) or "nothing"
             detail = (
                 f"the registry records {name} {version} deployed in {env}, "
-                f"but Git shows {shown} in {DEPLOY_DIR}/{env}/{name}/{CONFIG_NAME}"
+                f"but Git shows {shown} in "
+                + (f"{env}/" if reference else f"{DEPLOY_DIR}/{env}/{name}/{CONFIG_NAME}")
             )
             problems.append(Problem("deployment-not-in-git", name, detail))
     return problems

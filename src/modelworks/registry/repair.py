@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from modelworks import _git
+from modelworks._deployrepo import REFERENCE, layout_of, model_names
 from modelworks.errors import ModelworksError
 from modelworks.registry import audit
 from modelworks.registry.fsck import (
@@ -240,9 +241,19 @@ def _add_deployments(ws: Workspace, s: Any) -> int:
     ids = {qualified(t, n): i for t, n, i in rows}
     versions = set(s.execute(select(ModelVersion.model_id, ModelVersion.version)).tuples())
     added = 0
+    reference = layout_of(ws.deploy_repo) == REFERENCE
     for commit, author, kind, path, cfg in _deploy_history(ws):
-        env, name, version = path.split("/")[1], str(cfg.get("name", "")), str(cfg.get("version"))
-        if "/" not in name:
+        parts = path.split("/")
+        env, name, version = (
+            parts[0 if reference else 1],
+            str(cfg.get("name", "")),
+            str(cfg.get("version")),
+        )
+        if reference:  # the tenant is the folder's; the model's name may end in `-model`
+            tenant = parts[1] if len(parts) == 4 else "default"
+            names = [qualified(tenant, n) for n in model_names(name)]
+            name = next((n for n in names if (ids.get(n), version) in versions), names[-1])
+        elif "/" not in name:
             name = qualified(str(cfg.get("tenant") or "default"), name)
         model_id = ids.get(name)
         if model_id is None or (model_id, version) not in versions:
@@ -270,6 +281,8 @@ def _deploy_history(ws: Workspace) -> list[tuple[str, str, str, str, dict[str, A
     repo = ws.deploy_repo
     if not _git.is_repo(repo) or _git.head(repo) is None:
         return []
+    reference = layout_of(repo) == REFERENCE
+    where = [f"{e}/" for e in ws.settings.environments] if reference else [f"{DEPLOY_DIR}/"]
     log = _git.git(
         repo,
         "log",
@@ -280,7 +293,7 @@ def _deploy_history(ws: Workspace) -> list[tuple[str, str, str, str, dict[str, A
         "--name-status",
         "--format=%x1e%H%x1f%an%x1f%s",
         "--",
-        f"{DEPLOY_DIR}/",
+        *where,
     )
     out = []
     for record in log.split("\x1e")[1:]:
@@ -289,7 +302,9 @@ def _deploy_history(ws: Workspace) -> list[tuple[str, str, str, str, dict[str, A
         paths = [
             line.split("\t", 1)[1]
             for line in lines
-            if line[:1] in ("A", "M") and "\t" in line and _is_config(line.split("\t", 1)[1])
+            if line[:1] in ("A", "M")
+            and "\t" in line
+            and _is_config(line.split("\t", 1)[1], reference)
         ]
         kind = _kind(subject)
         for path, text in _git.cat_files(repo, commit, paths).items():
@@ -305,8 +320,9 @@ def _kind(subject: str) -> str:
     return "rollback" if lowered.startswith("rollback") else "deploy"
 
 
-def _is_config(path: str) -> bool:
-    return path.endswith(f"/{CONFIG_NAME}") and path.count("/") in (3, 4)
+def _is_config(path: str, reference: bool = False) -> bool:
+    depth = (2, 3) if reference else (3, 4)
+    return path.endswith(f"/{CONFIG_NAME}") and path.count("/") in depth
 
 
 def _lost(ws: Workspace) -> list[str]:

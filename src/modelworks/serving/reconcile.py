@@ -111,7 +111,7 @@ def read_desired(repo: Path, env: str, commit: str) -> dict[str, DeployConfig]:
         raise
     except Exception as exc:  # pydantic/yaml errors from a hand-edited config
         raise GitError(
-            f"deploy repo {repo}: cannot read deploy/{env}/ at {commit[:12]}: {exc}"
+            f"deploy repo {repo}: cannot read the {env} configs at {commit[:12]}: {exc}"
         ) from None
 
 
