@@ -65,9 +65,11 @@ sys.stdout.write(json.dumps([[*r[:5], json.loads(r[5] or "{}")] for r in rows]))
 SHOW_FLOOR = """
 import json, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
-m = db.execute("SELECT id, tenant, name, labels FROM models WHERE name = ?", (sys.argv[2],)).fetchone()
-vs = db.execute("SELECT * FROM model_versions WHERE model_id = ? ORDER BY id DESC", (m[0],)).fetchall()
-ds = db.execute("SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC", (m[0],)).fetchall()
+m = db.execute("SELECT id, tenant, name, labels FROM models WHERE name = ?", (sys.argv[2],))
+m = m.fetchone()
+vs = db.execute("SELECT * FROM model_versions WHERE model_id = ? ORDER BY id DESC", (m[0],))
+ds = db.execute("SELECT * FROM deployments WHERE model_id = ? ORDER BY id DESC", (m[0],))
+vs, ds = vs.fetchall(), ds.fetchall()
 sys.stdout.write(json.dumps([m, vs, ds], default=str))
 """
 
@@ -97,7 +99,8 @@ def change_dataset(root: Path, k: int) -> None:
     """Rewrite dataset 0 (100 models) and `mw data add` it: 100 specs bumped and committed."""
     path = root / fleet.dataset_path(0)
     fleet.write_csv(path, seed=10_000 + k)
-    subprocess.run(["mw", "data", "add", str(path), "-C", str(root)], check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "modelworks", "data", "add", str(path), "-C", str(root)]
+    subprocess.run(cmd, check=True, capture_output=True)
 
 
 def bench(root: Path, repeat: int) -> dict[str, Any]:
@@ -105,12 +108,13 @@ def bench(root: Path, repeat: int) -> dict[str, Any]:
     db = str(root / ".mw" / "registry.db")
     models = str(root / "models")
     measure([*mw, "plan", "--json", "-C", str(root)])  # warm the OS cache and the spec cache
+    py = [sys.executable, "-c"]
     pairs = {
-        "plan (unchanged)": ([*mw, "plan", "--json", "-C", str(root)], [sys.executable, "-c", JSON_FLOOR, models]),
-        "status": ([*mw, "status", "--json", "-C", str(root)], [sys.executable, "-c", STATUS_FLOOR, db]),
+        "plan (unchanged)": ([*mw, "plan", "--json", "-C", str(root)], [*py, JSON_FLOOR, models]),
+        "status": ([*mw, "status", "--json", "-C", str(root)], [*py, STATUS_FLOOR, db]),
         "show": (
             [*mw, "show", fleet.model_name(7), "--json", "-C", str(root)],
-            [sys.executable, "-c", SHOW_FLOOR, db, fleet.model_name(7)],
+            [*py, SHOW_FLOOR, db, fleet.model_name(7)],
         ),
     }
     out: dict[str, Any] = {}
@@ -124,7 +128,7 @@ def bench(root: Path, repeat: int) -> dict[str, Any]:
     for k in range(repeat):
         change_dataset(root, k)
         runs.append(measure([*mw, "plan", "--json", "-C", str(root)]))
-        floors.append(measure([sys.executable, "-c", JSON_FLOOR, models]))
+        floors.append(measure([*py, JSON_FLOOR, models]))
     out["plan (100 updates)"] = {"mw": summary(runs), "floor": summary(floors)}
     for r in out.values():
         r["ratio"] = r["mw"]["median"] / r["floor"]["median"]
@@ -148,7 +152,8 @@ def main() -> None:
     for name, r in results.items():
         m, f = r["mw"], r["floor"]
         spread = f"{m['median']:.3f} ({m['min']:.2f}-{m['max']:.2f})"
-        print(f"{name:<20} {spread:>22} {f['median']:>8.3f} {r['ratio']:>5.1f}x {m['rss_mib']:>8.0f}")
+        ratio, rss = r["ratio"], m["rss_mib"]
+        print(f"{name:<20} {spread:>22} {f['median']:>8.3f} {ratio:>5.1f}x {rss:>8.0f}")
     print(json.dumps(results))
 
 
