@@ -334,7 +334,7 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
     prov = Provenance(ws.root, ws.pipelines_dir)
     prov.prefetch(ws.models_dir)
     try:
-        loaded = load_specs(ws.models_dir, tenants=owners)
+        loaded = load_specs(ws.models_dir, tenants=owners, cache_dir=ws.state_dir)
         if names:
             loaded = select_named(loaded, names, ws.show(ws.models_dir))
         roots = {t: TenantRoots(ws.root, t, tuple(cfg.roots(t))) for t, cfg in owners.items()}

@@ -98,10 +98,15 @@ def plan_cmd(
         data = api.post(path("plan"), {"models": models or [], "allow_dirty": allow_dirty})
         p: Any = plan_view(data)
     else:
-        from modelworks.submit import plan_for
-
         ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
-        p = plan_for(ws, store, models or None, tenants, allow_dirty=allow_dirty)
+        if tenants is None:  # all of them: plan directly (submit imports the whole apply path)
+            from modelworks.plan import plan
+
+            p = plan(ws, store, models or None, allow_dirty=allow_dirty)
+        else:
+            from modelworks.submit import plan_for
+
+            p = plan_for(ws, store, models or None, tenants, allow_dirty=allow_dirty)
     if json_out:
         emit_json(data if api is not None else p.to_dict())
     else:
