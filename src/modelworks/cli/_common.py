@@ -84,6 +84,24 @@ def open_reader(
     return ws, fastread.for_store(store), tenants
 
 
+def open_plan_reader(path: Path | None) -> tuple[Workspace, Reader] | None:
+    """The workspace and a lean Reader for `mw plan` when nothing needs the Store: local
+    mode, no tenants (declared or API-created), a healthy SQLite registry. Else None."""
+    from modelworks.registry import fastread
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(path)
+    if ws.settings.auth.mode == "token" or ws.settings.tenants:
+        return None
+    reader = fastread.open_sqlite(ws.registry_url)
+    if reader is None:
+        return None
+    if reader.rows("SELECT 1 FROM tenants WHERE settings IS NOT NULL LIMIT 1", {}):
+        reader.close()
+        return None
+    return ws, reader
+
+
 def remote_client(as_user: str | None = None) -> Client | None:
     """cli._remote.remote(), without importing the HTTP client when MW_SERVER is unset."""
     if not os.environ.get("MW_SERVER", "").strip():

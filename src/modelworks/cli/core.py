@@ -13,6 +13,7 @@ from modelworks.cli._common import (
     JsonOpt,
     WorkspaceOpt,
     actor,
+    open_plan_reader,
     open_reader,
     open_scoped,
     remote_client,
@@ -98,15 +99,7 @@ def plan_cmd(
         data = api.post(path("plan"), {"models": models or [], "allow_dirty": allow_dirty})
         p: Any = plan_view(data)
     else:
-        ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
-        if tenants is None:  # all of them: plan directly (submit imports the whole apply path)
-            from modelworks.plan import plan
-
-            p = plan(ws, store, models or None, allow_dirty=allow_dirty)
-        else:
-            from modelworks.submit import plan_for
-
-            p = plan_for(ws, store, models or None, tenants, allow_dirty=allow_dirty)
+        p = _local_plan(workspace, models or None, allow_dirty)
     if json_out:
         emit_json(data if api is not None else p.to_dict())
     else:
@@ -118,6 +111,26 @@ def plan_cmd(
         raise typer.Exit(1 if s["error"] else 2 if s["create"] + s["update"] else 0)
     if s["error"]:
         raise typer.Exit(1)
+
+
+def _local_plan(workspace: Path | None, names: list[str] | None, allow_dirty: bool) -> Any:
+    """The plan of this workspace as the caller may see it, through the leanest registry read
+    that gives the same answer (see open_plan_reader)."""
+    from modelworks.plan import plan
+
+    lean = open_plan_reader(workspace)
+    if lean is not None:
+        from modelworks.registry.fastread import reading
+
+        ws, reader = lean
+        with reading(reader):
+            return plan(ws, None, names, allow_dirty=allow_dirty, reader=reader)
+    ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
+    if tenants is None:  # all of them: plan directly (submit imports the whole apply path)
+        return plan(ws, store, names, allow_dirty=allow_dirty)
+    from modelworks.submit import plan_for
+
+    return plan_for(ws, store, names, tenants, allow_dirty=allow_dirty)
 
 
 def apply_cmd(

@@ -76,15 +76,16 @@ def open_sqlite(url: str) -> Reader | None:
     return Reader(rows, conn.close)
 
 
-def for_store(store: Store) -> Reader:
-    """A Reader running the same SQL through SQLAlchemy Core on `store`'s engine."""
+def for_store(store: Store, owned: bool = True) -> Reader:
+    """A Reader running the same SQL through SQLAlchemy Core on `store`'s engine (closing the
+    Reader closes the store when `owned`)."""
     from sqlalchemy import text
 
     def rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         with store.engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(sql), params)]
 
-    return Reader(rows, store.close)
+    return Reader(rows, store.close if owned else lambda: None)
 
 
 @contextmanager
@@ -99,12 +100,14 @@ def reading(reader: Reader) -> Iterator[Reader]:
 # -- decoding: what the ORM's column types would have returned --------------------------
 
 
-def _json(value: Any) -> Any:
+def decode_json(value: Any) -> Any:
+    """A JSON column's value (SQLite returns its text, PostgreSQL the decoded value)."""
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _json_all(values: list[Any]) -> list[Any]:
-    """`_json` of each value; JSON text decoded in one call (9,000 calls cost more than parsing)."""
+    """`decode_json` of each value, the texts decoded in one call (9,000 calls cost more than
+    the parsing). A JSON column holds what json.dumps wrote, one document per row."""
     if all(isinstance(v, str) for v in values):
         try:
             decoded: list[Any] = json.loads("[" + ",".join(values) + "]")
@@ -113,7 +116,7 @@ def _json_all(values: list[Any]) -> list[Any]:
         else:
             if len(decoded) == len(values):
                 return decoded
-    return [_json(v) for v in values]
+    return [decode_json(v) for v in values]
 
 
 def _iso(value: Any) -> str | None:
@@ -129,7 +132,7 @@ def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _in(column: str, values: Sequence[str], prefix: str) -> tuple[str, dict[str, Any]]:
+def in_list(column: str, values: Sequence[str], prefix: str) -> tuple[str, dict[str, Any]]:
     """`column IN (:p0, :p1, ...)` and its parameters."""
     params = {f"{prefix}{i}": v for i, v in enumerate(values)}
     return f"{column} IN ({', '.join(':' + k for k in params)})", params
@@ -138,7 +141,7 @@ def _in(column: str, values: Sequence[str], prefix: str) -> tuple[str, dict[str,
 def _tenant_filter(tenants: frozenset[str] | None, column: str) -> tuple[str, dict[str, Any]]:
     if tenants is None:
         return "", {}
-    clause, params = _in(column, sorted(tenants), "t")
+    clause, params = in_list(column, sorted(tenants), "t")
     return f" WHERE {clause}", params
 
 
@@ -208,10 +211,10 @@ def _version(row: tuple[Any, ...]) -> dict[str, Any]:
         "fingerprint": fp,
         "status": st,
         "reason": reason,
-        "metrics": _json(metrics),
-        "gates": _json(gates),
-        "lineage": _json(lineage),
-        "scan": _json(scan),
+        "metrics": decode_json(metrics),
+        "gates": decode_json(gates),
+        "lineage": decode_json(lineage),
+        "scan": decode_json(scan),
         "signed": _bool(signed),
         "created_at": _iso(created),
         "artifact": {"oci_layout": layout, "ref": ref, "digest": digest, "pushed_uri": pushed},
@@ -259,7 +262,7 @@ def show(reader: Reader, ref: str, tenants: frozenset[str] | None = None) -> dic
         "tenant": tenant,
         "pipeline": pipeline,
         "spec_path": spec_path,
-        "labels": _json(labels),
+        "labels": decode_json(labels),
         "artifact": _artifact(latest_ok),
         "sbom": _sbom(latest_ok),
         "latest": decoded[0] if decoded else None,
