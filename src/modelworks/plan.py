@@ -29,15 +29,13 @@ For each spec the plan looks the fingerprint up among the model's registered ver
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modelworks import LINE_FORMAT
+from modelworks._gc import gc_paused
 from modelworks.data.confine import TenantRoots
 from modelworks.data.sources import DataResolver, owner_problem
 from modelworks.errors import ModelworksError, NotFoundError
@@ -149,7 +147,8 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 # The plan's reads, as plain SQL (registry/fastread.py runs it on sqlite3 or SQLAlchemy Core).
 FINGERPRINTS = (
-    "SELECT m.tenant, m.name, v.fingerprint FROM models m JOIN model_versions v ON v.model_id = m.id"
+    "SELECT m.tenant, m.name, v.fingerprint FROM models m "
+    "JOIN model_versions v ON v.model_id = m.id"
 )
 FAILURES = (
     "SELECT m.tenant, m.name, r.fingerprint, r.error FROM models m JOIN runs r "
@@ -277,23 +276,6 @@ def explain_updates(reader: Reader, models: list[ModelPlan]) -> None:
     latest = RegistryView.latest_inputs(reader, [m.name for m in updates])
     for m in updates:
         m.reasons = explain(latest.get(m.name, {}), m.inputs) + m.reasons
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a bounded burst of allocations.
-
-    Planning 9,000 specs allocates some 10^5 objects that all live until the plan is done;
-    the collector's repeated full passes over them (and over the imported libraries) cost
-    about a third of the plan and free nothing.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def plan(

@@ -156,18 +156,23 @@ def _read_fresh(path: Path, blob: str | None) -> tuple[LoadedSpec, str | None]:
         return item, None
 
 
-def _cached_raw(entry: list[Any] | None, blob: str | None) -> dict[str, Any] | None:
-    """The parsed fields of a cache entry whose text is, byte for byte, the blob `blob`."""
+def _is_blob(entry: list[Any] | None, blob: str | None) -> bool:
+    """True when a cache entry's text is, byte for byte, the blob `blob`."""
     if blob is None or entry is None or entry[0] != blob:
-        return None
-    text = entry[1]
-    if blob_id(text.encode(), len(blob)) != blob:  # a tampered or damaged entry
-        return None
+        return False
+    return blob_id(entry[1].encode(), len(blob)) == blob  # else tampered or damaged
+
+
+def _parse_all(texts: list[str]) -> list[Any]:
+    """json.loads of each text, in one call: each is a committed spec that parsed as one
+    JSON object when it was cached (its blob id proves the bytes are the same)."""
     try:
-        raw = json.loads(text)
+        parsed: list[Any] = json.loads("[" + ",".join(texts) + "]")
     except ValueError:
-        return None
-    return raw if isinstance(raw, dict) else None
+        parsed = []
+    if len(parsed) == len(texts) and all(isinstance(p, dict) for p in parsed):
+        return parsed
+    return [None] * len(texts)  # cannot happen for honest entries: read every file instead
 
 
 def load_cached(models_dir: Path, paths: list[Path], cache_dir: Path) -> list[LoadedSpec]:
@@ -178,15 +183,14 @@ def load_cached(models_dir: Path, paths: list[Path], cache_dir: Path) -> list[Lo
     cached = read_cache(cache_path, models_dir, code) if blobs else {}
     prefix = str(models_dir) + os.sep
     out: list[LoadedSpec | None] = []
-    hits: list[tuple[int, Path, str, dict[str, Any]]] = []
+    hits: list[tuple[int, Path, str]] = []
     kept: Entries = {}
     for path in paths:
         text = str(path)
         rel = text[len(prefix) :].replace(os.sep, "/") if text.startswith(prefix) else ""
         blob = blobs.get(rel)
-        raw = _cached_raw(cached.get(rel), blob)
-        if raw is not None:
-            hits.append((len(out), path, rel, raw))
+        if _is_blob(cached.get(rel), blob):
+            hits.append((len(out), path, rel))
             out.append(None)
             kept[rel] = cached[rel]
             continue
@@ -194,13 +198,14 @@ def load_cached(models_dir: Path, paths: list[Path], cache_dir: Path) -> list[Lo
         out.append(item)
         if content is not None:
             kept[rel] = [blob, content]
-    specs = _validate_all([raw for *_, raw in hits]) if hits else []
-    for n, (i, path, rel, raw) in enumerate(hits):
-        if specs is None:  # an entry that no longer validates: read the file, drop the entry
+    raws = _parse_all([kept[rel][1] for _, _, rel in hits])
+    specs = _validate_all(raws) if hits and None not in raws else None
+    for n, (i, path, rel) in enumerate(hits):
+        if specs is None:  # entries that no longer validate: read the files, drop the entries
             out[i] = load_spec(path)
             kept.pop(rel, None)
         else:
-            out[i] = LoadedSpec(path, specs[n], raw=raw)
-    if blobs and (kept != cached or specs is None):
+            out[i] = LoadedSpec(path, specs[n], raw=raws[n])
+    if blobs and (kept != cached or (hits and specs is None)):
         write_cache(cache_path, models_dir, code, kept)
     return [item for item in out if item is not None]

@@ -116,6 +116,13 @@ def plan_cmd(
 def _local_plan(workspace: Path | None, names: list[str] | None, allow_dirty: bool) -> Any:
     """The plan of this workspace as the caller may see it, through the leanest registry read
     that gives the same answer (see open_plan_reader)."""
+    from modelworks._gc import gc_paused
+
+    with gc_paused():  # imports and 9,000 specs: the collector's passes would free nothing
+        return _plan_of(workspace, names, allow_dirty)
+
+
+def _plan_of(workspace: Path | None, names: list[str] | None, allow_dirty: bool) -> Any:
     from modelworks.plan import plan
 
     lean = open_plan_reader(workspace)
@@ -203,11 +210,13 @@ def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> Non
 
         rows = status_order(api.pages(path("models"), {"limit": 500}))
     else:
+        from modelworks._gc import gc_paused
         from modelworks.registry.fastread import reading, status
 
-        _ws, reader, tenants = open_reader(workspace)
-        with reading(reader):
-            rows = status(reader, tenants)
+        with gc_paused():
+            _ws, reader, tenants = open_reader(workspace)
+            with reading(reader):
+                rows = status(reader, tenants)
     if json_out:
         emit_json({"models": rows})
         return
@@ -227,11 +236,13 @@ def show_cmd(
 
         info = api.get(show_path(model))
     else:
+        from modelworks._gc import gc_paused
         from modelworks.registry.fastread import reading, show
 
-        _ws, reader, tenants = open_reader(workspace)
-        with reading(reader):
-            info = show(reader, model, tenants)
+        with gc_paused():
+            _ws, reader, tenants = open_reader(workspace)
+            with reading(reader):
+                info = show(reader, model, tenants)
     if json_out:
         emit_json(info)
         return
