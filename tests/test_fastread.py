@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from modelworks.errors import NotFoundError
 from modelworks.registry import fastread, queries
 from modelworks.registry.models import Deployment, Model, ModelVersion, Run
 from modelworks.registry.store import HEAD_REVISION, Store
+from modelworks.testing import make_workspace, mw, mw_json
 
 ACME, GLOBEX = frozenset({"acme"}), frozenset({"globex"})
 
@@ -139,3 +141,17 @@ def test_only_a_healthy_sqlite_file_opens_directly(tmp_path: Path) -> None:
     assert fastread.open_sqlite(url) is None  # an older schema: the Store migrates it
     assert fastread.open_sqlite("sqlite:///:memory:") is None
     assert fastread.open_sqlite("postgresql://u@h/db") is None
+
+
+def test_mw_status_and_show_json_are_the_orm_answers(tmp_path: Path, capsys: Any) -> None:
+    ws = make_workspace(tmp_path / "ws")
+    store = Store(ws.registry_url)
+    _seed(store)
+    assert fastread.open_sqlite(ws.registry_url) is not None  # the CLI takes the lean read
+    assert mw_json(capsys, ws, "status") == {"models": queries.status(store)}
+    assert mw_json(capsys, ws, "show", "acme/churn") == queries.show(store, "acme/churn")
+    code, _out, err = mw(capsys, ws, "show", "initech/churn")
+    with pytest.raises(NotFoundError) as orm:
+        queries.show(store, "initech/churn")
+    assert code != 0
+    assert err.strip() == f"error: {orm.value}"
