@@ -29,32 +29,28 @@ For each spec the plan looks the fingerprint up among the model's registered ver
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-
 from modelworks import LINE_FORMAT
+from modelworks._gc import gc_paused
 from modelworks.data.confine import TenantRoots
 from modelworks.data.sources import DataResolver, owner_problem
 from modelworks.errors import ModelworksError, NotFoundError
 from modelworks.pipelines.catalog import Catalog, PipelineRef
 from modelworks.provenance import Provenance
-from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
 from modelworks.registry.tenants import sync_declared, tenants
-from modelworks.registry.usage import Usage, usage
 from modelworks.spec import LoadedSpec, ModelSpec, load_specs
 from modelworks.tenancy.access import DEFAULT_TENANT
 from modelworks.tenancy.config import TenantSettings
 from modelworks.tenancy.names import qualified, resolve_ref, split_ref
 
 if TYPE_CHECKING:
+    from modelworks.registry.fastread import Reader
     from modelworks.registry.store import Store
+    from modelworks.registry.usage import Usage
     from modelworks.workspace import Workspace
 
 
@@ -149,6 +145,24 @@ def explain(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return reasons or ["inputs changed"]
 
 
+# The plan's reads, as plain SQL (registry/fastread.py runs it on sqlite3 or SQLAlchemy Core).
+FINGERPRINTS = (
+    "SELECT m.tenant, m.name, v.fingerprint FROM models m "
+    "JOIN model_versions v ON v.model_id = m.id"
+)
+FAILURES = (
+    "SELECT m.tenant, m.name, r.fingerprint, r.error FROM models m JOIN runs r "
+    "ON r.model_id = m.id WHERE r.id IN (SELECT max(id) FROM runs GROUP BY model_id) "
+    "AND r.status = 'failed'"
+)
+PIPELINES = "SELECT name, version, hash, snapshot FROM pipeline_versions"
+LATEST_INPUTS = (
+    "SELECT m.tenant, m.name, v.inputs FROM models m JOIN model_versions v "
+    "ON v.model_id = m.id WHERE v.id IN (SELECT max(id) FROM model_versions GROUP BY model_id) "
+    "AND {names}"
+)
+
+
 @dataclass
 class RegistryView:
     """What the plan needs from the registry, read in a few bulk queries."""
@@ -158,52 +172,31 @@ class RegistryView:
     pipelines: dict[tuple[str, str], tuple[str, str]]
 
     @classmethod
-    def read(cls, store: Store) -> RegistryView:
-        with store.session() as s:
-            fps: dict[str, set[str]] = {}
-            for tenant, name, fp in s.execute(
-                select(Model.tenant, Model.name, ModelVersion.fingerprint).join(ModelVersion)
-            ):
-                fps.setdefault(qualified(tenant, name), set()).add(fp)
-            last_run = select(func.max(Run.id)).group_by(Run.model_id)
-            failures = {
-                qualified(tenant, name): (fp, err or "")
-                for tenant, name, fp, err in s.execute(
-                    select(Model.tenant, Model.name, Run.fingerprint, Run.error)
-                    .join(Run)
-                    .where(Run.id.in_(last_run), Run.status == "failed")
-                )
-            }
-            pipes = {
-                (p.name, p.version): (p.hash, p.snapshot)
-                for p in s.scalars(select(PipelineVersion))
-            }
+    def read(cls, reader: Reader) -> RegistryView:
+        fps: dict[str, set[str]] = {}
+        for tenant, name, fp in reader.rows(FINGERPRINTS, {}):
+            fps.setdefault(qualified(tenant, name), set()).add(fp)
+        failures = {
+            qualified(tenant, name): (fp, err or "")
+            for tenant, name, fp, err in reader.rows(FAILURES, {})
+        }
+        pipes = {(n, v): (h, snap) for n, v, h, snap in reader.rows(PIPELINES, {})}
         return cls(fps, failures, pipes)
 
     @staticmethod
-    def latest_inputs(store: Store, names: list[str]) -> dict[str, dict[str, Any]]:
+    def latest_inputs(reader: Reader, names: list[str]) -> dict[str, dict[str, Any]]:
         """The inputs of each (qualified) named model's latest version (only for models that
         changed: decoding every version's JSON would dominate the plan of an unchanged fleet)."""
+        from modelworks.registry.fastread import decode_json, in_list
+
         found: dict[str, dict[str, Any]] = {}
         wanted = set(names)
         bare = sorted({split_ref(n)[1] for n in names})
-        with store.session() as s:
-            for i in range(0, len(bare), 500):
-                chunk = bare[i : i + 500]
-                latest = (
-                    select(func.max(ModelVersion.id))
-                    .join(Model)
-                    .where(Model.name.in_(chunk))
-                    .group_by(ModelVersion.model_id)
-                )
-                rows = s.execute(
-                    select(Model.tenant, Model.name, ModelVersion.inputs)
-                    .join(ModelVersion)
-                    .where(ModelVersion.id.in_(latest))
-                ).tuples()
-                for tenant, name, inputs in rows:
-                    if qualified(tenant, name) in wanted:
-                        found[qualified(tenant, name)] = inputs
+        for i in range(0, len(bare), 500):
+            clause, params = in_list("m.name", bare[i : i + 500], "n")
+            for tenant, name, inputs in reader.rows(LATEST_INPUTS.format(names=clause), params):
+                if qualified(tenant, name) in wanted:
+                    found[qualified(tenant, name)] = decode_json(inputs)
         return found
 
 
@@ -275,42 +268,37 @@ def plan_one(
     return mp
 
 
-def explain_updates(store: Store, models: list[ModelPlan]) -> None:
+def explain_updates(reader: Reader, models: list[ModelPlan]) -> None:
     """Put the reasons (old -> new inputs) in front of each update's notes."""
     updates = [m for m in models if m.action == "update"]
     if not updates:
         return
-    latest = RegistryView.latest_inputs(store, [m.name for m in updates])
+    latest = RegistryView.latest_inputs(reader, [m.name for m in updates])
     for m in updates:
         m.reasons = explain(latest.get(m.name, {}), m.inputs) + m.reasons
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for a bounded burst of allocations.
-
-    Planning 9,000 specs allocates some 10^5 objects that all live until the plan is done;
-    the collector's repeated full passes over them (and over the imported libraries) cost
-    about a third of the plan and free nothing.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def plan(
-    ws: Workspace, store: Store, names: list[str] | None = None, *, allow_dirty: bool = False
+    ws: Workspace,
+    store: Store | None,
+    names: list[str] | None = None,
+    *,
+    allow_dirty: bool = False,
+    reader: Reader | None = None,
 ) -> Plan:
     """Compute the plan for the workspace (or only the named models) from committed inputs.
 
     With `allow_dirty`, uncommitted specs, pipelines and pointers are planned and marked dirty.
+    The registry is read through `reader` when given (store None: a workspace without tenants,
+    see cli._common.open_plan_reader), else through `store`.
     """
+    if reader is None:
+        from modelworks.registry.fastread import for_store
+
+        assert store is not None
+        reader = for_store(store, owned=False)
     with gc_paused():
-        return _plan(ws, store, names, allow_dirty)
+        return _plan(ws, store, reader, names, allow_dirty)
 
 
 def data_resolver(ws: Workspace) -> DataResolver:
@@ -324,17 +312,20 @@ def data_resolver(ws: Workspace) -> DataResolver:
     return DataResolver(ws, secret=secret)
 
 
-def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: bool) -> Plan:
+def _plan(
+    ws: Workspace, store: Store | None, reader: Reader, names: list[str] | None, allow_dirty: bool
+) -> Plan:
     owners = tenants(ws, store)
     if ws.settings.tenants:
+        assert store is not None, "a workspace with tenants plans with its Store"
         sync_declared(ws, store)
-    view = RegistryView.read(store)
+    view = RegistryView.read(reader)
     catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", view.pipelines)
     data = data_resolver(ws)
     prov = Provenance(ws.root, ws.pipelines_dir)
     prov.prefetch(ws.models_dir)
     try:
-        loaded = load_specs(ws.models_dir, tenants=owners)
+        loaded = load_specs(ws.models_dir, tenants=owners, cache_dir=ws.state_dir)
         if names:
             loaded = select_named(loaded, names, ws.show(ws.models_dir))
         roots = {t: TenantRoots(ws.root, t, tuple(cfg.roots(t))) for t, cfg in owners.items()}
@@ -344,8 +335,9 @@ def _plan(ws: Workspace, store: Store, names: list[str] | None, allow_dirty: boo
     finally:
         prov.close()
     if owners:
+        assert store is not None, "a workspace with tenants plans with its Store"
         check_quotas(ws, store, models, owners)
-    explain_updates(store, models)
+    explain_updates(reader, models)
     data.save()
     return Plan(models)
 
@@ -400,6 +392,8 @@ def check_quotas(
 ) -> None:
     """Over `max_models` or `max_artifact_bytes`: the models past the limit (in name order)
     become errors; the tenant's other models plan normally."""
+    from modelworks.registry.usage import Usage, usage
+
     limited = {t for t, cfg in owners.items() if cfg.quotas.max_models is not None}
     limited |= {t for t, cfg in owners.items() if cfg.quotas.max_artifact_bytes is not None}
     if not limited:

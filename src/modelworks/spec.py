@@ -198,8 +198,9 @@ class LoadedSpec:
         return qualified(self.tenant, self.name)
 
 
-def _read_raw(path: Path) -> dict[str, Any]:
-    text = path.read_bytes()
+def _read_raw(path: Path, text: bytes | None = None) -> dict[str, Any]:
+    if text is None:
+        text = path.read_bytes()
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -308,9 +309,14 @@ def parse_spec(path: Path, raw: dict[str, Any]) -> ModelSpec:
 
 def load_spec(path: Path) -> LoadedSpec:
     """Read and validate one spec file; errors are kept on the result, not raised."""
+    return read_spec_bytes(path)
+
+
+def read_spec_bytes(path: Path, data: bytes | None = None) -> LoadedSpec:
+    """`load_spec` of `path`, whose bytes were already read when `data` is given."""
     raw = None
     try:
-        raw = _read_raw(path)
+        raw = _read_raw(path, data)
         return LoadedSpec(path, parse_spec(path, raw), raw=raw)
     except SpecError as exc:
         return LoadedSpec(path, error=str(exc), raw=raw)
@@ -378,14 +384,22 @@ def load_specs(
     models_dir: Path,
     files: Iterable[Path] | None = None,
     tenants: Iterable[str] | None = None,
+    cache_dir: Path | None = None,
 ) -> list[LoadedSpec]:
     """Load every spec; a bad spec becomes an error entry and never stops the rest.
 
     With `tenants` (the declared tenant names; empty or None: no tenants, today's rules) each
     spec must belong to one of them, by its folder or its `tenant` field. Names are unique
-    per tenant.
+    per tenant. With `cache_dir` (the workspace's .mw), committed unchanged specs come from the
+    spec cache (spec_cache.py) instead of being read and parsed again.
     """
-    loaded = [load_spec(p) for p in (files if files is not None else spec_files(models_dir))]
+    paths = list(files) if files is not None else spec_files(models_dir)
+    if cache_dir is not None:
+        from modelworks.spec_cache import load_cached
+
+        loaded = load_cached(models_dir, paths, cache_dir)
+    else:
+        loaded = [load_spec(p) for p in paths]
     declared = frozenset(tenants or ())
     if declared:
         for item in loaded:

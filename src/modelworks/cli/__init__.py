@@ -61,8 +61,11 @@ def _root(
 
 
 def emit_json(payload: Any) -> None:
-    """Write one JSON document to stdout (the `--json` contract)."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    """Write one JSON document to stdout (the `--json` contract): indented for a terminal,
+    compact for a pipe or file (9,000 models: indenting cost a quarter of `mw plan`)."""
+    indent = 2 if sys.stdout.isatty() else None
+    separators = None if indent else (",", ":")
+    sys.stdout.write(json.dumps(payload, indent=indent, separators=separators, default=str) + "\n")
 
 
 _registered = False

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from modelworks.remote import Client
+    from modelworks.registry.fastread import Reader
     from modelworks.registry.store import Store
     from modelworks.security.identity import Identity
     from modelworks.workspace import Workspace
@@ -41,11 +43,15 @@ def open_scoped(
 ) -> tuple[Workspace, Store, frozenset[str] | None]:
     """`open_workspace`, plus the tenants the caller may see (None: all): a token's tenant,
     or every tenant for a platform admin and local mode's user (see tenancy.access)."""
-    from modelworks.registry.fsck import guard
-    from modelworks.security.anchor import open_store
     from modelworks.workspace import Workspace
 
-    ws = Workspace.load(path)
+    return _scoped(Workspace.load(path), role)
+
+
+def _scoped(ws: Workspace, role: str) -> tuple[Workspace, Store, frozenset[str] | None]:
+    from modelworks.registry.fsck import guard
+    from modelworks.security.anchor import open_store
+
     guard(ws)
     store = open_store(ws)
     guard(ws, store)
@@ -55,6 +61,54 @@ def open_scoped(
         who = identity_for(ws, store, cli_token(), None, role, "read this workspace")
         return ws, store, visible_tenants(who)
     return ws, store, None
+
+
+def open_reader(
+    path: Path | None, role: str = "viewer"
+) -> tuple[Workspace, Reader, frozenset[str] | None]:
+    """`open_scoped` for the read paths: a lean registry Reader (registry/fastread.py).
+
+    Local mode's healthy SQLite registry is read with sqlite3 alone (no Store, no ORM); in
+    token mode, or when the registry needs the guard or a migration, the Store is opened
+    as `open_scoped` does and the same tenants filter the reads.
+    """
+    from modelworks.registry import fastread
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(path)
+    if ws.settings.auth.mode != "token":
+        reader = fastread.open_sqlite(ws.registry_url)
+        if reader is not None:
+            return ws, reader, None
+    ws, store, tenants = _scoped(ws, role)
+    return ws, fastread.for_store(store), tenants
+
+
+def open_plan_reader(path: Path | None) -> tuple[Workspace, Reader] | None:
+    """The workspace and a lean Reader for `mw plan` when nothing needs the Store: local
+    mode, no tenants (declared or API-created), a healthy SQLite registry. Else None."""
+    from modelworks.registry import fastread
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(path)
+    if ws.settings.auth.mode == "token" or ws.settings.tenants:
+        return None
+    reader = fastread.open_sqlite(ws.registry_url)
+    if reader is None:
+        return None
+    if reader.rows("SELECT 1 FROM tenants WHERE settings IS NOT NULL LIMIT 1", {}):
+        reader.close()
+        return None
+    return ws, reader
+
+
+def remote_client(as_user: str | None = None) -> Client | None:
+    """cli._remote.remote(), without importing the HTTP client when MW_SERVER is unset."""
+    if not os.environ.get("MW_SERVER", "").strip():
+        return None
+    from modelworks.cli._remote import remote
+
+    return remote(as_user)
 
 
 def cli_token() -> str | None:

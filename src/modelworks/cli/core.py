@@ -7,14 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
-from modelworks._render import ApplyProgress, print_apply, print_plan, print_status
 from modelworks.cli import emit_json
 from modelworks.cli._common import (
     ActorOpt,
     JsonOpt,
     WorkspaceOpt,
     actor,
+    open_plan_reader,
+    open_reader,
     open_scoped,
+    remote_client,
 )
 
 data_app = typer.Typer(help="Version datasets (DVC-compatible).", no_args_is_help=True)
@@ -91,25 +93,51 @@ def plan_cmd(
     allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Show what apply would train and why (a diff of fingerprints against the registry)."""
-    from modelworks.cli._remote import path, plan_view, remote
+    if (api := remote_client()) is not None:
+        from modelworks.cli._remote import path, plan_view
 
-    if (api := remote()) is not None:
         data = api.post(path("plan"), {"models": models or [], "allow_dirty": allow_dirty})
         p: Any = plan_view(data)
     else:
-        from modelworks.submit import plan_for
-
-        ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
-        p = plan_for(ws, store, models or None, tenants, allow_dirty=allow_dirty)
+        p = _local_plan(workspace, models or None, allow_dirty)
     if json_out:
         emit_json(data if api is not None else p.to_dict())
     else:
+        from modelworks._render import print_plan
+
         print_plan(p, show_unchanged)
     s = p.summary
     if detailed_exitcode:
         raise typer.Exit(1 if s["error"] else 2 if s["create"] + s["update"] else 0)
     if s["error"]:
         raise typer.Exit(1)
+
+
+def _local_plan(workspace: Path | None, names: list[str] | None, allow_dirty: bool) -> Any:
+    """The plan of this workspace as the caller may see it, through the leanest registry read
+    that gives the same answer (see open_plan_reader)."""
+    from modelworks._gc import gc_paused
+
+    with gc_paused():  # imports and 9,000 specs: the collector's passes would free nothing
+        return _plan_of(workspace, names, allow_dirty)
+
+
+def _plan_of(workspace: Path | None, names: list[str] | None, allow_dirty: bool) -> Any:
+    from modelworks.plan import plan
+
+    lean = open_plan_reader(workspace)
+    if lean is not None:
+        from modelworks.registry.fastread import reading
+
+        ws, reader = lean
+        with reading(reader):
+            return plan(ws, None, names, allow_dirty=allow_dirty, reader=reader)
+    ws, store, tenants = open_scoped(workspace)  # a token sees its own tenant's models
+    if tenants is None:  # all of them: plan directly (submit imports the whole apply path)
+        return plan(ws, store, names, allow_dirty=allow_dirty)
+    from modelworks.submit import plan_for
+
+    return plan_for(ws, store, names, tenants, allow_dirty=allow_dirty)
 
 
 def apply_cmd(
@@ -140,6 +168,7 @@ def apply_cmd(
         if queued["errors"]:
             raise typer.Exit(1)
         return
+    from modelworks._render import ApplyProgress, print_apply
     from modelworks.apply import apply
     from modelworks.runs.executor import for_workspace
 
@@ -176,18 +205,23 @@ def apply_cmd(
 
 def status_cmd(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     """The fleet: each model's latest version, status, metrics and deployments."""
-    from modelworks.cli._remote import path, remote, status_order
+    if (api := remote_client()) is not None:
+        from modelworks.cli._remote import path, status_order
 
-    if (api := remote()) is not None:
         rows = status_order(api.pages(path("models"), {"limit": 500}))
     else:
-        from modelworks.registry.queries import status
+        from modelworks._gc import gc_paused
+        from modelworks.registry.fastread import reading, status
 
-        _ws, store, tenants = open_scoped(workspace)
-        rows = status(store, tenants)
+        with gc_paused():
+            _ws, reader, tenants = open_reader(workspace)
+            with reading(reader):
+                rows = status(reader, tenants)
     if json_out:
         emit_json({"models": rows})
         return
+    from modelworks._render import print_status
+
     print_status(rows)
 
 
@@ -197,19 +231,23 @@ def show_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """One model: versions, metrics, lineage, artifact and deployments."""
-    from modelworks._console import console
-    from modelworks.cli._remote import remote, show_path
+    if (api := remote_client()) is not None:
+        from modelworks.cli._remote import show_path
 
-    if (api := remote()) is not None:
         info = api.get(show_path(model))
     else:
-        from modelworks.registry.queries import show
+        from modelworks._gc import gc_paused
+        from modelworks.registry.fastread import reading, show
 
-        _ws, store, tenants = open_scoped(workspace)
-        info = show(store, model, tenants)
+        with gc_paused():
+            _ws, reader, tenants = open_reader(workspace)
+            with reading(reader):
+                info = show(reader, model, tenants)
     if json_out:
         emit_json(info)
         return
+    from modelworks._console import console
+
     console.print(
         f"[bold]{info['name']}[/bold] (tenant {info['tenant']}, pipeline {info['pipeline']})"
     )

@@ -7,12 +7,12 @@ missing one, so the answer never confirms that it exists.
 
 from __future__ import annotations
 
-from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import func, select
 
 from modelworks.errors import NotFoundError, did_you_mean
+from modelworks.registry.fastread import layout_repo, scan_status
 from modelworks.registry.models import Deployment, Model, ModelVersion, Run
 from modelworks.registry.store import Store
 from modelworks.tenancy.access import DEFAULT_TENANT
@@ -184,7 +184,7 @@ def show(
                 "skopeo": f"oci:{latest_ok.oci_layout}:{latest_ok.artifact_ref}",
                 "pushed_uri": latest_ok.pushed_uri,
                 "signed": latest_ok.signed,
-                "scan": _scan_status(latest_ok.scan),
+                "scan": scan_status(latest_ok.scan),
             }
         return {
             "name": qualified(m.tenant, m.name),
@@ -200,13 +200,6 @@ def show(
         }
 
 
-def _scan_status(scan: Any) -> str:
-    """'safe', 'unsafe' or 'unknown' (a missing or unrecognised scan result)."""
-    if isinstance(scan, dict) and isinstance(scan.get("safe"), bool):
-        return "safe" if scan["safe"] else "unsafe"
-    return "unknown"
-
-
 def _sbom(v: ModelVersion | None) -> dict[str, Any] | None:
     """Summary of the artifact's sbom.json (format, spec, components, key packages)."""
     if v is None or not v.artifact_digest or not v.oci_layout:
@@ -215,13 +208,6 @@ def _sbom(v: ModelVersion | None) -> dict[str, Any] | None:
 
     repo = layout_repo(v.oci_layout)
     return {"version": v.version, **artifact_sbom(v.oci_layout, repo, v.artifact_digest)}
-
-
-def layout_repo(layout: str) -> str:
-    """The OCI repository a `<store>/repos/<repo>` layout folder holds (`acme/churn`)."""
-    parts = PurePath(layout).parts
-    at = len(parts) - 1 - parts[::-1].index("repos") if "repos" in parts else len(parts) - 2
-    return "/".join(parts[at + 1 :])
 
 
 def runs(
