@@ -410,13 +410,13 @@ def load_specs(
             by_name.setdefault(item.qualified, []).append(item)
     for name, items in by_name.items():
         if len(items) > 1:
-            paths = ", ".join(str(i.path) for i in items)
+            where = ", ".join(str(i.path) for i in items)
             for item in items:
                 item.error = (
                     f"{item.path}: field 'model_name': {items[0].name!r} is declared twice "
-                    f"in tenant {item.tenant!r} ({paths})"
+                    f"in tenant {item.tenant!r} ({where})"
                     if declared
-                    else f"{item.path}: field 'model_name': {name!r} is declared twice ({paths})"
+                    else f"{item.path}: field 'model_name': {name!r} is declared twice ({where})"
                 )
                 item.spec = None
     return loaded

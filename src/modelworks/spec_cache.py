@@ -79,9 +79,9 @@ def clean_blobs(models_dir: Path) -> dict[str, str]:
     for entry in out.decode(errors="surrogateescape").split("\0"):
         meta, _, path = entry.partition("\t")
         parts = meta.split(" ")
-        if len(parts) == 4 and parts[0] == "H" and parts[1] in ("100644", "100755"):
-            if parts[3] == "0":
-                blobs[path] = parts[2]
+        tracked = len(parts) == 4 and parts[0] == "H" and parts[1] in ("100644", "100755")
+        if tracked and parts[3] == "0":
+            blobs[path] = parts[2]
     for path in dirty.decode(errors="surrogateescape").split("\0"):
         blobs.pop(path, None)
     return blobs

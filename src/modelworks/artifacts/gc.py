@@ -122,8 +122,8 @@ def _registry_state(store: Store) -> tuple[set[tuple[str, str]], set[str], set[s
     run's time. A tenant's model lives in `<namespace>/<model>`: its layout folder says which."""
     from sqlalchemy import func, select
 
+    from modelworks.registry.fastread import layout_repo
     from modelworks.registry.models import Model, ModelVersion, Run
-    from modelworks.registry.queries import layout_repo
 
     with store.session() as s:
         found = s.execute(

@@ -84,7 +84,7 @@ def _repositories(ws: Workspace, name: str, tenant: str, v: ModelVersion) -> tup
     """The version's repository in the local store and in the registry (`<namespace>/<model>`,
     the namespace being the tenant's; `oci.namespace` for the default tenant)."""
     from modelworks._deployrepo import deployment_name, layout_of
-    from modelworks.registry.queries import layout_repo
+    from modelworks.registry.fastread import layout_repo
     from modelworks.registry.tenants import oci_namespace
 
     local = layout_repo(v.oci_layout) if v.oci_layout else name

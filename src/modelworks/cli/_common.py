@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from modelworks.remote import Client
     from modelworks.registry.fastread import Reader
     from modelworks.registry.store import Store
+    from modelworks.remote import Client
     from modelworks.security.identity import Identity
     from modelworks.workspace import Workspace
 

@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from modelworks import _git
 from modelworks._deployrepo import REFERENCE, layout_of, model_names
 from modelworks.errors import ModelworksError, RegistryError
+from modelworks.registry.fastread import layout_repo
 from modelworks.registry.models import Deployment, Model, ModelVersion
-from modelworks.registry.queries import layout_repo
 from modelworks.tenancy.names import qualified
 
 if TYPE_CHECKING:
