@@ -34,7 +34,7 @@ def require_kfp() -> ModuleType:
         raise ConfigError(
             f"this pipeline is a Kubeflow pipeline and the kfp SDK is not installed: {EXTRA}"
         ) from None
-    return kfp
+    return kfp  # type: ignore[no-any-return]
 
 
 def looks_like_kfp(source: Path) -> bool:
