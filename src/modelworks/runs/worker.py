@@ -263,6 +263,18 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _train(
+    job: dict[str, Any], workdir: Path, secrets: SealedSecrets, logger: logging.Logger
+) -> dict[str, Any]:
+    """Run the pipeline's steps here, or (executor.kind kfp) as a run on Kubeflow Pipelines."""
+    if job.get("kfp"):
+        from modelworks.runs.kfp_executor import train_remote
+
+        return train_remote(job, workdir, secrets, logger)
+    module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
+    return run_steps(module, _inputs(job, workdir, secrets), logger)
+
+
 def _run(
     job: dict[str, Any],
     result: dict[str, Any],
@@ -293,8 +305,7 @@ def _run(
                     earlier["digest"],
                 )
                 return
-            module = load_module(Path(job["pipeline"]["source"]), job["pipeline"]["hash"])
-            ctx = run_steps(module, _inputs(job, workdir, secrets), logger)
+            ctx = _train(job, workdir, secrets, logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(
                 Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")

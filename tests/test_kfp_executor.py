@@ -1,0 +1,156 @@
+"""`executor.kind: kfp`: `mw apply` submits to a Kubeflow Pipelines API (a test double of the
+API server on 127.0.0.1 that checks every request) and registers what the runs produced."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kfp_server import FakeKFP, serve
+
+from modelworks.artifacts.oci import OCIStore
+from modelworks.testing import make_workspace, mw, mw_json, small_fleet, write_pipeline, write_spec
+from modelworks.workspace import Workspace
+
+pytest.importorskip("kfp")
+
+TOKEN = "kfp-test-token-123"
+SERVED = {"accuracy": 0.875, "f1": 0.81}
+V2_PIPELINE = "# v2: same steps, a new version\n"
+
+
+@functools.cache
+def model_bytes(c: float) -> bytes:
+    """What a real train step writes: a fitted sklearn model, saved with skops."""
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4))
+    return bytes(sio.dumps(LogisticRegression(C=c).fit(X, (X[:, 0] > 0).astype(int))))
+
+
+def write_model(folder: Path, params: dict[str, Any]) -> None:
+    (folder / "model.skops").write_bytes(model_bytes(float(params["hyperparameters"]["C"])))
+
+
+@pytest.fixture
+def kfp_api(tmp_path: Path) -> Iterator[FakeKFP]:
+    for c in (1.0, 2.0):  # built here, not in the server's request thread
+        model_bytes(c)
+    fake = FakeKFP(tmp_path / "pipeline-root", TOKEN, write_model, dict(SERVED))
+    yield from serve(fake)
+
+
+def kfp_workspace(tmp_path: Path, host: str, models: int = 2) -> Workspace:
+    ws = make_workspace(
+        tmp_path / "ws",
+        executor={"kind": "kfp", "workers": 2, "retries": 0},
+        kfp={"host": host, "token_env": "MW_TEST_KFP_TOKEN", "poll_interval": 0.05},
+    )
+    small_fleet(ws, models=models)
+    return ws
+
+
+def test_apply_trains_on_kfp_and_registers_the_served_metrics(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=2)
+    report = mw_json(capsys, ws, "apply")
+    assert kfp_api.problems == []
+    assert sorted(t["name"] for t in report["trained"]) == ["model-0", "model-1"]
+    # One KFP pipeline for the modelworks pipeline, one version for v1: both jobs share it.
+    assert [p["display_name"] for p in kfp_api.pipelines.values()] == ["tiny"]
+    names = sorted(v["display_name"] for v in kfp_api.versions.values())
+    assert names == ["tiny", "v1"]  # KFP names a pipeline's first version after it
+    assert [u["kind"] for u in kfp_api.uploads] == ["pipeline", "version"]
+    assert kfp_api.uploads[0]["parameters"] == [
+        "data_source",
+        "hyperparameters",
+        "local_path",
+        "model_name",
+        "version",
+    ]
+    # A run per job, with the supplied parameters.
+    params = sorted(kfp_api.run_params(), key=lambda p: p["model_name"])
+    assert [p["model_name"] for p in params] == ["model-0", "model-1"]
+    assert params[1]["hyperparameters"] == {"C": 2.0}
+    assert params[1]["data_source"] == "data/set1/data.csv"
+    versions = {t["name"]: t["version"] for t in report["trained"]}
+    assert [p["version"] for p in params] == [versions[p["model_name"]] for p in params]
+    shown = mw_json(capsys, ws, "show", "model-1")
+    assert shown["versions"][0]["metrics"] == SERVED
+    digest = shown["artifact"]["digest"]
+    files = OCIStore(ws.oci_dir).extract(digest, tmp_path / "image")
+    assert (files / "model.skops").is_file()  # the run's model file, packaged as a ModelCar
+    assert json.loads((files / "metrics.json").read_text()) == SERVED
+
+    # A new pipeline version: one more KFP version; the pipeline itself is reused.
+    folder = ws.pipelines_dir / "tiny"
+    write_pipeline(ws, "tiny", "v2", (folder / "pipeline.py").read_text() + V2_PIPELINE)
+    write_spec(ws, "model-0", "data/set0/data.csv", version="v2", model_hyperparameters={"C": 1.0})
+    again = mw_json(capsys, ws, "apply")
+    assert [t["name"] for t in again["trained"]] == ["model-0"]
+    assert [u["name"] for u in kfp_api.uploads] == ["tiny", "v1", "v2"]
+    assert len(kfp_api.pipelines) == 1
+    assert kfp_api.problems == []
+
+
+def test_a_failed_run_fails_the_job_with_the_servers_message(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    kfp_api.fail_with = "train: OOMKilled (exit code 137)"
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=1)
+    code, out, _ = mw(capsys, ws, "apply", "--json")
+    assert code != 0
+    failed = json.loads(out)["failed"]
+    assert [f["name"] for f in failed] == ["model-0"]
+    assert "OOMKilled (exit code 137)" in failed[0]["error"]
+    assert "failed" in failed[0]["error"]
+
+
+def test_a_wrong_token_is_refused_by_the_server(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", "not-the-token")
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=1)
+    code, out, _ = mw(capsys, ws, "apply", "--json")
+    assert code != 0
+    (failed,) = json.loads(out)["failed"]
+    assert "HTTP 401" in failed["error"]
+    assert "kfp.token_env" in failed["error"]
+    assert "bad bearer token" in failed["error"]
+    assert kfp_api.runs == {}
+
+
+def test_an_unreachable_host_names_the_host_and_the_setting(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    ws = kfp_workspace(tmp_path, f"http://127.0.0.1:{port}", models=1)
+    code, out, _ = mw(capsys, ws, "apply", "--json")
+    assert code != 0
+    (failed,) = json.loads(out)["failed"]
+    assert f"127.0.0.1:{port}" in failed["error"]
+    assert "kfp.host" in failed["error"]
+    assert "unreachable" in failed["error"]
+
+
+def test_executor_kfp_without_a_host_is_a_settings_error(tmp_path: Path, capsys: Any) -> None:
+    ws = make_workspace(tmp_path / "ws", executor={"kind": "kfp"})
+    small_fleet(ws, models=1)
+    code, _, err = mw(capsys, ws, "apply")
+    assert code == 1
+    assert "kfp.host is not set" in err
+    assert "Traceback" not in err
