@@ -515,7 +515,9 @@ def export_kfp_cmd(
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
     out.write_text(text)
-    console.print(f"  wrote {out} (pipeline {ref.name} {ref.version})", highlight=False)
+    console.print(
+        f"  wrote {out} (pipeline {ref.name} {ref.version})", highlight=False, soft_wrap=True
+    )
 
 
 def _pipeline_ref(ws: Any, name: str, version: str | None) -> Any:
