@@ -138,12 +138,26 @@ class FakeKFP:
                     "artifact_id": aid,
                     "uri": (folder / task / name).as_uri(),
                 }
-                if kind == "system.Metrics":
+                if self.s3 is not None:
+                    record["uri"] = self._to_s3(folder, f"{task}/{name}", kind)
+                elif kind == "system.Metrics":
                     record["metadata"] = dict(self.metrics, display_name="metrics")
                 self.artifacts[aid] = record
                 outputs[name] = {"artifact_ids": [aid]}
             tasks.append({"task_id": uuid.uuid4().hex, "display_name": task, "outputs": outputs})
         return tasks
+
+    def _to_s3(self, folder: Path, rel: str, kind: str) -> str:
+        """Upload the artifact (a folder of files, or the metrics as JSON); its URI."""
+        key = f"{folder.name}/{rel}"
+        if kind == "system.Metrics":  # metrics as a file, no metadata: the executor reads it
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(self.metrics).encode())
+            return f"s3://{self.bucket}/{key}"
+        for f in (folder / rel).rglob("*"):
+            if f.is_file():
+                sub = f.relative_to(folder / rel).as_posix()
+                self.s3.put_object(Bucket=self.bucket, Key=f"{key}/{sub}", Body=f.read_bytes())
+        return f"minio://{self.bucket}/{key}"
 
     # --- experiments -----------------------------------------------------------------
     def list_experiments(self, name: str | None) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kfp_server import FakeKFP, serve
+from s3_server import S3Server, s3_server  # noqa: F401  (pytest fixture)
 
 from modelworks.artifacts.oci import OCIStore
 from modelworks.testing import make_workspace, mw, mw_json, small_fleet, write_pipeline, write_spec
@@ -48,11 +49,11 @@ def kfp_api(tmp_path: Path) -> Iterator[FakeKFP]:
     yield from serve(fake)
 
 
-def kfp_workspace(tmp_path: Path, host: str, models: int = 2) -> Workspace:
+def kfp_workspace(tmp_path: Path, host: str, models: int = 2, **kfp: Any) -> Workspace:
     ws = make_workspace(
         tmp_path / "ws",
         executor={"kind": "kfp", "workers": 2, "retries": 0},
-        kfp={"host": host, "token_env": "MW_TEST_KFP_TOKEN", "poll_interval": 0.05},
+        kfp={"host": host, "token_env": "MW_TEST_KFP_TOKEN", "poll_interval": 0.05, **kfp},
     )
     small_fleet(ws, models=models)
     return ws
@@ -101,6 +102,27 @@ def test_apply_trains_on_kfp_and_registers_the_served_metrics(
     assert [u["name"] for u in kfp_api.uploads] == ["tiny", "v1", "v2"]
     assert len(kfp_api.pipelines) == 1
     assert kfp_api.problems == []
+
+
+@pytest.mark.integration
+def test_artifacts_in_the_object_store_are_fetched_from_s3(
+    tmp_path: Path,
+    kfp_api: FakeKFP,
+    s3_server: S3Server,  # noqa: F811
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    kfp_api.s3, kfp_api.bucket = s3_server.client(), s3_server.bucket()
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=1, s3_endpoint_url=s3_server.endpoint)
+    report = mw_json(capsys, ws, "apply")
+    assert kfp_api.problems == []
+    (trained,) = report["trained"]
+    assert trained["metrics"] == SERVED  # read from the metrics file in the bucket
+    files = OCIStore(ws.oci_dir).extract(trained["digest"], tmp_path / "image")
+    assert (files / "model.skops").read_bytes() == model_bytes(1.0)
 
 
 def test_a_failed_run_fails_the_job_with_the_servers_message(
