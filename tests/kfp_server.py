@@ -36,6 +36,8 @@ class FakeKFP:
     required: tuple[str, ...] = ("data_source", "hyperparameters")
     fail_with: str | None = None
     polls_before_done: int = 1
+    s3: Any = None  # a boto3 client: runs write artifacts to this bucket instead of root
+    bucket: str = ""
     url: str = ""
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -118,14 +120,11 @@ class FakeKFP:
             run["error"] = {"code": 2, "message": self.fail_with}
             return
         params = rec["body"]["runtime_config"]["parameters"]
-        folder = self.root / run["run_id"]
-        (folder / "train" / "model").mkdir(parents=True)
-        self.model_file(folder / "train" / "model", params)
-        tasks = self._tasks(rec["version"]["_ir"], folder)
+        tasks = self._tasks(rec["version"]["_ir"], self.root / run["run_id"], params)
         run["state"] = "SUCCEEDED"
         run["run_details"] = {"task_details": tasks}
 
-    def _tasks(self, ir: dict[str, Any], folder: Path) -> list[dict[str, Any]]:
+    def _tasks(self, ir: dict[str, Any], folder: Path, params: Any) -> list[dict[str, Any]]:
         """One task detail per root DAG task, its outputs registered as artifacts."""
         tasks = []
         for task, spec in ir["root"]["dag"]["tasks"].items():
@@ -134,6 +133,9 @@ class FakeKFP:
             for name, art in comp.get("outputDefinitions", {}).get("artifacts", {}).items():
                 aid = uuid.uuid4().hex
                 kind = art["artifactType"]["schemaTitle"]
+                if kind == "system.Model":  # the run "trains": the model lands in the root
+                    (folder / task / name).mkdir(parents=True)
+                    self.model_file(folder / task / name, params)
                 record: dict[str, Any] = {
                     "artifact_id": aid,
                     "uri": (folder / task / name).as_uri(),
@@ -209,7 +211,10 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
                 self._send(401, {"message": "Unauthenticated: bad bearer token"})
                 return
             with fake.lock:
-                status, doc = self._route(method, url.path.removeprefix(API), query, body)
+                try:
+                    status, doc = self._route(method, url.path.removeprefix(API), query, body)
+                except Exception as exc:  # a bug in the double or a request it cannot read
+                    status, doc = 500, {"message": f"{type(exc).__name__}: {exc}"}
             if status >= 400:
                 fake.problems.append(f"{method} {url.path}: {status} {doc}")
             self._send(status, doc)

@@ -24,6 +24,20 @@ pytest.importorskip("kfp")
 TOKEN = "kfp-test-token-123"
 SERVED = {"accuracy": 0.875, "f1": 0.81}
 V2_PIPELINE = "# v2: same steps, a new version\n"
+NATIVE_PIPELINE = """\
+from kfp import dsl
+from kfp.dsl import Metrics, Model, Output
+
+
+@dsl.component(base_image="python:3.11")
+def fit(data_source: str, hyperparameters: dict, model: Output[Model], metrics: Output[Metrics]):
+    metrics.log_metric("accuracy", 0.9)
+
+
+@dsl.pipeline(name="native")
+def native(data_source: str, hyperparameters: dict = {}, version: str = ""):
+    fit(data_source=data_source, hyperparameters=hyperparameters)
+"""
 
 
 @functools.cache
@@ -123,6 +137,34 @@ def test_artifacts_in_the_object_store_are_fetched_from_s3(
     assert trained["metrics"] == SERVED  # read from the metrics file in the bucket
     files = OCIStore(ws.oci_dir).extract(trained["digest"], tmp_path / "image")
     assert (files / "model.skops").read_bytes() == model_bytes(1.0)
+
+
+def test_a_kubeflow_pipeline_gets_the_parameters_it_declares_and_a_sealed_token(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any
+) -> None:
+    from modelworks.registry.store import Store
+    from modelworks.security.keys import seal_secret
+
+    kfp_api.required = ("data_source",)
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=0, token_env=None, token_secret="KFP_TOKEN")
+    write_pipeline(ws, "native", "v3", NATIVE_PIPELINE)
+    write_spec(
+        ws,
+        "native-model",
+        "data/set0/data.csv",
+        pipeline="native",
+        version="v3",
+        model_hyperparameters={"C": 2.0},
+    )
+    seal_secret(ws, Store(ws.registry_url), "KFP_TOKEN", TOKEN.encode() + b"\n", actor="alice")
+    report = mw_json(capsys, ws, "apply")
+    assert kfp_api.problems == []
+    assert [t["name"] for t in report["trained"]] == ["native-model"]
+    # model_name is not declared by this pipeline: it is not sent.
+    version = report["trained"][0]["version"]
+    assert kfp_api.run_params() == [
+        {"data_source": "data/set0/data.csv", "hyperparameters": {"C": 2.0}, "version": version}
+    ]
 
 
 def test_a_failed_run_fails_the_job_with_the_servers_message(
