@@ -38,6 +38,8 @@ class FakeKFP:
     polls_before_done: int = 1
     s3: Any = None  # a boto3 client: runs write artifacts to this bucket instead of root
     bucket: str = ""
+    # The first name lookup of these kinds misses (another client uploads meanwhile).
+    stale: set[str] = field(default_factory=set)
     url: str = ""
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -223,6 +225,9 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
             parts = path.strip("/").split("/")
             if method == "GET" and path == "/healthz":
                 return 200, {"multi_user": False}
+            if method == "GET" and path == "/pipelines" and "pipeline" in fake.stale:
+                fake.stale.discard("pipeline")
+                return 200, {}
             if method == "GET" and path == "/pipelines":
                 name = _filter_name(query)
                 found = [p for p in fake.pipelines.values() if name in (None, p["display_name"])]
@@ -233,6 +238,9 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
                 return fake.upload(query, ir, version)
             if method == "GET" and parts[:1] == ["pipelines"] and parts[2:] == ["versions"]:
                 name = _filter_name(query)
+                if name is not None and "version" in fake.stale:
+                    fake.stale.discard("version")
+                    return 200, {}
                 found = [
                     {k: v for k, v in ver.items() if not k.startswith("_")}
                     for ver in fake.versions.values()

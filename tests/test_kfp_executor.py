@@ -167,6 +167,26 @@ def test_a_kubeflow_pipeline_gets_the_parameters_it_declares_and_a_sealed_token(
     ]
 
 
+def test_an_upload_racing_another_worker_reuses_what_it_uploaded(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from modelworks.pipelines.kfp_compile import compile_folder
+
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=1)
+    ir = yaml.safe_load(compile_folder(ws.pipelines_dir / "tiny", "tiny", "v1"))
+    _, made = kfp_api.upload({"name": "tiny"}, ir, None)  # "another worker" was first
+    kfp_api.upload({"pipelineid": made["pipeline_id"]}, ir, "v1")
+    kfp_api.stale = {"pipeline", "version"}  # both lookups miss; both uploads get 409
+    report = mw_json(capsys, ws, "apply")
+    assert [t["name"] for t in report["trained"]] == ["model-0"]
+    assert len(kfp_api.pipelines) == 1
+    assert len(kfp_api.versions) == 2  # "tiny" and "v1": nothing uploaded twice
+    assert [p.split(":")[1].strip()[:3] for p in kfp_api.problems] == ["409", "409"]
+
+
 def test_a_failed_run_fails_the_job_with_the_servers_message(
     tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

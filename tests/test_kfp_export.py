@@ -122,3 +122,23 @@ def test_compiled_plain_pipeline_runs_on_kfp_local(fleet: Workspace, tmp_path: P
     assert model.stat().st_size > 0
     (metrics,) = (tmp_path / "root").glob("tiny-*/evaluate/metrics")
     assert 0.8 <= json.loads(metrics.read_text())["accuracy"] <= 1.0
+
+
+def test_without_kfp_the_error_names_the_extra(fleet: Workspace) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['kfp'] = None  # as if kfp were not installed\n"
+        "from modelworks.cli import main; main(sys.argv[1:])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "export", "kfp", "tiny", "-C", str(fleet.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "pip install 'modelworks[kfp]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modelworks.errors import ConfigError, PipelineError, UnavailableError
+from modelworks.errors import ConfigError, ConflictError, PipelineError, UnavailableError
 from modelworks.pipelines.kfp_compile import artifact_outputs, compile_folder, parameters
 from modelworks.pipelines.steps import SealedSecrets
 
@@ -185,32 +185,52 @@ class Endpoint:
                 f"unreachable while trying to {what}: {type(exc).__name__}: {exc}"
             ) from None
         except kfp_server_api.ApiException as exc:
+            if exc.status == 409:
+                raise ConflictError(f"{what}: {_message(exc.body)}") from None
             raise PipelineError(
                 f"Kubeflow Pipelines at {self.host} refused to {what}: "
                 f"HTTP {exc.status}: {_message(exc.body)}"
             ) from None
 
     def ensure_version(self, pipe: dict[str, Any], package: Path) -> tuple[str, str]:
-        """(pipeline id, version id), uploading the pipeline and its version when new."""
+        """(pipeline id, version id), uploading the pipeline and its version when new.
+
+        Another worker may upload the same one between the lookup and the upload: the
+        server's 409 sends this one back to the lookup.
+        """
         c, name, version = self.client, pipe["name"], pipe["version"]
         note = f"modelworks pipeline {name} {version} (hash {pipe['hash'][:12]})"
         pid = self.call("look up the pipeline", c.get_pipeline_id, name)
         if pid is None:
-            created = self.call(
-                "upload the pipeline", c.upload_pipeline, str(package), name, note, _ns(self.cfg)
-            )
-            pid = created.pipeline_id
-        vid = self._version_id(pid, version)
+            try:
+                pid = self.call(
+                    "upload the pipeline",
+                    c.upload_pipeline,
+                    str(package),
+                    name,
+                    note,
+                    _ns(self.cfg),
+                ).pipeline_id
+            except ConflictError:
+                pid = self.call("look up the pipeline", c.get_pipeline_id, name)
+        vid = self._version_id(pid, version) if pid else None
         if vid is None:
-            made = self.call(
-                "upload the pipeline version",
-                c.upload_pipeline_version,
-                str(package),
-                version,
-                pipeline_id=pid,
-                description=note,
+            try:
+                vid = self.call(
+                    "upload the pipeline version",
+                    c.upload_pipeline_version,
+                    str(package),
+                    version,
+                    pipeline_id=pid,
+                    description=note,
+                ).pipeline_version_id
+            except ConflictError:
+                vid = self._version_id(pid, version)
+        if not pid or not vid:
+            raise PipelineError(
+                f"Kubeflow Pipelines at {self.host} reported pipeline {name} {version} as "
+                "existing but does not list it"
             )
-            vid = made.pipeline_version_id
         return pid, vid
 
     def _version_id(self, pipeline_id: str, version: str) -> str | None:
