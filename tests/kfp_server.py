@@ -253,6 +253,12 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
                 return fake.list_experiments(_filter_name(query))
             if method == "POST" and path == "/runs":
                 return fake.create_run(json.loads(body))
+            if method == "POST" and parts[0] == "runs" and parts[-1].endswith(":terminate"):
+                rec = fake.runs.get(parts[1].removesuffix(":terminate"))
+                if rec is None:
+                    return 404, {"message": "run not found"}
+                rec["run"]["state"] = "CANCELING"
+                return 200, {}
             if method == "GET" and parts[0] == "runs" and len(parts) == 2:
                 return fake.get_run(parts[1])
             if method == "GET" and parts[0] == "artifacts" and len(parts) == 2:

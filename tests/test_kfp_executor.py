@@ -63,10 +63,12 @@ def kfp_api(tmp_path: Path) -> Iterator[FakeKFP]:
     yield from serve(fake)
 
 
-def kfp_workspace(tmp_path: Path, host: str, models: int = 2, **kfp: Any) -> Workspace:
+def kfp_workspace(
+    tmp_path: Path, host: str, models: int = 2, timeout: float = 600, **kfp: Any
+) -> Workspace:
     ws = make_workspace(
         tmp_path / "ws",
-        executor={"kind": "kfp", "workers": 2, "retries": 0},
+        executor={"kind": "kfp", "workers": 2, "retries": 0, "timeout": timeout},
         kfp={"host": host, "token_env": "MW_TEST_KFP_TOKEN", "poll_interval": 0.05, **kfp},
     )
     small_fleet(ws, models=models)
@@ -199,6 +201,19 @@ def test_a_failed_run_fails_the_job_with_the_servers_message(
     assert [f["name"] for f in failed] == ["model-0"]
     assert "OOMKilled (exit code 137)" in failed[0]["error"]
     assert "failed" in failed[0]["error"]
+
+
+def test_a_run_past_the_timeout_is_terminated_and_fails_the_job(
+    tmp_path: Path, kfp_api: FakeKFP, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
+    kfp_api.polls_before_done = 10**6  # never finishes
+    ws = kfp_workspace(tmp_path, kfp_api.url, models=1, timeout=1.5)
+    code, out, _ = mw(capsys, ws, "apply", "--json")
+    assert code != 0
+    (failed,) = json.loads(out)["failed"]
+    assert "after 1.5s (executor.timeout)" in failed["error"]
+    assert [r["run"]["state"] for r in kfp_api.runs.values()] == ["CANCELING"]
 
 
 def test_a_wrong_token_is_refused_by_the_server(

@@ -16,6 +16,7 @@ Metrics artifacts. The model files then take the local line (gates, scan, ModelC
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modelworks.errors import ConfigError, ConflictError, PipelineError, UnavailableError
+from modelworks.errors import (
+    ConfigError,
+    ConflictError,
+    ModelworksError,
+    PipelineError,
+    UnavailableError,
+)
 from modelworks.pipelines.kfp_compile import artifact_outputs, compile_folder, parameters
 from modelworks.pipelines.steps import SealedSecrets
 
@@ -274,7 +281,12 @@ class Endpoint:
             if state in DONE:
                 break
             if time.monotonic() > deadline:
-                raise PipelineError(f"KFP run {run_id} still {state or 'pending'} after {timeout}s")
+                with contextlib.suppress(ModelworksError):  # best effort: free the cluster
+                    self.call("terminate the run", self.client.terminate_run, run_id)
+                raise PipelineError(
+                    f"KFP run {run_id} still {state or 'pending'} after {timeout}s "
+                    "(executor.timeout); asked the server to terminate it"
+                )
             time.sleep(self.cfg.get("poll_interval", 5.0))
         if state != "SUCCEEDED":
             why = run.error.message if run.error is not None and run.error.message else state
