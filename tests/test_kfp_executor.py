@@ -64,11 +64,11 @@ def kfp_api(tmp_path: Path) -> Iterator[FakeKFP]:
 
 
 def kfp_workspace(
-    tmp_path: Path, host: str, models: int = 2, timeout: float = 600, **kfp: Any
+    tmp_path: Path, host: str, models: int = 2, timeout: float = 600, retries: int = 0, **kfp: Any
 ) -> Workspace:
     ws = make_workspace(
         tmp_path / "ws",
-        executor={"kind": "kfp", "workers": 2, "retries": 0, "timeout": timeout},
+        executor={"kind": "kfp", "workers": 2, "retries": retries, "timeout": timeout},
         kfp={"host": host, "token_env": "MW_TEST_KFP_TOKEN", "poll_interval": 0.05, **kfp},
     )
     small_fleet(ws, models=models)
@@ -237,13 +237,16 @@ def test_an_unreachable_host_names_the_host_and_the_setting(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MW_TEST_KFP_TOKEN", TOKEN)
-    ws = kfp_workspace(tmp_path, f"http://127.0.0.1:{port}", models=1)
+    ws = kfp_workspace(tmp_path, f"http://127.0.0.1:{port}", models=1, retries=1)
     code, out, _ = mw(capsys, ws, "apply", "--json")
     assert code != 0
     (failed,) = json.loads(out)["failed"]
     assert f"127.0.0.1:{port}" in failed["error"]
     assert "kfp.host" in failed["error"]
     assert "unreachable" in failed["error"]
+    # An unreachable endpoint may come back: the job was tried again before failing.
+    (log,) = (ws.state_dir / "logs" / "model-0").glob("*.log")
+    assert log.read_text().count("is unreachable") == 2
 
 
 def test_executor_kfp_without_a_host_is_a_settings_error(tmp_path: Path, capsys: Any) -> None:

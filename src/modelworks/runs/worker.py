@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelworks import LINE_FORMAT
 from modelworks.artifacts.modelfiles import custom_model_file, sample_of, save_model, write_json
-from modelworks.errors import ModelworksError, PipelineError
+from modelworks.errors import ModelworksError, PipelineError, UnavailableError
 from modelworks.gates import check, summary
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
 from modelworks.security.redact import RedactingWriter, redact
@@ -334,7 +334,10 @@ def _run(
                     result.update(_package(job, ctx, out), status="succeeded")
                     logger.info("packaged %s (signed: %s)", result["digest"], result["signed"])
         except ModelworksError as exc:
-            result.update(status="failed", error=str(exc))
+            # An unreachable service (a KFP endpoint) may be back by the next attempt.
+            result.update(
+                status="failed", error=str(exc), retryable=isinstance(exc, UnavailableError)
+            )
             logger.error("%s", exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
