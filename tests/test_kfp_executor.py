@@ -30,12 +30,12 @@ from kfp.dsl import Metrics, Model, Output
 
 
 @dsl.component(base_image="python:3.11")
-def fit(data_source: str, hyperparameters: dict, model: Output[Model], metrics: Output[Metrics]):
+def fit(data_source: dict, hyperparameters: dict, model: Output[Model], metrics: Output[Metrics]):
     metrics.log_metric("accuracy", 0.9)
 
 
 @dsl.pipeline(name="native")
-def native(data_source: str, hyperparameters: dict = {}, version: str = ""):
+def native(data_source: dict, hyperparameters: dict = {}, version: str = ""):
     fit(data_source=data_source, hyperparameters=hyperparameters)
 """
 
@@ -91,7 +91,6 @@ def test_apply_trains_on_kfp_and_registers_the_served_metrics(
     assert kfp_api.uploads[0]["parameters"] == [
         "data_source",
         "hyperparameters",
-        "local_path",
         "model_name",
         "version",
     ]
@@ -99,7 +98,9 @@ def test_apply_trains_on_kfp_and_registers_the_served_metrics(
     params = sorted(kfp_api.run_params(), key=lambda p: p["model_name"])
     assert [p["model_name"] for p in params] == ["model-0", "model-1"]
     assert params[1]["hyperparameters"] == {"C": 2.0}
-    assert params[1]["data_source"] == "data/set1/data.csv"
+    source = params[1]["data_source"]  # the spec's data_source, as kfp.local gets it
+    assert (source["type"], source["dataset"]) == ("dvc", "data/set1/data.csv")
+    assert "local_path" not in source
     versions = {t["name"]: t["version"] for t in report["trained"]}
     assert [p["version"] for p in params] == [versions[p["model_name"]] for p in params]
     shown = mw_json(capsys, ws, "show", "model-1")
@@ -164,9 +165,10 @@ def test_a_kubeflow_pipeline_gets_the_parameters_it_declares_and_a_sealed_token(
     assert [t["name"] for t in report["trained"]] == ["native-model"]
     # model_name is not declared by this pipeline: it is not sent.
     version = report["trained"][0]["version"]
-    assert kfp_api.run_params() == [
-        {"data_source": "data/set0/data.csv", "hyperparameters": {"C": 2.0}, "version": version}
-    ]
+    (params,) = kfp_api.run_params()
+    assert set(params) == {"data_source", "hyperparameters", "version"}
+    assert params["data_source"]["dataset"] == "data/set0/data.csv"
+    assert (params["hyperparameters"], params["version"]) == ({"C": 2.0}, version)
 
 
 def test_an_upload_racing_another_worker_reuses_what_it_uploaded(

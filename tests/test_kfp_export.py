@@ -20,14 +20,14 @@ from kfp.dsl import Metrics, Model, Output
 
 
 @dsl.component(base_image="python:3.11")
-def fit(data_source: str, hyperparameters: dict, model: Output[Model], metrics: Output[Metrics]):
+def fit(data_source: dict, hyperparameters: dict, model: Output[Model], metrics: Output[Metrics]):
     with open(model.path, "w") as fh:
-        fh.write(data_source)
+        fh.write(str(data_source))
     metrics.log_metric("accuracy", 0.9)
 
 
 @dsl.pipeline(name="kfp-native")
-def native(data_source: str, hyperparameters: dict = {}, version: str = ""):
+def native(data_source: dict, hyperparameters: dict = {}, version: str = ""):
     fit(data_source=data_source, hyperparameters=hyperparameters)
 """
 
@@ -43,8 +43,8 @@ def test_plain_pipeline_wraps_its_steps_as_components(capsys: Any, fleet: Worksp
     assert ir["pipelineInfo"]["name"] == "tiny"
     assert set(ir["components"]) == {"comp-prepare", "comp-train", "comp-evaluate"}
     params = ir["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"data_source", "local_path", "hyperparameters", "model_name", "version"}
-    assert params["data_source"]["parameterType"] == "STRING"
+    assert set(params) == {"data_source", "hyperparameters", "model_name", "version"}
+    assert params["data_source"]["parameterType"] == "STRUCT"  # the spec's, + local_path
     assert params["hyperparameters"]["parameterType"] == "STRUCT"
     tasks = ir["root"]["dag"]["tasks"]
     assert set(tasks) == {"prepare", "train", "evaluate"}
@@ -117,7 +117,7 @@ def test_compiled_plain_pipeline_runs_on_kfp_local(fleet: Workspace, tmp_path: P
     path.write_text(compile_folder(fleet.pipelines_dir / "tiny", "tiny", "v1"))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     data = fleet.root / "data/set0/data.csv"
-    components.load_component_from_file(str(path))(data_source=str(data))
+    components.load_component_from_file(str(path))(data_source={"local_path": str(data)})
     (model,) = (tmp_path / "root").glob("tiny-*/train/model/model.skops")
     assert model.stat().st_size > 0
     (metrics,) = (tmp_path / "root").glob("tiny-*/evaluate/metrics")

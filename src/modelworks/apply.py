@@ -190,6 +190,7 @@ def _jobs(
                 "tenant": spec.tenant,
                 "weight": c.weight,
                 "hyperparameters": spec.hyperparameters,
+                "data_source": spec.data_source.model_dump(exclude_none=True),
                 "gates": spec.gates.model_dump(),
                 "baseline": baselines.get(mp.name),
                 "pipeline": {

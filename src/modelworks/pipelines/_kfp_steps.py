@@ -54,18 +54,22 @@ def call(fn, names):
     return fn(**{k: v for k, v in names.items() if k in wanted})
 
 
-def fetch(data_source, local_path):
-    """A local path to the data: local_path, a local data_source, or an s3:// download."""
-    path = local_path or data_source
-    if not path.startswith("s3://"):
-        return Path(path)
-    import boto3
+def fetch(source):
+    """A local path to the data: data_source's local_path, an s3 object, else its path."""
+    if source.get("local_path"):
+        return Path(source["local_path"])
+    if source.get("type") == "s3" and source.get("key"):
+        import boto3
 
-    bucket, _, key = path[5:].partition("/")
-    dest = Path(tempfile.mkdtemp(prefix="mw-data-")) / os.path.basename(key)
-    s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
-    s3.download_file(bucket, key, str(dest))
-    return dest
+        dest = Path(tempfile.mkdtemp(prefix="mw-data-")) / os.path.basename(source["key"])
+        url = source.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        s3 = boto3.client("s3", endpoint_url=url, region_name=source.get("region"))
+        s3.download_file(source["bucket"], source["key"], str(dest))
+        return dest
+    path = source.get("path") or source.get("dataset")
+    if not path:
+        raise RuntimeError(f"data_source {source} names no file this component can read")
+    return Path(path)
 
 
 def dump(obj, path):
@@ -96,8 +100,7 @@ def save(model, data, folder):
 
 def prepare(
     sources: str,
-    data_source: str,
-    local_path: str,
+    data_source: dict,  # type: ignore[type-arg]
     hyperparameters: dict,  # type: ignore[type-arg]
     data: Output[Dataset],
 ) -> None:
@@ -115,7 +118,7 @@ def prepare(
     sys.path.insert(0, root)
     import _mw_kfp as mw
 
-    path = mw.fetch(data_source, local_path)
+    path = mw.fetch(data_source)
     names = {"data_path": path, "data_paths": [path], "params": hyperparameters}
     names["hyperparameters"] = hyperparameters
     mw.dump(mw.call(mw.step("prepare", "load"), names), data.path)
@@ -185,18 +188,12 @@ def plain_pipeline(
 
     @dsl.pipeline(name=name, description=f"modelworks pipeline {name} (plain steps)")  # type: ignore[untyped-decorator]
     def wrapped(
-        data_source: str,
-        local_path: str = "",
-        hyperparameters: dict = {},  # type: ignore[type-arg]  # noqa: B006 - kfp reads defaults from the signature
+        data_source: dict,  # type: ignore[type-arg]
+        hyperparameters: dict = {},  # type: ignore[type-arg]  # noqa: B006 - kfp reads defaults
         model_name: str = "",
         version: str = "",
     ) -> None:
-        prep = prepare_op(
-            sources=sources,
-            data_source=data_source,
-            local_path=local_path,
-            hyperparameters=hyperparameters,
-        )
+        prep = prepare_op(sources=sources, data_source=data_source, hyperparameters=hyperparameters)
         fit = train_op(sources=sources, data=prep.outputs["data"], hyperparameters=hyperparameters)
         evaluate_op(sources=sources, data=prep.outputs["data"], trained=fit.outputs["trained"])
 

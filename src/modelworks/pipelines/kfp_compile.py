@@ -5,7 +5,7 @@ pipeline (prepare/train/evaluate functions) is wrapped in three lightweight comp
 whose code is generic and whose ``sources`` input carries the pipeline folder's files as a
 constant, so the IR really runs the user's steps:
 
-    prepare(sources, data_source, local_path, hyperparameters) -> data: Dataset (pickle)
+    prepare(sources, data_source, hyperparameters)             -> data: Dataset (pickle)
     train(sources, data, hyperparameters)                      -> model: Model (servable file)
                                                                   trained: Artifact (pickle)
     evaluate(sources, data, trained)                           -> metrics: Metrics

@@ -110,7 +110,9 @@ def train_remote(
 def arguments(ir: dict[str, Any], job: Job) -> dict[str, Any]:
     """The values modelworks supplies, for the parameters the compiled pipeline declares."""
     offered = {
-        "data_source": job["data"]["dataset"],
+        # The spec's data_source (as kfp.local gets it, without a local_path): the run must
+        # reach the data itself (an s3 source, or a path on a volume the cluster mounts).
+        "data_source": dict(job.get("data_source") or {"dataset": job["data"]["dataset"]}),
         "hyperparameters": dict(job["hyperparameters"]),
         "model_name": job["model"],
         "version": job["version"],
