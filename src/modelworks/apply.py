@@ -578,6 +578,7 @@ def apply(
             ws.workers,
             timeout=ws.settings.executor.timeout,
             address=ws.settings.ray.address,
+            kfp=ws.settings.kfp,
         )
         recorder = _Recorder(
             store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries

@@ -45,7 +45,9 @@ class RegistrySettings(_Section):
 
 
 class ExecutorSettings(_Section):
-    kind: Literal["local", "ray"] = Field("local", description="Where training jobs run.")
+    kind: Literal["local", "ray", "kfp"] = Field(
+        "local", description="Where training jobs run (kfp: on the `kfp.host` endpoint)."
+    )
     workers: int = Field(0, ge=0, description="Worker processes; 0 means one per core.")
     timeout: float = Field(3600.0, gt=0, description="Seconds before a stuck job is killed.")
     retries: int = Field(2, ge=0, description="Retries of a failed job, with backoff.")
@@ -53,6 +55,31 @@ class ExecutorSettings(_Section):
 
 class RaySettings(_Section):
     address: str | None = Field(None, description="Ray cluster address; absent starts a local one.")
+
+
+class KFPSettings(_Section):
+    host: str | None = Field(
+        None, description="URL of the Kubeflow Pipelines API that executor.kind kfp submits to."
+    )
+    token_env: str | None = Field(
+        None, description="Environment variable holding the API's bearer token."
+    )
+    token_secret: str | None = Field(
+        None, description="Sealed secret (`mw secret seal NAME`) holding the bearer token."
+    )
+    namespace: str | None = Field(
+        None, description="Namespace of a multi-user deployment; absent for single-user."
+    )
+    experiment: str = Field("modelworks", description="Experiment the runs are created in.")
+    pipeline_root: str | None = Field(
+        None, description="Where runs write their artifacts; absent uses the server's default."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (minio) of s3:// artifact URIs; credentials from AWS_*."
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds per API request.")
+    poll_interval: float = Field(5.0, gt=0, description="Seconds between run status checks.")
+    verify_tls: bool = Field(True, description="Check the endpoint's TLS certificate.")
 
 
 class DataSettings(_Section):
@@ -280,6 +307,7 @@ class Settings(_Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    kfp: KFPSettings = Field(default_factory=KFPSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     oci: OCISettings = Field(default_factory=OCISettings)
     environments: dict[str, Environment] = Field(default_factory=_default_envs)

@@ -19,7 +19,8 @@ from modelworks.cli._common import (
 )
 
 export_app = typer.Typer(
-    help="Write Argo CD or KServe manifests from the deploy repo.", no_args_is_help=True
+    help="Write Argo CD or KServe manifests from the deploy repo, or a pipeline as KFP IR.",
+    no_args_is_help=True,
 )
 
 RequestId = Annotated[int, typer.Argument(help="Promotion request id (see `mw promotions`).")]
@@ -479,6 +480,60 @@ def export_kserve_cmd(
             configs=approved,
         )
     _report_written(paths, json_out, console)
+
+
+@export_app.command("kfp")
+def export_kfp_cmd(
+    pipeline: Annotated[
+        str, typer.Argument(help="Pipeline name (its current version), or NAME@VERSION.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the IR YAML here, not to stdout.")
+    ] = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Compile a pipeline (plain ones wrapped as lightweight components) to KFP IR YAML."""
+    import sys
+
+    from modelworks._console import console
+    from modelworks.errors import ConfigError
+    from modelworks.pipelines.kfp_compile import compile_folder
+    from modelworks.workspace import Workspace
+
+    ws = Workspace.load(workspace)
+    name, _, version = pipeline.partition("@")
+    ref = _pipeline_ref(ws, name, version or None)
+    with _warnings_to_stderr():
+        text = compile_folder(ref.source, ref.name, ref.version)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a folder; give the file to write (e.g. {out}/{name}.yaml)"
+        )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist")
+    out.write_text(text)
+    console.print(
+        f"  wrote {out} (pipeline {ref.name} {ref.version})", highlight=False, soft_wrap=True
+    )
+
+
+def _pipeline_ref(ws: Any, name: str, version: str | None) -> Any:
+    """The pipeline's current folder, or the recorded snapshot of NAME@VERSION."""
+    from modelworks.pipelines.catalog import Catalog
+
+    recorded: dict[tuple[str, str], tuple[str, str]] = {}
+    if version is not None:
+        from modelworks.plan import RegistryView
+        from modelworks.registry.fastread import for_store, reading
+
+        _ws, store = open_workspace(ws.root)
+        with reading(for_store(store, owned=False)) as reader:
+            recorded = RegistryView.read(reader).pipelines
+    catalog = Catalog(ws.pipelines_dir, ws.state_dir / "pipelines", recorded)
+    return catalog.resolve(name, version or catalog.current(name)[0])
 
 
 def approved_configs(ws: Any, env: str) -> Any:

@@ -443,11 +443,15 @@ class Controller:
 
 def _executor(ws: Workspace, store: Store, workers: int | None) -> GracefulExecutor:
     timeout = ws.settings.executor.timeout
-    if ws.settings.executor.kind == "ray":
+    if ws.settings.executor.kind in ("ray", "kfp"):
         from modelworks.runs.executor import make_executor
 
         inner = make_executor(
-            "ray", workers or ws.workers, timeout=timeout, address=ws.settings.ray.address
+            ws.settings.executor.kind,
+            workers or ws.workers,
+            timeout=timeout,
+            address=ws.settings.ray.address,
+            kfp=ws.settings.kfp,
         )
         return GracefulExecutor(store, workers or ws.workers, inner=inner)
     return GracefulExecutor(store, workers or ws.workers, timeout=timeout)

@@ -9,7 +9,7 @@ from modelworks.runs.pool import ProcessPool
 from modelworks.runs.worker import execute
 
 if TYPE_CHECKING:
-    from modelworks.workspace import Workspace
+    from modelworks.workspace import KFPSettings, Workspace
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -58,14 +58,28 @@ def for_workspace(ws: Workspace, workers: int | None = None) -> Executor:
     """The executor modelworks.yaml asks for (kind, workers, job timeout, Ray address)."""
     s = ws.settings
     return make_executor(
-        s.executor.kind, workers or ws.workers, timeout=s.executor.timeout, address=s.ray.address
+        s.executor.kind,
+        workers or ws.workers,
+        timeout=s.executor.timeout,
+        address=s.ray.address,
+        kfp=s.kfp,
     )
 
 
 def make_executor(
-    kind: str, workers: int, *, timeout: float | None = None, address: str | None = None
+    kind: str,
+    workers: int,
+    *,
+    timeout: float | None = None,
+    address: str | None = None,
+    kfp: KFPSettings | None = None,
 ) -> Executor:
-    """The executor named in the settings."""
+    """The executor named in the settings (`kfp`: the kfp section, for kind kfp)."""
+    if kind == "kfp":
+        from modelworks.runs.kfp_executor import KFPExecutor
+        from modelworks.workspace import KFPSettings
+
+        return KFPExecutor(workers, kfp or KFPSettings(), timeout=timeout)
     if kind == "ray":
         from modelworks.runs.ray_executor import RayExecutor
 

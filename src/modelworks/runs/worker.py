@@ -24,7 +24,7 @@ from modelworks.artifacts.modelfiles import (
     model_files,
     sample_of,
 )
-from modelworks.errors import ModelworksError, PipelineError
+from modelworks.errors import ModelworksError, PipelineError, UnavailableError
 from modelworks.gates import check, summary
 from modelworks.pipelines.kfp import looks_like_kfp, require_kfp
 from modelworks.pipelines.steps import SealedSecrets, call, load_module, run_steps
@@ -381,6 +381,26 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _train(
+    job: dict[str, Any], workdir: Path, secrets: SealedSecrets, logger: logging.Logger
+) -> dict[str, Any]:
+    """Run the pipeline here (its steps, or a Kubeflow pipeline with kfp.local), or
+    (executor.kind kfp) as a run on Kubeflow Pipelines."""
+    if job.get("kfp"):
+        from modelworks.runs.kfp_executor import train_remote
+
+        return train_remote(job, workdir, secrets, logger)
+    source = Path(job["pipeline"]["source"])
+    kfp = looks_like_kfp(source) and bool(require_kfp())  # before importing it
+    module = load_module(source, job["pipeline"]["hash"])
+    if kfp:  # a Kubeflow pipeline: kfp.local runs it
+        from modelworks.pipelines.kfp_local import run_pipeline
+
+        # no module given: output_dir is made, and the Model artifact is saved into it
+        return run_pipeline(module, job, _inputs(job, workdir, secrets), logger)
+    return run_steps(module, _inputs(job, workdir, secrets, module), logger)
+
+
 def _run(
     job: dict[str, Any],
     result: dict[str, Any],
@@ -411,17 +431,7 @@ def _run(
                     earlier["digest"],
                 )
                 return
-            source = Path(job["pipeline"]["source"])
-            kfp = looks_like_kfp(source) and bool(require_kfp())  # before importing it
-            module = load_module(source, job["pipeline"]["hash"])
-            if kfp:  # a Kubeflow pipeline: kfp.local runs it
-                from modelworks.pipelines.kfp_local import run_pipeline
-
-                ctx = run_pipeline(
-                    module, job, _inputs(job, workdir, secrets), logger
-                )  # output_dir made
-            else:
-                ctx = run_steps(module, _inputs(job, workdir, secrets, module), logger)
+            ctx = _train(job, workdir, secrets, logger)
             result.update(metrics=ctx["metrics"], train_seconds=ctx["train_seconds"])
             failures = check(
                 Gates.model_validate(job["gates"]), ctx["metrics"], job.get("baseline")
@@ -450,7 +460,10 @@ def _run(
                     result.update(_package(job, ctx, out), status="succeeded")
                     logger.info("packaged %s (signed: %s)", result["digest"], result["signed"])
         except ModelworksError as exc:
-            result.update(status="failed", error=str(exc))
+            # An unreachable service (a KFP endpoint) may be back by the next attempt.
+            result.update(
+                status="failed", error=str(exc), retryable=isinstance(exc, UnavailableError)
+            )
             logger.error("%s", exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
