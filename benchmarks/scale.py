@@ -56,8 +56,6 @@ def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 def seed(root: Path, versions: int) -> dict[str, Any]:
     """Register every planned model with `versions` versions (the latest is the plan's)."""
-    from sqlalchemy import insert
-
     from modelworks.pipelines.catalog import snapshot
     from modelworks.plan import plan
     from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
@@ -148,16 +146,22 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
         for i, m in enumerate(todo)
     )
     t1 = time.perf_counter()
-    with store.engine.begin() as conn:
-        conn.execute(insert(PipelineVersion), pipes)
+    raw = store.engine.raw_connection()  # the driver's executemany: no ORM, no per-row Core work
+    try:
+        cur = raw.cursor()
         for table, source in (
+            (PipelineVersion, iter(pipes)),
             (Model, models),
             (Run, runs()),
             (ModelVersion, rows()),
             (Deployment, deploys),
         ):
             for batch in _batches(source):
-                conn.execute(insert(table), batch)
+                sql, params = _driver_rows(store.engine.dialect, table.__table__, batch)
+                cur.executemany(sql, params)
+        raw.commit()
+    finally:
+        raw.close()
     store.close()
     return {
         "models": len(todo),
@@ -165,6 +169,32 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
         "plan_seconds": round(planned, 2),
         "insert_seconds": round(time.perf_counter() - t1, 2),
     }
+
+
+def _driver_rows(dialect: Any, table: Any, batch: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """An INSERT in the driver's paramstyle and its rows as tuples, each value through the
+    column type's bind processor (JSON to text, datetimes as the dialect stores them)."""
+    cols = list(batch[0])
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    names = ", ".join(dialect.identifier_preparer.quote(c) for c in cols)
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(mark for _ in cols)})"
+    procs = [table.c[c].type._cached_bind_processor(dialect) for c in cols]
+    const: dict[int, Any] = {}
+    out = []
+    for row in batch:
+        values = []
+        for k, (c, proc) in enumerate(zip(cols, procs, strict=True)):
+            v = row[c]
+            if proc is None:
+                values.append(v)
+            elif isinstance(v, datetime):  # the same instant in every row: process it once
+                if k not in const:
+                    const[k] = proc(v)
+                values.append(const[k])
+            else:
+                values.append(proc(v))
+        out.append(tuple(values))
+    return sql, out
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
