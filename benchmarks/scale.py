@@ -68,6 +68,9 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
     todo = [m for m in plan(ws, store).models if m.action in ("create", "update")]
     planned = time.perf_counter() - t0
     now = datetime.now(UTC)
+    empty: dict[str, Any] = {}
+    metrics = {"accuracy": 0.9}
+    lineage = {p: {"pipeline_version": p} for p in {m.spec.pipeline for m in todo}}
     refs = {(m.pipeline.name, m.pipeline.version): m.pipeline for m in todo if m.pipeline}
     pipes = [
         {
@@ -86,7 +89,7 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
             "tenant": "default",
             "pipeline": m.spec.pipeline,
             "spec_path": f"models/{m.name}.json",
-            "labels": {},
+            "labels": empty,
             "created_at": now,
         }
         for i, m in enumerate(todo)
@@ -124,10 +127,10 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
                     "version": version,
                     "fingerprint": fp,
                     "status": "registered",
-                    "inputs": m.inputs if g == versions - 1 else {},
-                    "metrics": {"accuracy": 0.9},
-                    "gates": {},
-                    "lineage": {"pipeline_version": m.spec.pipeline},
+                    "inputs": m.inputs if g == versions - 1 else empty,
+                    "metrics": metrics,
+                    "gates": empty,
+                    "lineage": lineage[m.spec.pipeline],
                     "signed": False,
                     "run_id": g * len(todo) + i + 1,
                     "created_at": now,
@@ -172,27 +175,34 @@ def seed(root: Path, versions: int) -> dict[str, Any]:
 
 
 def _driver_rows(dialect: Any, table: Any, batch: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-    """An INSERT in the driver's paramstyle and its rows as tuples, each value through the
-    column type's bind processor (JSON to text, datetimes as the dialect stores them)."""
+    """An INSERT in the driver's paramstyle and its rows as tuples: JSON columns as orjson text
+    (a value object shared by many rows is encoded once), other values through the column
+    type's bind processor (a datetime shared by every row, once)."""
+    import orjson
+    from sqlalchemy import JSON
+
     cols = list(batch[0])
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     names = ", ".join(dialect.identifier_preparer.quote(c) for c in cols)
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join(mark for _ in cols)})"
-    procs = [table.c[c].type._cached_bind_processor(dialect) for c in cols]
-    const: dict[int, Any] = {}
+    procs: list[Callable[[Any], Any] | None] = []
+    for c in cols:
+        t = table.c[c].type
+        procs.append(None if isinstance(t, JSON) else t._cached_bind_processor(dialect))
+    is_json = [isinstance(table.c[c].type, JSON) for c in cols]
+    memo: dict[int, Any] = {}  # id -> encoded; the objects live in `batch` meanwhile
     out = []
     for row in batch:
         values = []
-        for k, (c, proc) in enumerate(zip(cols, procs, strict=True)):
+        for c, proc, js in zip(cols, procs, is_json, strict=True):
             v = row[c]
-            if proc is None:
-                values.append(v)
-            elif isinstance(v, datetime):  # the same instant in every row: process it once
-                if k not in const:
-                    const[k] = proc(v)
-                values.append(const[k])
+            if js or isinstance(v, datetime):
+                key = id(v)
+                if key not in memo:
+                    memo[key] = orjson.dumps(v).decode() if js else proc(v)  # type: ignore[misc]
+                values.append(memo[key])
             else:
-                values.append(proc(v))
+                values.append(v if proc is None else proc(v))
         out.append(tuple(values))
     return sql, out
 
