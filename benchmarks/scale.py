@@ -293,11 +293,16 @@ def floor(root: Path) -> dict[str, float]:
 def one_size(n: int, args: argparse.Namespace, scratch: Path, url: str | None) -> dict[str, Any]:
     """Build, seed and time one fleet of n specs."""
     root = scratch / f"scale-{n}"
-    shutil.rmtree(root, ignore_errors=True)
-    t = time.perf_counter()
-    built = fleet.build(root, n, registry_url=url)
-    built["build_seconds"] = round(time.perf_counter() - t, 1)
-    built["seed"] = seed(root, args.versions)
+    done = root / ".mw" / "scale-fleet.json"
+    if args.reuse and done.is_file():  # built and seeded by an earlier run with --keep
+        built = json.loads(done.read_text())
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        built = fleet.build(root, n, registry_url=url)
+        built["build_seconds"] = round(time.perf_counter() - t, 1)
+        built["seed"] = seed(root, args.versions)
+        done.write_text(json.dumps(built))
     out: dict[str, Any] = {"fleet": built, "floor": floor(root)}
     r = args.repeats
     out["plan_inproc"] = statistics.median(inproc_plan(root) for _ in range(r))
@@ -392,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", metavar="HOST:PORT", help="seed a scratch PostgreSQL instead")
     ap.add_argument("--scratch", type=Path, help="where fleets are built (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the built fleets")
+    ap.add_argument(
+        "--reuse", action="store_true", help="time fleets kept in --scratch by an earlier run"
+    )
     args = ap.parse_args(argv)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="mw-scale-"))
     results: dict[int, dict[str, Any]] = {}
