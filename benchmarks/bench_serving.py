@@ -11,8 +11,9 @@ trees older than the setting). With `token`, a viewer token is made through the 
 Builds a workspace with N tiny skops models (real OCI store, real git deploy repo), starts the
 inference server with uvicorn in a subprocess on 127.0.0.1, and drives it from this process over
 loopback (httpx, asyncio). The ceiling is a bare Starlette endpoint in another subprocess that
-parses the same JSON and calls predict on one already-loaded model. Reports throughput, p50/p99
-latency, the ratio to the ceiling, and the cold-load time per model.
+parses the same JSON and calls predict on the requested model, picked at random of the same N per
+request (all N loaded up front). Reports throughput, p50/p99 latency, their ratios to the
+ceiling (per run's median round and paired round by round), and the cold-load time per model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,25 +126,30 @@ def make_token(root: Path, auth: str | None) -> dict[str, str]:
     return {**headers, "authorization": f"Bearer {made['token']}"}
 
 
-def mw_app(root: Path, auth: str | None = None) -> Any:
-    """The real app over the benchmark workspace."""
+def mw_app(root: Path, auth: str | None = None, sample_rate: float | None = None) -> Any:
+    """The real app over the benchmark workspace (prediction logging at `sample_rate`; None:
+    the setting's default, as `mw serve` runs)."""
     from modelworks.serving import create_app
     from modelworks.workspace import Workspace
 
     ws = Workspace(root, settings(auth))
-    return create_app(ws, "test", sample_rate=0.0, poll_interval=30)
+    return create_app(ws, "test", sample_rate=sample_rate, poll_interval=30)
 
 
-def serve_mw(root: Path, port: int, auth: str | None = None) -> None:
+def serve_mw(
+    root: Path, port: int, auth: str | None = None, sample_rate: float | None = None
+) -> None:
     """The real server: create_app over the workspace, uvicorn, one worker."""
     import uvicorn
 
-    app = mw_app(root, auth)
+    app = mw_app(root, auth, sample_rate)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def bare_app(root: Path) -> Any:
-    """The ceiling: parse JSON, one numpy conversion, predict on a loaded model, answer JSON."""
+    """The ceiling: parse JSON, one numpy conversion, predict on the named model (every model of
+    the fleet is loaded up front, so a random model per request costs what it costs mw serve's
+    warm cache), answer JSON."""
     import orjson
     import skops.io as sio
     from starlette.applications import Starlette
@@ -150,16 +157,22 @@ def bare_app(root: Path) -> Any:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    path = root.parent / "build" / "m00000" / "model.skops"
-    model = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    models = {}
+    for folder in sorted((root.parent / "build").iterdir()):
+        path = folder / "model.skops"
+        models[folder.name] = sio.load(path, trusted=sio.get_untrusted_types(file=path))
 
     async def infer(request: Request) -> Response:
+        name = request.path_params["name"]
+        model = models.get(name)
+        if model is None:
+            return Response(b'{"error": "not found"}', 404, media_type="application/json")
         req = orjson.loads(await request.body())
         tensor = req["inputs"][0]
         x = np.array(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
         y = model.predict(x)
         out = {
-            "model_name": request.path_params["name"],
+            "model_name": name,
             "outputs": [
                 {"name": "output-0", "shape": list(y.shape), "datatype": "INT64", "data": y}
             ],
@@ -210,26 +223,46 @@ async def _asgi_post(app: Any, path: str, payload: bytes, headers: dict[str, str
 
 
 def in_process(
-    root: Path, names: list[str], requests: int, headers: dict[str, str], auth: str | None
+    root: Path,
+    names: list[str],
+    requests: int,
+    headers: dict[str, str],
+    auth: str | None,
+    sample_rate: float | None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Microseconds per request through each app with no network (warm models)."""
+    """CPU microseconds per request through each app with no network (warm models), rounds
+    interleaved; CPU time, not wall time, so other jobs on the machine move it less."""
     rng = random.Random(2)
     payloads = [(f"/v2/models/{rng.choice(names)}/infer", body(rng)) for _ in range(requests)]
 
-    async def go(app: Any) -> float:
+    async def warm(app: Any) -> None:
         for name in names:  # warm every model: a random sample would leave some cold
             await _asgi_post(app, f"/v2/models/{name}/infer", body(rng), headers)
-        t0 = time.perf_counter()
+
+    async def go(app: Any) -> float:
+        t0 = time.process_time()
         for path, payload in payloads:
             if await _asgi_post(app, path, payload, headers) != 200:
                 raise SystemExit(f"in-process request to {path} failed")
-        return (time.perf_counter() - t0) / len(payloads) * 1e6
+        return (time.process_time() - t0) / len(payloads) * 1e6
 
-    mw_us, bare_us = asyncio.run(go(mw_app(root, auth))), asyncio.run(go(bare_app(root)))
+    async def both() -> tuple[list[float], list[float]]:
+        mw, bare = mw_app(root, auth, sample_rate), bare_app(root)
+        await warm(mw)
+        await warm(bare)
+        pairs = [(await go(mw), await go(bare)) for _ in range(rounds)]
+        return [m for m, _ in pairs], [b for _, b in pairs]
+
+    mw_runs, bare_runs = asyncio.run(both())
+    mw_us, bare_us = statistics.median(mw_runs), statistics.median(bare_runs)
     return {
         "requests": requests,
+        "rounds": rounds,
         "mw_us": round(mw_us, 1),
         "bare_us": round(bare_us, 1),
+        "mw_us_rounds": _r3(mw_runs),
+        "bare_us_rounds": _r3(bare_runs),
         "overhead_us": round(mw_us - bare_us, 1),
         "ratio": round(bare_us / mw_us, 3),
     }
@@ -241,17 +274,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(kind: str, root: Path, auth: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    kind: str, root: Path, auth: str | None = None, sample_rate: float | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a server subprocess and wait until it answers."""
     import httpx
 
     port = _free_port()
     extra = ["--auth", auth] if auth else []
+    if sample_rate is not None:
+        extra += ["--sample-rate", str(sample_rate)]
     proc = subprocess.Popen(
         [sys.executable, __file__, f"--serve-{kind}", str(root), "--port", str(port), *extra]
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # the ceiling loads every model first
     while time.monotonic() < deadline:
         try:
             httpx.get(f"{base}/v2/health/live", timeout=1)
@@ -317,6 +354,19 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "rounds_rps": [r["rps"] for r in runs]}
 
 
+def paired(mw: list[dict[str, Any]], bare: list[dict[str, Any]]) -> dict[str, Any]:
+    """Round-by-round ratios (each mw round against the bare round right after it): medians."""
+    out: dict[str, Any] = {}
+    for key in ("rps", "p50_ms", "p99_ms"):
+        ratios = [m[key] / b[key] for m, b in zip(mw, bare, strict=True)]
+        out[key] = {"median": round(statistics.median(ratios), 3), "rounds": _r3(ratios)}
+    return out
+
+
+def _r3(values: list[float]) -> list[float]:
+    return [round(v, 3) for v in values]
+
+
 def cold_pass(base: str, names: list[str], headers: dict[str, str]) -> dict[str, Any]:
     """Hit every model once, in order (each first request loads it); then read load metrics."""
     import httpx
@@ -351,17 +401,34 @@ def _metric(text: str, pattern: str) -> float:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def fleet_at(args: argparse.Namespace) -> tuple[Path, Path | None, list[str], float]:
+    """(workspace, temp folder to remove, model names, build seconds): --workspace DIR reuses
+    the fleet built there by an earlier run with the same --models."""
+    tmp = None if args.workspace else Path(tempfile.mkdtemp(prefix="mw-bench-serving-"))
+    base = args.workspace or tmp
+    assert base is not None
+    root, build = base / "ws", base / "build"
+    t0 = time.perf_counter()
+    if build.is_dir() and len(list(build.iterdir())) == args.models:
+        names = sorted(p.name for p in build.iterdir())
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+        root.mkdir(parents=True)
+        names = build_fleet(root, args.models)
+    return root, tmp, names, time.perf_counter() - t0
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Build, serve, measure; return the result document."""
-    tmp = Path(tempfile.mkdtemp(prefix="mw-bench-serving-"))
+    root, tmp, names, build_s = fleet_at(args)
+    rate = args.sample_rate
     try:
-        t0 = time.perf_counter()
-        names = build_fleet(tmp / "ws", args.models)
-        build_s = time.perf_counter() - t0
-        headers = make_token(tmp / "ws", args.auth)
-        inproc = in_process(tmp / "ws", names, args.inprocess_requests, headers, args.auth)
-        mw, mw_base = start("mw", tmp / "ws", args.auth)
-        bare, bare_base = start("bare", tmp / "ws")
+        headers = make_token(root, args.auth)
+        inproc = in_process(
+            root, names, args.inprocess_requests, headers, args.auth, rate, args.rounds
+        )
+        mw, mw_base = start("mw", root, args.auth, rate)
+        bare, bare_base = start("bare", root)
         try:
             cold = cold_pass(mw_base, names, headers)
             if args.warmup:  # warm connections, allocators and code paths of both servers
@@ -380,11 +447,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 proc.terminate()
                 proc.wait(timeout=30)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "benchmark": "serving",
         "models": args.models,
         "auth": args.auth or "unset",
+        "sample_rate": "default" if rate is None else rate,
         "concurrency": args.concurrency,
         "seconds": args.seconds,
         "rounds": args.rounds,
@@ -394,6 +463,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bare_starlette": ceiling,
         "ratio_rps": round(served["rps"] / ceiling["rps"], 3),
         "ratio_p50": round(served["p50_ms"] / ceiling["p50_ms"], 3),
+        "ratio_p99": round(served["p99_ms"] / ceiling["p99_ms"], 3),
+        "paired": paired(runs["mw"], runs["bare"]),
         "cold": cold,
         "in_process": inproc,
     }
@@ -409,13 +480,16 @@ def table(result: dict[str, Any]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     cold = result["cold"]
     lines += [
-        f"ratio mw/bare: throughput {result['ratio_rps']}, p50 latency {result['ratio_p50']}",
+        f"ratio mw/bare (median rounds): throughput {result['ratio_rps']}, "
+        f"p50 {result['ratio_p50']}, p99 {result['ratio_p99']}",
+        "paired rounds (median, rounds): "
+        + ", ".join(f"{k} {v['median']} {v['rounds']}" for k, v in result["paired"].items()),
         f"cold: {cold['models']} models, load {cold['load_ms_mean']} ms/model (mean), first "
         f"request p50 {cold['first_request_p50_ms']} ms, p99 {cold['first_request_p99_ms']} ms",
     ]
     ip = result["in_process"]
     lines.append(
-        f"in-process (no network): mw {ip['mw_us']} us/request, bare {ip['bare_us']} us, "
+        f"in-process (no network, CPU time): mw {ip['mw_us']} us/request, bare {ip['bare_us']} us, "
         f"overhead {ip['overhead_us']} us, ratio {ip['ratio']}"
     )
     return "\n".join(lines)
@@ -433,12 +507,18 @@ def main() -> None:
     parser.add_argument(
         "--auth", choices=("none", "token"), help="serving.auth of mw serve (default: unset)"
     )
+    parser.add_argument(
+        "--sample-rate",
+        type=float,
+        help="serving.sample_rate of mw serve (default: the setting's default, as users run it)",
+    )
+    parser.add_argument("--workspace", type=Path, help="build the fleet here, reuse it if built")
     parser.add_argument("--serve-mw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_mw:
-        return serve_mw(args.serve_mw, args.port, args.auth)
+        return serve_mw(args.serve_mw, args.port, args.auth, args.sample_rate)
     if args.serve_bare:
         return serve_bare(args.serve_bare, args.port)
     result = run(args)

@@ -86,13 +86,20 @@ def spec(i: int, datasets: int) -> dict[str, object]:
     }
 
 
-def build(root: Path, n: int, datasets: int | None = None) -> dict[str, object]:
-    """A committed workspace at root with n specs; returns what was built."""
+def build(
+    root: Path, n: int, datasets: int | None = None, registry_url: str | None = None
+) -> dict[str, object]:
+    """A committed workspace at root with n specs (registry: SQLite in the workspace, or
+    `registry_url`); returns what was built."""
     from modelworks.data.add import add
     from modelworks.testing import make_workspace
 
     d = datasets or datasets_for(n)
-    ws = make_workspace(root)
+    ws = (
+        make_workspace(root, registry={"url": registry_url})
+        if registry_url
+        else make_workspace(root)
+    )
     for k, name in enumerate(PIPELINES):
         folder = ws.pipelines_dir / name
         folder.mkdir(parents=True, exist_ok=True)

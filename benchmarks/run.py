@@ -12,6 +12,9 @@ against a plain loop that fits, evaluates and saves the same models with skops, 
 and over a multiprocessing Pool of all cores.
 Tools: MLflow (SQLite backend, model registry) and DVC (foreach stage, `dvc repro`, `dvc status`)
 on --tools-models of the same models, when installed (the `bench` extra).
+Every ratio is taken both ways: fresh process against fresh process (`mw plan`/`mw apply`
+against the floor or the Pool loop run as a new `python -c`, imports included on both sides) and
+warm against warm (plan()/apply() called in this process against the baseline in this process).
 Peak RSS is the child's ru_maxrss from wait4 (the largest single process of its tree).
 Results: benchmarks/results/fleet-<time>.json and a table.
 """
@@ -75,6 +78,59 @@ def measure(cmd: list[str], cwd: Path | None = None) -> dict[str, Any]:
     }
 
 
+# The floor as a fresh process: interpreter start and imports included, like `mw plan`.
+FLOOR_SCRIPT = """
+import json, subprocess, sys
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    with path.open() as fh:
+        json.load(fh)
+subprocess.run(["git", "status", "--porcelain"], cwd=sys.argv[2], check=True, capture_output=True)
+"""
+
+# The parallel loop as a fresh process: imports (numpy, scikit-learn, skops) and Pool start
+# included, like `mw apply`.
+LOOP_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import baselines
+work = [tuple(t) for t in json.load(open(sys.argv[2]))]
+baselines.parallel_loop(work, int(sys.argv[3]))
+"""
+
+
+def fresh_floor(root: Path) -> dict[str, Any]:
+    """The plan floor in a fresh `python -c` process (seconds, RSS)."""
+    r = measure([sys.executable, "-c", FLOOR_SCRIPT, str(root / "models"), str(root)])
+    r.pop("stdout")
+    return r
+
+
+def fresh_loop(work: list[tuple[str, str, float, str]], cores: int, scratch: Path) -> float:
+    """Seconds of the Pool loop in a fresh `python -c` process (imports included)."""
+    spec = scratch / "loop-work.json"
+    spec.write_text(json.dumps(work))
+    here = str(Path(__file__).parent)
+    return float(
+        measure([sys.executable, "-c", LOOP_SCRIPT, here, str(spec), str(cores)])["seconds"]
+    )
+
+
+def inproc_apply(root: Path) -> dict[str, Any]:
+    """apply() in this process (modelworks and scikit-learn imports already warm)."""
+    from modelworks.apply import apply
+    from modelworks.registry.store import Store
+    from modelworks.runs.executor import for_workspace
+    from modelworks.workspace import Workspace
+
+    started = time.perf_counter()
+    ws = Workspace.load(root)
+    store = Store(ws.registry_url)
+    result = apply(ws, store, executor=for_workspace(ws, None))
+    store.close()
+    return {"seconds": time.perf_counter() - started, "summary": result.to_dict()["summary"]}
+
+
 def cli_plan(root: Path) -> dict[str, Any]:
     """`mw plan --json` in a subprocess: seconds, RSS and the summary it printed."""
     r = measure(["mw", "plan", "--json", "-C", str(root)])
@@ -112,6 +168,8 @@ def plan_suite(n: int, scratch: Path) -> dict[str, Any]:
         "git_status_seconds": min(baselines.git_status(root), baselines.git_status(root)),
     }
     floor["seconds"] = floor["parse_seconds"] + floor["git_status_seconds"]
+    fresh = [fresh_floor(root) for _ in range(3)]
+    floor["fresh_seconds"] = sorted(f["seconds"] for f in fresh)[1]  # median of 3
     out: dict[str, Any] = {"fleet": built, "floor": floor}
     out["unchanged_cold"] = cli_plan(root)
     out["unchanged_warm"] = cli_plan(root)
@@ -136,7 +194,25 @@ def plan_suite(n: int, scratch: Path) -> dict[str, Any]:
     out["data_add"].pop("stdout")
     out["dataset_changed"] = cli_plan(root)
     out["dataset_changed_inproc"] = inproc_plan(root)
+    out["ratios"] = plan_ratios(out)
     return out
+
+
+def plan_ratios(p: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each plan against the floor both ways: fresh process against fresh process (the CLI
+    against `python -c` of the floor, imports included on both sides), warm against warm
+    (plan() in this process against the floor in this process)."""
+    fresh, warm = p["floor"]["fresh_seconds"], p["floor"]["seconds"]
+    return {
+        "fresh": {
+            k: round(p[k]["seconds"] / fresh, 2)
+            for k in ("unchanged_cold", "unchanged_warm", "one_spec_changed", "dataset_changed")
+        },
+        "warm": {
+            k: round(p[k]["seconds"] / warm, 2)
+            for k in ("unchanged_inproc_warm", "one_spec_changed_inproc", "dataset_changed_inproc")
+        },
+    }
 
 
 def apply_suite(n: int, scratch: Path, tools_n: int, tools: bool) -> dict[str, Any]:
@@ -151,9 +227,20 @@ def apply_suite(n: int, scratch: Path, tools_n: int, tools: bool) -> dict[str, A
     out["loop_seconds"] = baselines.loop(work)
     shutil.rmtree(scratch / "loop-out", ignore_errors=True)
     out["parallel_loop_seconds"] = baselines.parallel_loop(work, cores)
+    shutil.rmtree(scratch / "loop-out", ignore_errors=True)
+    out["fresh_parallel_loop_seconds"] = fresh_loop(work, cores, scratch)
+    shutil.rmtree(scratch / "loop-out", ignore_errors=True)
     r = measure(["mw", "apply", "--json", "-C", str(root)])
     report = json.loads(r.pop("stdout"))
     out["apply"] = {**r, "summary": report["summary"]}
+    warm_root = scratch / f"apply-{n}-warm"  # a second, identical fleet for apply() in-process
+    shutil.rmtree(warm_root, ignore_errors=True)
+    fleet.build(warm_root, n)
+    out["apply_inproc"] = inproc_apply(warm_root)
+    out["ratios"] = {
+        "fresh": {"apply": round(r["seconds"] / out["fresh_parallel_loop_seconds"], 2)},
+        "warm": {"apply": round(out["apply_inproc"]["seconds"] / out["parallel_loop_seconds"], 2)},
+    }
     if tools:
         sub = work[:tools_n]
         out["tools_models"] = len(sub)
@@ -194,12 +281,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     out = []
     p = results.get("plan")
     if p:
-        floor = p["floor"]["seconds"]
+        warm, fresh = p["floor"]["seconds"], p["floor"]["fresh_seconds"]
         n = p["fleet"]["models"]
-        base = f"floor {floor:.2f}s"
         for key, label, target in [
             ("unchanged_cold", f"mw plan, {n} unchanged (first)", ""),
-            ("unchanged_warm", f"mw plan, {n} unchanged (warm)", "< 1 s, <= 3x floor"),
+            ("unchanged_warm", f"mw plan, {n} unchanged (again)", "< 1 s, <= 3x floor"),
             ("unchanged_inproc_warm", "plan() in-process, unchanged (warm)", ""),
             ("one_spec_changed", "mw plan, one spec changed", ""),
             ("one_spec_changed_inproc", "plan() in-process, one spec changed", ""),
@@ -207,7 +293,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             ("dataset_changed_inproc", "plan() in-process, dataset changed", ""),
         ]:
             r = p[key]
-            rss = f"{r['rss_mib']:.0f} MiB" if "rss_mib" in r else ""
+            in_cli = "rss_mib" in r  # a fresh process: against the floor's fresh process
+            floor = fresh if in_cli else warm
+            base = f"floor {floor:.2f}s ({'fresh' if in_cli else 'warm'})"
+            rss = f"{r['rss_mib']:.0f} MiB" if in_cli else ""
             out.append(
                 (label, f"{r['seconds']:.2f}", base, f"{r['seconds'] / floor:.1f}x", target, rss)
             )
@@ -227,15 +316,28 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         n, par, seq = a["fleet"]["models"], a["parallel_loop_seconds"], a["loop_seconds"]
         ap = a["apply"]
         out.append((f"plain loop, {n} models, 1 process", f"{seq:.1f}", "", "", "", ""))
+        fpar = a["fresh_parallel_loop_seconds"]
         out.append((f"plain loop, {n} models, Pool({a['cores']})", f"{par:.1f}", "", "", "", ""))
+        out.append(("  the same, fresh process (imports)", f"{fpar:.1f}", "", "", "", ""))
         out.append(
             (
-                f"mw apply, {n} models",
+                f"mw apply, {n} models (fresh process)",
                 f"{ap['seconds']:.1f}",
-                f"parallel loop {par:.1f}s",
-                f"{ap['seconds'] / par:.2f}x",
+                f"Pool loop {fpar:.1f}s (fresh)",
+                f"{ap['seconds'] / fpar:.2f}x",
                 "<= 1.3x",
                 f"{ap['rss_mib']:.0f} MiB",
+            )
+        )
+        ai = a["apply_inproc"]
+        out.append(
+            (
+                f"apply() in-process, {n} models (warm)",
+                f"{ai['seconds']:.1f}",
+                f"Pool loop {par:.1f}s (warm)",
+                f"{ai['seconds'] / par:.2f}x",
+                "<= 1.3x",
+                "",
             )
         )
         if "tools_models" in a:
@@ -313,8 +415,10 @@ def show(results: dict[str, Any]) -> None:
     if p:
         f = p["floor"]
         table.caption = (
-            f"plan floor = json.load of every spec {f['parse_seconds']:.3f}s + "
-            f"git status {f['git_status_seconds']:.3f}s"
+            f"plan floor, warm = json.load of every spec {f['parse_seconds']:.3f}s + "
+            f"git status {f['git_status_seconds']:.3f}s in this process; fresh = the same in a "
+            f"new `python -c` {f['fresh_seconds']:.3f}s. A fresh process (mw ...) is divided by "
+            "a fresh baseline, an in-process call by the warm one."
         )
     Console(width=max(120, Console().width)).print(table)
 

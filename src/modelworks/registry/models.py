@@ -137,7 +137,10 @@ class Run(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
-    __table_args__ = (Index("ix_deployments_env_model", "env", "model_id"),)
+    __table_args__ = (
+        Index("ix_deployments_env_model", "env", "model_id"),
+        Index("ix_deployments_model", "model_id", "id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     env: Mapped[str] = mapped_column(String(64))

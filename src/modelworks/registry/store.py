@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from modelworks.errors import RegistryError, SettingsError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD_REVISION = "0004_tenants"
+HEAD_REVISION = "0005_deployments_model"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -45,6 +45,8 @@ def datatype_of(arr: np.ndarray) -> str:
     return f"{prefix}{arr.dtype.itemsize * 8}"
 
 
+_FIELDS = ("name", "shape", "datatype", "data")
+_FIELD_SET = frozenset(_FIELDS)
 MAX_DIMS = 32  # numpy allows 64; no model input needs more than a handful
 MAX_NAME = 256
 
@@ -99,7 +101,7 @@ def _check_shape(name: str, shape: Any) -> list[int]:
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in shape)
+        or not all(type(s) is int and 0 <= s < 2**63 for s in shape)
     ):
         raise InferenceRequestError(
             f"{name}: 'shape' must be a list of at most {MAX_DIMS} non-negative integers, "
@@ -113,7 +115,7 @@ def _check_fields(tensor: Any) -> tuple[str, list[int], str, Any]:
         raise InferenceRequestError(
             f"each entry of 'inputs' must be an object, got {describe(tensor)}"
         )
-    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    missing = [] if tensor.keys() >= _FIELD_SET else [k for k in _FIELDS if k not in tensor]
     name = tensor.get("name", "?")
     if not isinstance(name, str) or len(name) > MAX_NAME:
         raise InferenceRequestError(
