@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from modelworks.registry.store import Store
 
 # registry/store.py's HEAD_REVISION (a test keeps the two equal; importing it means SQLAlchemy).
-HEAD_REVISION = "0004_tenants"
+HEAD_REVISION = "0005_deployments_model"
 
 Rows = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
