@@ -24,6 +24,7 @@ from modelworks.plan import ModelPlan, Plan, data_resolver, plan
 from modelworks.registry import audit
 from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
 from modelworks.registry.tenants import repository_of
+from modelworks.runs import executor as executors
 from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
 from modelworks.security.redact import sealed_values
@@ -151,8 +152,10 @@ def _baselines(
     wanted = {mp.name for mp in changes if mp.spec.gates.no_regression}
     if not wanted:
         return {}
-    deployed = gdeploy.read_worktree_env(ws.deploy_repo, "test")
-    return {n: signed_baseline(ws, deployed[n]) for n in sorted(wanted) if n in deployed}
+    from modelworks.gitops.configcache import read_config
+
+    deployed = {n: read_config(ws.deploy_repo, "test", n) for n in sorted(wanted)}
+    return {n: signed_baseline(ws, cfg) for n, cfg in deployed.items() if cfg is not None}
 
 
 def _jobs(
@@ -395,50 +398,82 @@ class _Recorder:
 def deploy_auto(
     ws: Workspace, store: Store, p: Plan, actor: str
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Put each model's current registered version into the auto-deploy environments."""
+    """Put each model's current registered version into the auto-deploy environments.
+
+    Every planned model is checked, not only the ones trained now (a killed apply may have
+    registered versions it never deployed), through a stat cache of the work tree's configs:
+    files unchanged since they last matched cost one os.stat, not a YAML parse.
+    """
+    import modelworks
+    from modelworks.gitops.configcache import ConfigCache, key_digest, read_config
+    from modelworks.registry.tenants import oci_namespace
+
     envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
     # Two tenants' models may share a fingerprint (same inputs): key by model and fingerprint.
     fps = {(m.name, m.fingerprint): m for m in p.models if m.fingerprint and m.action != "error"}
     if not envs or not fps:
         return [], None
+    mv = ModelVersion
     with store.session() as s:
         found = s.execute(
-            select(Model.tenant, Model.name, Model.id, ModelVersion)
-            .join(ModelVersion)
-            .where(
-                ModelVersion.status == "registered",
-                ModelVersion.fingerprint.in_([fp for _, fp in fps]),
+            select(
+                Model.tenant,
+                Model.name,
+                Model.id,
+                mv.version,
+                mv.fingerprint,
+                mv.artifact_digest,
+                mv.oci_layout,
+                mv.lineage,
             )
+            .join(mv)
+            .where(mv.status == "registered", mv.fingerprint.in_([fp for _, fp in fps]))
         ).all()
     rows = [
-        (fps[(qualified(t, n), v.fingerprint)], mid, v)
-        for t, n, mid, v in found
-        if (qualified(t, n), v.fingerprint) in fps
+        (fps[(qualified(t, n), fp)], mid, version, fp, digest or "", layout or "")
+        for t, n, mid, version, fp, digest, layout, lineage in found
+        if (qualified(t, n), fp) in fps
+        and not (lineage or {}).get("dirty")  # trained with --allow-dirty: never deployed
     ]
+    namespaces: dict[str, str] = {}
+    cache = ConfigCache(
+        ws.state_dir / "cache" / "deploy-configs.json",
+        ws.deploy_repo,
+        salt=f"{modelworks.__version__}\0{ws.settings.oci.registry or ''}",
+    )
     deployed, paths = [], []
     for env in envs:
-        current = gdeploy.read_worktree_env(ws.deploy_repo, env)
-        configs = []
-        for mp, model_id, v in rows:
+        configs, checked = [], []
+        for mp, model_id, version, fp, digest, layout in rows:
             spec = mp.spec
             if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
                 continue
-            if (v.lineage or {}).get("dirty"):  # trained with --allow-dirty: never deployed
+            if spec.tenant not in namespaces:
+                namespaces[spec.tenant] = oci_namespace(ws, spec.tenant)
+            namespace = namespaces[spec.tenant]
+            rel = gdeploy.config_path(env, spec.name, spec.tenant)
+            parts = [spec.name, spec.tenant, spec.runtime, version, fp, digest, layout, namespace]
+            digest_key = key_digest(parts)
+            if cache.fresh(rel, digest_key):
                 continue
             cfg = gdeploy.deploy_config(
                 ws,
                 spec.name,
                 spec.tenant,
                 spec.runtime,
-                v.version,
-                v.fingerprint,
-                v.artifact_digest or "",
-                v.oci_layout or "",
+                version,
+                fp,
+                digest,
+                layout,
+                namespace=namespace,
             )
-            old = current.get(mp.name)
+            old = read_config(ws.deploy_repo, env, spec.name, spec.tenant)
             if old != cfg:
                 configs.append((model_id, cfg, old.version if old else None))
+            checked.append((rel, digest_key))
         paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c, _ in configs])
+        for rel, digest_key in checked:
+            cache.note(rel, digest_key)
         deployed += [
             {
                 "name": c.qualified,
@@ -450,6 +485,7 @@ def deploy_auto(
             }
             for mid, c, prev in configs
         ]
+    cache.save()
     if not paths:
         return [], None
     lines = "\n".join(f"- {d['env']}: {d['name']} {d['version']}" for d in deployed[:200])
@@ -549,7 +585,16 @@ def apply(
     """
     started = time.perf_counter()
     lock = workspace_lock(ws, wait)
+    ex = executor or make_executor(
+        ws.settings.executor.kind,
+        ws.workers,
+        timeout=ws.settings.executor.timeout,
+        address=ws.settings.ray.address,
+    )
+    warming = False
     try:
+        # A local pool's warm process imports what training needs while this one plans.
+        warming = executors.start(ex)
         queue.requeue_interrupted(store)
         p = plan(ws, store, names, allow_dirty=allow_dirty)
         result = ApplyResult()
@@ -562,21 +607,20 @@ def apply(
         if p.changes:
             _record_pipelines(ws, store, p.changes)
             queue.enqueue(store, p.changes, ids, trigger)
-        ex = executor or make_executor(
-            ws.settings.executor.kind,
-            ws.workers,
-            timeout=ws.settings.executor.timeout,
-            address=ws.settings.ray.address,
-        )
         recorder = _Recorder(
             store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries
         )
         recorder.secrets = functools.cache(lambda: sealed_values(ws))
         _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
+        if warming:
+            warming = False
+            executors.stop(ex)  # its memory and CPU back before the deploy step
         if ws.settings.oci.registry and result.trained:
             _push(ws, store, result, actor)
         result.deployed, result.commit = deploy_auto(ws, store, p, actor)
         result.seconds = time.perf_counter() - started
         return result
     finally:
+        if warming:
+            executors.stop(ex)
         lock.release()
