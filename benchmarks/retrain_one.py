@@ -56,7 +56,7 @@ def timed(mod, name, key):
 
 for name, key in [("plan", "plan"), ("_ensure_models", "ensure_models"),
                   ("_record_pipelines", "record_pipelines"), ("_drain", "drain"),
-                  ("deploy_auto", "deploy")]:
+                  ("deploy_auto", "deploy")]:  # deploy_auto as apply.py imported it
     timed(A, name, key)
 timed(A.queue, "requeue_interrupted", "requeue")
 timed(A.queue, "enqueue", "enqueue")
@@ -73,8 +73,9 @@ print("STAGES " + json.dumps(times), file=sys.stderr)
 
 def build(root: Path, n: int) -> dict[str, Any]:
     """The fleet, its last model moved onto a dataset of its own, seeded and deployed."""
-    from modelworks.apply import deploy_auto, signing_key
+    from modelworks.apply import signing_key
     from modelworks.data.add import add
+    from modelworks.gitops.autodeploy import deploy_auto
     from modelworks.plan import plan
     from modelworks.registry.store import Store
     from modelworks.workspace import Workspace
