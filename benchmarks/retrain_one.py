@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import fleet
-from run import RESULTS, measure
+from run import RESULTS
 
 SOLO = "data/solo/data.csv"
 
@@ -114,12 +115,26 @@ def change(root: Path, seed: int) -> None:
 
 
 def cli_apply(root: Path) -> dict[str, Any]:
-    """`mw apply --json` in a fresh process: wall seconds, peak RSS, what it trained."""
-    r = measure(["mw", "apply", "--json", "-C", str(root)])
-    report = json.loads(r.pop("stdout"))
+    """`mw apply --json` in a fresh process: wall seconds, CPU seconds of its whole process
+    tree (user + sys, from wait4: steadier than wall on a shared machine), what it trained."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        ["mw", "apply", "--json", "-C", str(root)], stdout=subprocess.PIPE, text=True
+    )
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"mw apply exited {os.waitstatus_to_exitcode(status)}")
+    report = json.loads(out)
     if report["summary"]["trained"] != 1:
         raise RuntimeError(f"expected one model trained, got {report['summary']}")
-    return {**r, "summary": report["summary"]}
+    return {
+        "seconds": wall,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "summary": report["summary"],
+    }
 
 
 def staged_apply(root: Path) -> dict[str, float]:
@@ -168,12 +183,14 @@ def spread(values: list[float]) -> str:
 def show(results: dict[str, Any]) -> None:
     """A plain table: wall seconds per size, stage medians, and the ratio largest/smallest."""
     sizes = sorted(results["fleets"], key=int)
-    print(f"{'models':>7} {'mw apply wall s, median (min-max)':>36} {'RSS MiB':>8}")
+    head = f"{'models':>7} {'mw apply wall s, median (min-max)':>36} {'CPU s (tree)':>22}"
+    print(f"{head} {'RSS':>5}")
     for n in sizes:
         r = results["fleets"][n]
         walls = [c["seconds"] for c in r["cli"]]
+        cpus = [c["cpu_seconds"] for c in r["cli"]]
         rss = statistics.median(c["rss_mib"] for c in r["cli"])
-        print(f"{n:>7} {spread(walls):>36} {rss:>8.0f}")
+        print(f"{n:>7} {spread(walls):>36} {spread(cpus):>22} {rss:>5.0f}")
     keys = [k for k in results["fleets"][sizes[0]]["staged"][0] if k != "wall"] + ["wall"]
     print("stages (fresh process, median seconds):")
     print(f"{'':>18}" + "".join(f"{n:>10}" for n in sizes))
@@ -189,6 +206,11 @@ def show(results: dict[str, Any]) -> None:
             for n in (sizes[0], sizes[-1])
         )
         print(f"ratio {sizes[-1]}/{sizes[0]}: {hi / lo:.2f}x (target <= 1.3x; <= 1.0 s at 9,000)")
+        clo, chi = (
+            statistics.median(c["cpu_seconds"] for c in results["fleets"][n]["cli"])
+            for n in (sizes[0], sizes[-1])
+        )
+        print(f"CPU ratio {sizes[-1]}/{sizes[0]}: {chi / clo:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,14 @@ def test_local_executor_start_is_once_and_close_stops_it() -> None:
     assert not proc.is_alive()
 
 
+def test_a_warm_process_with_nothing_to_do_stops_at_once() -> None:
+    warm = WarmProcess(context(), _job, lambda: time.sleep(30))  # imports that take long
+    t = time.monotonic()
+    warm.close()
+    assert time.monotonic() - t < 3
+    assert not warm.proc.is_alive()
+
+
 def _age(paths: list[Path]) -> None:
     old = time.time() - 60
     for p in paths:

@@ -102,9 +102,11 @@ class WarmProcess:
         child.close()
         self.conn: Connection = parent
         self.exits: dict[int, int] = {}
+        self.used = False
 
     def spawn(self) -> tuple[Forked, Connection]:
         """A new warm worker and the parent's end of its pipe."""
+        self.used = True
         mine, theirs = self.ctx.Pipe()
         try:
             self.conn.send("fork")
@@ -133,10 +135,11 @@ class WarmProcess:
         return self.exits[pid]
 
     def close(self) -> None:
-        """Stop the warm process (its workers must have been shut down first)."""
+        """Stop the warm process (its workers must have been shut down first). One that never
+        forked a worker (nothing to train) is killed at once, even mid warm-up."""
         with contextlib.suppress(OSError):
             self.conn.send(None)
-        self.proc.join(5)
+        self.proc.join(5 if self.used else 0)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
