@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 from sqlalchemy import select, update
 
-from modelworks import _git
-from modelworks._deployrepo import publish
 from modelworks.artifacts.baselayer import effective_setting
 from modelworks.artifacts.verify import signed_baseline
 from modelworks.errors import ConfigError, LockError
 from modelworks.gitops import deploy as gdeploy
+from modelworks.gitops.autodeploy import deploy_auto
 from modelworks.pipelines.catalog import snapshot
-from modelworks.plan import ModelPlan, Plan, data_resolver, plan
+from modelworks.plan import ModelPlan, data_resolver, plan
 from modelworks.registry import audit
-from modelworks.registry.models import Deployment, Model, ModelVersion, PipelineVersion, Run
+from modelworks.registry.models import Model, ModelVersion, PipelineVersion, Run
 from modelworks.registry.tenants import repository_of
+from modelworks.runs import executor as executors
 from modelworks.runs import queue
 from modelworks.runs.executor import Executor, make_executor
 from modelworks.security.redact import sealed_values
@@ -118,8 +119,16 @@ def _record_pipelines(ws: Workspace, store: Store, changes: list[ModelPlan]) -> 
 
 
 def _ensure_models(ws: Workspace, store: Store, models: list[ModelPlan]) -> dict[str, int]:
+    """The registry ids of these models (the ones to train), adding the new ones."""
+    models = [mp for mp in models if mp.loaded is not None and mp.loaded.spec is not None]
+    if not models:
+        return {}
     with store.session() as s:
-        rows = s.execute(select(Model.tenant, Model.name, Model.id)).tuples().all()
+        rows = s.execute(
+            select(Model.tenant, Model.name, Model.id).where(
+                Model.name.in_({mp.spec.name for mp in models})
+            )
+        ).tuples()
         ids = {qualified(tenant, name): mid for tenant, name, mid in rows}
         for mp in models:
             if mp.loaded is None or mp.loaded.spec is None:
@@ -278,6 +287,8 @@ class _Recorder:
         self.buffer: list[dict[str, Any]] = []
         self.last = time.monotonic()
         self.secrets: Callable[[], list[bytes]] = list
+        self.writer: threading.Thread | None = None
+        self.failure: BaseException | None = None
 
     def redact(self, r: dict[str, Any]) -> dict[str, Any]:
         """The worker already redacted what it unsealed; this catches any other channel."""
@@ -286,27 +297,56 @@ class _Recorder:
         return redact(r, self.secrets()) if r.get("error") else r
 
     def add(self, r: dict[str, Any]) -> None:
+        """Buffer a result; every 200 results or second, write the buffer in the background
+        (one batch at a time, in order), so the workers are not kept waiting for it."""
         self.buffer.append(r)
         if len(self.buffer) >= 200 or time.monotonic() - self.last > 1.0:
-            self.flush()
+            self._join()
+            batch, self.buffer = self.buffer, []
+            self.last = time.monotonic()
+            self.writer = threading.Thread(target=self._write_logged, args=(batch,), daemon=True)
+            self.writer.start()
 
     def flush(self) -> None:
-        if not self.buffer:
+        """Write everything buffered, waiting for a batch still being written."""
+        self._join()
+        batch, self.buffer = self.buffer, []
+        self._write(batch)
+        self.last = time.monotonic()
+
+    def wait(self) -> None:
+        """Wait for the batch being written, if any."""
+        if self.writer is not None:
+            self.writer.join()
+            self.writer = None
+
+    def _join(self) -> None:
+        self.wait()
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def _write_logged(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._write(batch)
+        except BaseException as exc:  # raised again in the apply's thread by _join
+            self.failure = exc
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        if not batch:
             return
         # Workers write images without fsync (job["durable"] is False): one sync of the store
         # makes them durable before the registry rows that name them are committed.
         from modelworks.artifacts.oci import sync_store
 
-        for oci_dir in {self.jobs[r["run_id"]]["oci_dir"] for r in self.buffer if r.get("digest")}:
+        for oci_dir in {self.jobs[r["run_id"]]["oci_dir"] for r in batch if r.get("digest")}:
             sync_store(Path(oci_dir))
         now = datetime.now(UTC)
         self.events: list[dict[str, Any]] = []
         with self.store.session() as s:
-            for r in self.buffer:
+            for r in batch:
                 self._one(s, r, now)
         audit.record(self.store, self.events)
-        self.buffer.clear()
-        self.last = time.monotonic()
 
     def _one(self, s: Any, r: dict[str, Any], now: datetime) -> None:
         status = r["status"]
@@ -353,7 +393,7 @@ class _Recorder:
             s,
             ModelVersion,
             dict(
-                model_id=self.ids[name],
+                model_id=run.model_id,
                 version=run.version,
                 fingerprint=run.fingerprint,
                 status="registered" if status == "succeeded" else status,
@@ -401,104 +441,6 @@ class _Recorder:
             self.result.gated.append({**entry, "reasons": r.get("gates", {}).get("failures", [])})
 
 
-def deploy_auto(
-    ws: Workspace, store: Store, p: Plan, actor: str
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Put each model's current registered version into the auto-deploy environments."""
-    envs = [e for e, cfg in ws.settings.environments.items() if cfg.auto_deploy]
-    # Two tenants' models may share a fingerprint (same inputs): key by model and fingerprint.
-    fps = {(m.name, m.fingerprint): m for m in p.models if m.fingerprint and m.action != "error"}
-    if not envs or not fps:
-        return [], None
-    with store.session() as s:
-        found = s.execute(
-            select(Model.tenant, Model.name, Model.id, ModelVersion)
-            .join(ModelVersion)
-            .where(
-                ModelVersion.status == "registered",
-                ModelVersion.fingerprint.in_([fp for _, fp in fps]),
-            )
-        ).all()
-    rows = [
-        (fps[(qualified(t, n), v.fingerprint)], mid, v)
-        for t, n, mid, v in found
-        if (qualified(t, n), v.fingerprint) in fps
-    ]
-    deployed, paths = [], []
-    for env in envs:
-        # Only the changed models' configs are read (not the whole environment).
-        current = gdeploy.read_worktree_configs(ws.deploy_repo, env, [mp.name for mp, _, _ in rows])
-        configs = []
-        for mp, model_id, v in rows:
-            spec = mp.spec
-            if env not in spec.deploy.environments or not spec.deploy.auto_deploy:
-                continue
-            if (v.lineage or {}).get("dirty"):  # trained with --allow-dirty: never deployed
-                continue
-            cfg = gdeploy.deploy_config(
-                ws,
-                spec.name,
-                spec.tenant,
-                spec.runtime,
-                v.version,
-                v.fingerprint,
-                v.artifact_digest or "",
-                v.oci_layout or "",
-            )
-            old = current.get(mp.name)
-            if old != cfg:
-                configs.append((model_id, cfg, old.version if old else None))
-        paths += gdeploy.write_configs(ws.deploy_repo, env, [c for _, c, _ in configs])
-        deployed += [
-            {
-                "name": c.qualified,
-                "env": env,
-                "version": c.version,
-                "previous": prev,
-                "model_id": mid,
-                "tenant": c.tenant,
-            }
-            for mid, c, prev in configs
-        ]
-    if not paths:
-        return [], None
-    lines = "\n".join(f"- {d['env']}: {d['name']} {d['version']}" for d in deployed[:200])
-    commit = _git.commit(
-        ws.deploy_repo,
-        paths,
-        f"deploy: {len(deployed)} model version(s)\n\n{lines}\n",
-        author=actor,
-    )
-    publish(ws.deploy_repo)
-    with store.session() as s:
-        for d in deployed:
-            s.add(
-                Deployment(
-                    model_id=d.pop("model_id"),
-                    env=d["env"],
-                    version=d["version"],
-                    commit=commit,
-                    kind="deploy",
-                    actor=actor,
-                )
-            )
-    audit.record(
-        store,
-        [
-            audit.event(
-                "deployment",
-                str(d["name"]),
-                actor=actor,
-                tenant=str(d["tenant"]),
-                before={"env": d["env"], "version": d["previous"]},
-                after={"env": d["env"], "version": d["version"], "commit": commit},
-            )
-            for d in deployed
-        ],
-    )
-    return deployed, commit
-
-
 def _drain(
     ws: Workspace,
     store: Store,
@@ -523,11 +465,14 @@ def _drain(
         recorder.jobs.update((j["run_id"], j) for j in jobs)
         if on_start:
             on_start(len(jobs))
-        for r in executor.run(jobs):
-            r = recorder.redact(r)
-            recorder.add(r)
-            if on_result:
-                on_result(r)
+        try:
+            for r in executor.run(jobs):
+                r = recorder.redact(r)
+                recorder.add(r)
+                if on_result:
+                    on_result(r)
+        finally:
+            recorder.wait()  # no batch is written after the apply lets go of the workspace
         recorder.flush()
 
 
@@ -560,7 +505,17 @@ def apply(
     """
     started = time.perf_counter()
     lock = workspace_lock(ws, wait)
+    ex = executor or make_executor(
+        ws.settings.executor.kind,
+        ws.workers,
+        timeout=ws.settings.executor.timeout,
+        address=ws.settings.ray.address,
+        kfp=ws.settings.kfp,
+    )
+    warming = False
     try:
+        # A local pool's warm process imports what training needs while this one plans.
+        warming = executors.start(ex)
         queue.requeue_interrupted(store)
         p = plan(ws, store, names, allow_dirty=allow_dirty)
         result = ApplyResult()
@@ -569,26 +524,24 @@ def apply(
             {"name": m.name, "error": "; ".join(m.reasons)} for m in p.models if m.action == "error"
         ]
         valid = [m for m in p.models if m.action != "error"]
-        ids = _ensure_models(ws, store, valid)
+        ids = _ensure_models(ws, store, p.changes)  # only runs of changes are queued below
         if p.changes:
             _record_pipelines(ws, store, p.changes)
             queue.enqueue(store, p.changes, ids, trigger)
-        ex = executor or make_executor(
-            ws.settings.executor.kind,
-            ws.workers,
-            timeout=ws.settings.executor.timeout,
-            address=ws.settings.ray.address,
-            kfp=ws.settings.kfp,
-        )
         recorder = _Recorder(
             store, ids, {m.name: m for m in valid}, result, actor, ws.settings.executor.retries
         )
         recorder.secrets = functools.cache(lambda: sealed_values(ws))
         _drain(ws, store, {m.name: m for m in valid}, recorder, ex, on_start, on_result)
+        if warming:
+            warming = False
+            executors.stop(ex)  # its memory and CPU back before the deploy step
         if ws.settings.oci.registry and result.trained:
             _push(ws, store, result, actor)
         result.deployed, result.commit = deploy_auto(ws, store, p, actor)
         result.seconds = time.perf_counter() - started
         return result
     finally:
+        if warming:
+            executors.stop(ex)
         lock.release()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from modelworks.runs.pool import ProcessPool
+from modelworks.runs.pool import ProcessPool, context, warm
+from modelworks.runs.warm import WarmProcess
 from modelworks.runs.worker import execute
 
 if TYPE_CHECKING:
@@ -34,11 +35,28 @@ class LocalExecutor:
         self.workers = max(1, workers)
         self.fn = fn
         self.timeout = timeout
+        self.warm: WarmProcess | None = None
+
+    def start(self) -> bool:
+        """Start warming up now (in a process the workers are forked from), while the caller
+        plans; False when already started or where fork is unavailable."""
+        ctx = context()
+        if self.warm is not None or ctx.get_start_method() != "fork":
+            return False
+        self.warm = WarmProcess(ctx, self.fn, warm)
+        return True
+
+    def close(self) -> None:
+        """Stop the warm process, if one was started."""
+        if self.warm is not None:
+            self.warm.close()
+            self.warm = None
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         if not jobs:
             return iter(())
-        return ProcessPool(min(self.workers, len(jobs)), self.fn, self.timeout).run(jobs)
+        pool = ProcessPool(min(self.workers, len(jobs)), self.fn, self.timeout, self.warm)
+        return pool.run(jobs)
 
 
 class InlineExecutor:
@@ -52,6 +70,20 @@ class InlineExecutor:
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         for job in jobs:
             yield self.fn(job)
+
+
+def start(ex: Executor) -> bool:
+    """Let an executor warm up while the caller plans (a local pool forks its warm process
+    now); True when this call started it, so the caller stops it with `stop`."""
+    begin = getattr(ex, "start", None)
+    return bool(begin()) if callable(begin) else False
+
+
+def stop(ex: Executor) -> None:
+    """Stop what `start` started."""
+    end = getattr(ex, "close", None)
+    if callable(end):
+        end()
 
 
 def for_workspace(ws: Workspace, workers: int | None = None) -> Executor:

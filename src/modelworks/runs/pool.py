@@ -11,6 +11,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from modelworks.runs.fairshare import Dispatcher
+from modelworks.runs.warm import WarmProcess
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -63,7 +64,7 @@ class _Worker:
     started: float = 0.0
 
 
-def _context() -> Any:
+def context() -> Any:
     # fork keeps the parent's imports warm; where fork is unavailable fall back to spawn.
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -84,14 +85,27 @@ class ProcessPool:
     """Runs jobs on N worker processes; yields results as they finish."""
 
     def __init__(
-        self, workers: int, fn: Callable[[Job], Result], timeout: float | None = None
+        self,
+        workers: int,
+        fn: Callable[[Job], Result],
+        timeout: float | None = None,
+        warm: WarmProcess | None = None,
     ) -> None:
         self.size = max(1, workers)
         self.fn = fn
         self.timeout = timeout
-        self.ctx = _context()
+        self.ctx = context()
+        self.warm = warm  # forks the workers, already warm (see runs/warm.py)
 
     def _spawn(self) -> _Worker:
+        if self.warm is not None:
+            try:
+                proc, conn = self.warm.spawn()
+                return _Worker(proc, conn)
+            except (EOFError, OSError):  # the warm process is gone: fork from here instead
+                self.warm = None
+                if self.ctx.get_start_method() == "fork":
+                    preload()
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=_serve, args=(child, self.fn), daemon=True)
         proc.start()
@@ -106,7 +120,7 @@ class ProcessPool:
             w.conn.send(job)
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
-        if self.ctx.get_start_method() == "fork":
+        if self.warm is None and self.ctx.get_start_method() == "fork":
             preload()
         pending = Dispatcher(jobs)
         workers = [self._spawn() for _ in range(min(self.size, len(jobs)))]

@@ -141,7 +141,16 @@ def claim(
             .order_by(Run.id)
             .with_for_update(skip_locked=True, of=Run)
         ).all()
-        done = set(s.execute(select(ModelVersion.model_id, ModelVersion.fingerprint)).tuples())
+        queued = {run.model_id for run, _, _ in rows}
+        done = set(
+            s.execute(
+                select(ModelVersion.model_id, ModelVersion.fingerprint).where(
+                    ModelVersion.model_id.in_(queued)
+                )
+            ).tuples()
+            if queued
+            else ()
+        )
         due: dict[int, tuple[Run, str]] = {}
         for run, tenant, bare in rows:
             name = qualified(tenant, bare)
