@@ -297,10 +297,13 @@ class _Recorder:
         return redact(r, self.secrets()) if r.get("error") else r
 
     def add(self, r: dict[str, Any]) -> None:
-        """Buffer a result; every 200 results or second, write the buffer in the background
-        (one batch at a time, in order), so the workers are not kept waiting for it."""
+        """Buffer a result and write it in the background as soon as no batch is being
+        written (group commit: one batch at a time, in order, at most 200 results waiting), so
+        the workers are not kept waiting for the registry and a kill -9 finds few results
+        packaged but not yet recorded."""
         self.buffer.append(r)
-        if len(self.buffer) >= 200 or time.monotonic() - self.last > 1.0:
+        busy = self.writer is not None and self.writer.is_alive()
+        if not busy or len(self.buffer) >= 200:
             self._join()
             batch, self.buffer = self.buffer, []
             self.last = time.monotonic()
