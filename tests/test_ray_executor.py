@@ -15,6 +15,7 @@ from modelworks import _git
 from modelworks.apply import apply
 from modelworks.artifacts.baselayer import base_layer
 from modelworks.artifacts.oci import OCIStore
+from modelworks.data.dvc import file_md5
 from modelworks.registry.store import Store
 from modelworks.runs.executor import LocalExecutor
 from modelworks.testing import make_workspace, small_fleet, write_pipeline, write_spec
@@ -131,6 +132,8 @@ def test_ray_matches_local_pool(tmp_path: Path, ray_cache: Path) -> None:
         small_fleet(ws)
     stores = {kind: Store(ws.registry_url) for kind, ws in wss.items()}
     seen: list[dict[str, Any]] = []
+    data_cache = ray_cache / "data"  # shared by the session's Ray tests: count what is new
+    before = set(data_cache.iterdir()) if data_cache.is_dir() else set()
     by_ray = apply(wss["ray"], stores["ray"], executor=RayExecutor(2), on_result=seen.append)
     by_pool = apply(wss["local"], stores["local"], executor=LocalExecutor(1))
 
@@ -173,7 +176,10 @@ def test_ray_matches_local_pool(tmp_path: Path, ray_cache: Path) -> None:
     log = Path(_log(stores["ray"], seen[0]["run_id"])).read_text()
     assert "training" in log
     assert "packaged sha256:" in log
-    assert len(list((ray_cache / "data").iterdir())) == 2
+    assert len(set(data_cache.iterdir()) - before) <= 2  # the fleet's two data files
+    assert {f.name for f in data_cache.iterdir()} >= {
+        file_md5(f) for f in wss["ray"].data_dir.rglob("*.csv")
+    }
     assert [p.name for p in (ray_cache / "pipelines").iterdir()] == [_pipeline_hash(stores["ray"])]
     assert list((ray_cache / "work").iterdir()) == []  # scratch (and any key copy) is gone
 
