@@ -5,7 +5,8 @@ the bearer token, that an upload is valid IR declaring the expected parameters, 
 pipeline version name is uploaded once, that a run names an existing version. A run
 "succeeds" by writing the model file and metrics the test gave it into a local folder (its
 pipeline root) and reporting them as the run's artifacts; or fails with `fail_with`.
-Everything it saw is kept in `seen`, and every refused request in `problems`.
+Everything it saw is kept in `seen`, every refused request in `problems`, but a 409 (a name
+taken by another worker first, which the client must resolve by a lookup) in `conflicts`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class FakeKFP:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploads: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # 409s: races the client resolves
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- pipelines -------------------------------------------------------------------
@@ -169,6 +171,9 @@ class FakeKFP:
         return 200, {"experiments": found, "total_size": len(found)} if found else {}
 
     def create_experiment(self, body: dict[str, Any]) -> Any:
+        if any(e["display_name"] == body["display_name"] for e in self.experiments.values()):
+            # like the real API server: experiment names are unique (per namespace)
+            return 409, {"message": f"experiment {body['display_name']} already exists"}
         eid = uuid.uuid4().hex
         self.experiments[eid] = {"experiment_id": eid, "display_name": body["display_name"]}
         return 200, self.experiments[eid]
@@ -217,7 +222,9 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
                     status, doc = self._route(method, url.path.removeprefix(API), query, body)
                 except Exception as exc:  # a bug in the double or a request it cannot read
                     status, doc = 500, {"message": f"{type(exc).__name__}: {exc}"}
-            if status >= 400:
+            if status == 409:  # a name another worker took first: the client must look it up
+                fake.conflicts.append(f"{method} {url.path}: {status} {doc}")
+            elif status >= 400:
                 fake.problems.append(f"{method} {url.path}: {status} {doc}")
             self._send(status, doc)
 

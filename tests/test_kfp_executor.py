@@ -188,7 +188,8 @@ def test_an_upload_racing_another_worker_reuses_what_it_uploaded(
     assert [t["name"] for t in report["trained"]] == ["model-0"]
     assert len(kfp_api.pipelines) == 1
     assert len(kfp_api.versions) == 2  # "tiny" and "v1": nothing uploaded twice
-    assert [p.split(":")[1].strip()[:3] for p in kfp_api.problems] == ["409", "409"]
+    assert kfp_api.problems == []
+    assert [p.split(":")[1].strip()[:3] for p in kfp_api.conflicts] == ["409", "409"]
 
 
 def test_a_failed_run_fails_the_job_with_the_servers_message(

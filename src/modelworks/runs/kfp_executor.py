@@ -261,7 +261,10 @@ class Endpoint:
         """Create the job's run (in kfp.experiment); its run id."""
         c = self.client
         with _quiet():
-            exp = self.call("find the experiment", c.create_experiment, self.cfg["experiment"])
+            try:
+                exp = self.call("find the experiment", c.create_experiment, self.cfg["experiment"])
+            except ConflictError:  # another worker created it between the lookup and ours
+                exp = self.call("find the experiment", c.create_experiment, self.cfg["experiment"])
             run = self.call(
                 "create the run",
                 c.run_pipeline,
