@@ -25,6 +25,7 @@ recognised format that does not parse is an *error*, never a pass: ``safe`` mean
 
 from __future__ import annotations
 
+import functools
 import io
 import shutil
 import stat
@@ -32,7 +33,7 @@ import struct
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -138,15 +139,7 @@ def scan_files(
     report = _Report(limits, fmt.Budget(limits.max_expanded_bytes, limits.max_members))
     for rel in sorted(files):
         item = _Item(rel, Path(rel).suffix.lower(), len(files[rel]), top=True)
-        try:
-            stream = io.BytesIO(files[rel])
-            judged = _judge(stream, item, report, depth=0)
-            if judged not in (fmt.ZIP, _TEXT) and _zip_at_end(stream):
-                _scan_zip(stream, item, report, depth=0)
-        except fmt.LimitError as exc:
-            report.find(rel, "critical", str(exc), "content")
-        except Exception as exc:  # any scanner failure means "not verified safe"
-            report.errors.append(f"{rel}: could not be scanned ({type(exc).__name__}: {exc})")
+        _scan_top(functools.partial(io.BytesIO, files[rel]), item, report)
     return _verdict(report, threshold)
 
 
@@ -173,16 +166,21 @@ def _scan_file(file: Path, root: Path, report: _Report) -> None:
     if not stat.S_ISREG(info.st_mode):
         return
     item = _Item(rel, file.suffix.lower(), info.st_size, file, root, top=True)
+    _scan_top(lambda: file.open("rb"), item, report)
+
+
+def _scan_top(opener: Callable[[], IO[bytes]], item: _Item, report: _Report) -> None:
+    """Judge one top-level file of a model folder (on disk or in memory) into `report`."""
     try:
-        with file.open("rb") as stream:
+        with opener() as stream:
             judged = _judge(stream, item, report, depth=0)
             # text cannot hold a zip's end record (its signature has control bytes)
             if judged not in (fmt.ZIP, _TEXT) and _zip_at_end(stream):
                 _scan_zip(stream, item, report, depth=0)
     except fmt.LimitError as exc:
-        report.find(rel, "critical", str(exc), "content")
+        report.find(item.where, "critical", str(exc), "content")
     except Exception as exc:  # any scanner failure means "not verified safe"
-        report.errors.append(f"{rel}: could not be scanned ({type(exc).__name__}: {exc})")
+        report.errors.append(f"{item.where}: could not be scanned ({type(exc).__name__}: {exc})")
 
 
 def _judge(stream: IO[bytes], item: _Item, report: _Report, depth: int) -> str:
