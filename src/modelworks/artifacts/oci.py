@@ -360,19 +360,7 @@ class OCIStore:
             layer_digest, layer_size = self._put_model_layer(model_dir, durable)
         except OSError as exc:
             raise ArtifactError(f"cannot package {model_dir} as {repo}:{tag}: {exc}") from None
-        layers: list[dict[str, Any]] = [
-            {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
-        ]
-        if base is not None:
-            layers.insert(0, base.descriptor())
-        config = self._config_bytes([str(ly["digest"]) for ly in layers], base is not None)
-        config_digest = self.put_blob(config, durable=durable)
-        manifest = build_manifest(
-            {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
-            layers,
-            annotations,
-        )
-        return self.tag_manifest(repo, tag, manifest, durable=durable)
+        return self._image(repo, tag, layer_digest, layer_size, annotations, base, durable)
 
     def write_image_files(
         self,
@@ -396,8 +384,21 @@ class OCIStore:
             layer_digest = self.put_blob(layer, durable=durable)
         except OSError as exc:
             raise ArtifactError(f"cannot package {repo}:{tag}: {exc}") from None
+        return self._image(repo, tag, layer_digest, len(layer), annotations, base, durable)
+
+    def _image(
+        self,
+        repo: str,
+        tag: str,
+        layer_digest: str,
+        layer_size: int,
+        annotations: dict[str, str],
+        base: BaseLayer | None,
+        durable: bool,
+    ) -> ImageRef:
+        """Config and manifest over the model layer (on the base layer, if any), tagged."""
         layers: list[dict[str, Any]] = [
-            {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": len(layer)}
+            {"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size}
         ]
         if base is not None:
             layers.insert(0, base.descriptor())
