@@ -209,3 +209,16 @@ __all__ = [
     "parse_floor",
     "tasks",
 ]
+
+
+RESULTS = Path(__file__).parent / "results"  # git-ignored
+
+
+def save_results(prefix: str, results: Any) -> Path:
+    """Write a run's results to benchmarks/results/<prefix>-<UTC time>.json; its path."""
+    from datetime import UTC, datetime
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, default=str))
+    return path

@@ -31,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import baselines
 import fleet
-from run import RESULTS
 
 SOLO = "data/solo/data.csv"
 
@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"retrain-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = baselines.save_results("retrain", results)
     show(results)
     print(f"results: {path}")
     return 0

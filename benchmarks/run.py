@@ -39,9 +39,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import baselines
 import fleet
 
-RESULTS = Path(__file__).parent / "results"
-
-
 # A forked child inherits its parent's peak RSS (Linux keeps the high-water mark across
 # fork + exec), and this process holds a 9,000-spec plan. So each command runs under a tiny
 # fresh interpreter that starts it and reports the command's own wait4 rusage and time.
@@ -453,9 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep and args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"fleet-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = baselines.save_results("fleet", results)
     show(results)
     print(f"results: {path}")
     return 0

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import baselines
 import fleet
-from run import RESULTS, machine, measure
+from run import machine, measure
 
 BATCH = 20_000
 
@@ -416,9 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = "postgresql" if args.postgres else "sqlite"
     doc = {"machine": machine(), "backend": backend, "args": vars(args), "sizes": results}
     doc["growth"] = rows
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"scale-{backend}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(doc, indent=2, default=str))
+    path = baselines.save_results(f"scale-{backend}", doc)
     show(rows, f"scale ({backend}, {args.versions} versions per model)")
     print(f"results: {path}")
     return 0
